@@ -1,0 +1,48 @@
+"""psysim: simulate cohorts of human participants with language models, and measure how human-like they are.
+
+The public API, in reading order::
+
+    exp = psysim.load_experiment("experiments/quickstart.yaml")   # checks everything
+    exp.summary()                                                  # counts
+    exp.render("1", "persona", format="chat")                      # exactly what a model reads
+"""
+
+from .chat import ChatTemplate, to_messages
+from .config import ExperimentConfig, load_config
+from .errors import ConfigError, DataError, ModelError, Problem, PsysimError, TemplateError
+from .experiment import Experiment, Prompt, Summary, load_experiment
+from .participants import Cohort, Profile, ProfileSchema, load_cohort
+from .prompts import derangement, render_persona
+from .transcripts import Response, Transcript, parse_markup, read_psych201
+from .trials import StructuredTask
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ChatTemplate",
+    "Cohort",
+    "ConfigError",
+    "DataError",
+    "Experiment",
+    "ExperimentConfig",
+    "ModelError",
+    "Problem",
+    "Profile",
+    "ProfileSchema",
+    "Prompt",
+    "PsysimError",
+    "Response",
+    "StructuredTask",
+    "Summary",
+    "TemplateError",
+    "Transcript",
+    "__version__",
+    "derangement",
+    "load_cohort",
+    "load_config",
+    "load_experiment",
+    "parse_markup",
+    "read_psych201",
+    "render_persona",
+    "to_messages",
+]

@@ -1,0 +1,150 @@
+"""Chat formatting: the same transcript through a tokenizer's chat template.
+
+Psych-201's instruct analysis gives a post-trained model its transcript as a
+conversation: everything between responses is a user turn and each response
+an assistant turn (the ``<<``/``>>`` delimiters disappear). This module does
+the same and, unlike string matching on token ids, knows the exact character
+span of every response in the rendered text: each assistant message is
+rendered wrapped in two private-use sentinel characters, the sentinels are
+located and removed, and the result is checked to be identical to the
+template's output without sentinels (so a template that rewrites message
+content is refused rather than mis-scored).
+
+Chat templates are rendered the way ``transformers`` renders them (sandboxed
+Jinja, ``trim_blocks``, ``lstrip_blocks``, ``loopcontrols``, ``tojson`` and
+``raise_exception``), so a tokenizer's template gives the same text here as
+``tokenizer.apply_chat_template(messages, tokenize=False)``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from .errors import Problem, TemplateError
+from .files import display_path
+from .prompts import sandbox
+from .transcripts import Transcript
+
+__all__ = ["ChatTemplate", "to_messages"]
+
+_OPEN_MARK = "\ue000"
+_CLOSE_MARK = "\ue001"
+
+
+def to_messages(transcript: Transcript, persona: str = "") -> list[dict[str, str]]:
+    """Split a transcript into user/assistant messages, as Psych-201's instruct analysis does.
+
+    Text between responses becomes a user message (empty text makes no
+    message), each response an assistant message. A persona is prepended to
+    the first user message, so that raw and chat formats condition on the
+    same text.
+    """
+    messages: list[dict[str, str]] = []
+    for i, (context, response) in enumerate(transcript.segments()):
+        content = (persona + context) if i == 0 else context
+        if content:
+            messages.append({"role": "user", "content": content})
+        if response is not None:
+            messages.append({"role": "assistant", "content": response.text})
+    return messages
+
+
+def _raise_exception(message: str) -> None:
+    raise jinja2.TemplateError(message)
+
+
+def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, separators=None, sort_keys: bool = False) -> str:
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+@dataclass
+class ChatRendering:
+    """A rendered conversation and the character span of each assistant message's content."""
+
+    text: str
+    spans: list[tuple[int, int]]
+
+
+class ChatTemplate:
+    """A chat template (Jinja source as tokenizers ship it), rendered with known response spans."""
+
+    def __init__(self, source: str, *, name: str = "<chat template>", special_tokens: dict[str, str] | None = None):
+        self.source = source
+        self.name = name
+        self.special_tokens = dict(special_tokens or {})
+        env = sandbox(trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=False,
+                      extensions=["jinja2.ext.loopcontrols"])
+        env.filters["tojson"] = _tojson
+        env.globals["raise_exception"] = _raise_exception
+        try:
+            self._template = env.from_string(source)
+        except jinja2.TemplateSyntaxError as exc:
+            raise TemplateError(
+                f"chat template has a syntax error: {name}",
+                [Problem(f"template syntax error: {exc.message}", file=name, line=exc.lineno)],
+            ) from None
+
+    @classmethod
+    def from_file(cls, path: str | Path, **kwargs: Any) -> ChatTemplate:
+        """Load a chat template from a ``.jinja`` file."""
+        from .files import read_text
+
+        p = Path(path)
+        return cls(read_text(p, error=TemplateError, what="chat template"), name=display_path(p), **kwargs)
+
+    def _render(self, messages: list[dict[str, str]], where: str) -> str:
+        try:
+            return self._template.render(messages=messages, add_generation_prompt=False, **self.special_tokens)
+        except jinja2.TemplateError as exc:
+            raise TemplateError(
+                f"cannot render chat template {self.name}",
+                [Problem(getattr(exc, "message", None) or str(exc), file=self.name, where=where or None)],
+            ) from None
+
+    def render(self, messages: list[dict[str, str]], *, where: str = "") -> ChatRendering:
+        """Render ``messages``; return the text and the spans of the assistant contents, in order."""
+        for m in messages:
+            if _OPEN_MARK in m["content"] or _CLOSE_MARK in m["content"]:
+                raise TemplateError(
+                    "text contains a private-use character psysim reserves for chat rendering",
+                    [Problem("remove U+E000/U+E001 from the data", where=where or None)],
+                )
+        marked = [
+            {**m, "content": _OPEN_MARK + m["content"] + _CLOSE_MARK} if m["role"] == "assistant" else m
+            for m in messages
+        ]
+        text_marked = self._render(marked, where)
+        spans: list[tuple[int, int]] = []
+        out: list[str] = []
+        pos = 0
+        removed = 0
+        while True:
+            i = text_marked.find(_OPEN_MARK, pos)
+            if i == -1:
+                break
+            j = text_marked.find(_CLOSE_MARK, i)
+            if j == -1:
+                break
+            out.append(text_marked[pos:i])
+            start = i - removed
+            removed += 1
+            end = j - removed
+            removed += 1
+            out.append(text_marked[i + 1 : j])
+            spans.append((start, end))
+            pos = j + 1
+        out.append(text_marked[pos:])
+        text = "".join(out)
+        n_assistant = sum(m["role"] == "assistant" for m in messages)
+        if len(spans) != n_assistant or text != self._render(messages, where):
+            raise TemplateError(
+                f"chat template {self.name} changes or drops message content, so response positions cannot be known",
+                [Problem(f"expected {n_assistant} assistant messages rendered verbatim, found {len(spans)}",
+                         file=self.name, where=where or None)],
+            )
+        return ChatRendering(text, spans)

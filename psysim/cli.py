@@ -1,0 +1,125 @@
+"""The ``psysim`` command line: parse, call the library, print. Errors are turned into
+located messages and exit code 2 in one place (:func:`main`); no traceback reaches a user.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import PsysimError
+
+EXPERIMENT = click.Path(dir_okay=False, path_type=Path)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="psysim")
+def cli() -> None:
+    """Simulate cohorts of human participants with language models, and measure how human-like they are.
+
+    Every command takes an experiment file (YAML); see README.md for its keys.
+    """
+
+
+@cli.command()
+@click.argument("experiment", type=EXPERIMENT)
+def validate(experiment: Path) -> None:
+    """Check an experiment file and everything it names, without loading a model.
+
+    Checks the YAML, the profile schema, every profile, the human data, every
+    template (by rendering each participant's persona) and chat templates, and
+    prints a short summary. All problems are listed at once; exit code 2 if any.
+    """
+    from .experiment import load_experiment
+
+    exp = load_experiment(experiment)
+    click.echo(f"{click.style('ok', fg='green', bold=True)}: {exp.summary().config} is valid")
+    click.echo(str(exp.summary()))
+
+
+@cli.command()
+@click.argument("experiment", type=EXPERIMENT)
+@click.option("--participant", "-p", help="Participant id (default: the first participant).")
+@click.option("--condition", "-c", "conditions", multiple=True, help="Condition name; repeat for several (default: all).")
+@click.option("--chat", is_flag=True, help="Render through the model's chat template instead of raw text.")
+@click.option("--model", "-m", help="Model whose chat template to use (default: the first model).")
+@click.option("--mark", type=click.Choice(["color", "brackets", "none"]), default="color", show_default=True,
+              help="How to show response spans: highlighted (terminals only), ⟦wrapped⟧, or not at all.")
+@click.option("--text-only", is_flag=True, help="Print only the exact text the model reads (no header, no span list).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: text, spans and responses per condition.")
+def render(experiment: Path, participant: str | None, conditions: tuple[str, ...], chat: bool, model: str | None,
+           mark: str, text_only: bool, as_json: bool) -> None:
+    """Print exactly what a model reads for one participant, with the response spans marked."""
+    from .experiment import load_experiment
+
+    exp = load_experiment(experiment)
+    pid = participant if participant is not None else next(iter(exp.transcripts), exp.participants[0])
+    names = list(conditions) or [c.name for c in exp.config.conditions]
+    fmt = "chat" if chat else "raw"
+    prompts = [exp.render(pid, name, format=fmt, model=model) for name in names]
+    if as_json:
+        payload = [
+            {"participant": p.participant, "experiment": p.experiment, "condition": p.condition, "format": p.format,
+             "persona_of": p.persona_of, "text": p.text, "spans": [list(s) for s in p.spans], "responses": list(p.responses)}
+            for p in prompts
+        ]
+        click.echo(json.dumps(payload if len(payload) > 1 else payload[0], ensure_ascii=False, indent=2))
+        return
+    for i, p in enumerate(prompts):
+        if text_only:
+            click.echo(p.text, nl=False)
+            continue
+        whose = "" if p.persona_of is None else f" (profile of participant {p.persona_of})"
+        model_name = f" · model {exp.model(model).name}" if chat else ""
+        click.echo(click.style(f"─── participant {p.participant} · {p.condition}{whose} · {p.format}{model_name} · "
+                               f"{len(p.spans)} responses · {len(p.text)} characters ───", bold=True))
+        if mark == "brackets":
+            click.echo(p.marked(), nl=False)
+        elif mark == "color":
+            out, pos = [], 0
+            for s, e in p.spans:
+                out += [p.text[pos:s], click.style(p.text[s:e], fg="black", bg="yellow", bold=True)]
+                pos = e
+            out.append(p.text[pos:])
+            click.echo("".join(out), nl=False)
+        else:
+            click.echo(p.text, nl=False)
+        if not p.text.endswith("\n"):
+            click.echo()
+        click.echo(click.style("─── responses: character spans [start, end) in the text above ───", bold=True))
+        for k, ((s, e), r) in enumerate(zip(p.spans, p.responses)):
+            click.echo(f"  {k:>4}  [{s}, {e})  {r!r}")
+        if i < len(prompts) - 1:
+            click.echo()
+
+
+@cli.command()
+def templates() -> None:
+    """List the built-in persona and chat templates."""
+    from .prompts import builtin_templates
+
+    for kind in ("persona", "chat"):
+        click.echo(click.style(f"{kind} templates", bold=True))
+        for name, path in builtin_templates(kind).items():
+            click.echo(f"  {name:<14}{path}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI, turning :class:`PsysimError` into a message and exit code 2."""
+    try:
+        cli.main(args=argv, prog_name="psysim", standalone_mode=False)
+    except PsysimError as exc:
+        click.echo(f"{click.style('error', fg='red', bold=True)}: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)

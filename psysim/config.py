@@ -1,0 +1,307 @@
+"""The experiment file: YAML, validated against a JSON Schema shipped in the package.
+
+:func:`load_config` reads the file, reports *all* problems at once (each with
+line, column, YAML path, what was expected and what was found), and returns a
+typed :class:`ExperimentConfig` whose paths are resolved relative to the YAML
+file. Unknown keys are errors; nothing is silently filled in except the
+documented defaults listed in the schema's descriptions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator
+
+from . import _jsonschema
+from .errors import ConfigError, Problem, raise_if
+from .files import display_path, read_text
+
+__all__ = [
+    "CONDITION_TYPES",
+    "DEFAULT_MISSING",
+    "CohortConfig",
+    "ConditionConfig",
+    "DataConfig",
+    "ExperimentConfig",
+    "ModelConfig",
+    "experiment_schema",
+    "load_config",
+]
+
+CONDITION_TYPES = ("no_persona", "persona", "shuffled_persona")
+DEFAULT_MISSING = ("", "N/A", "NA", "n/a", "nan", "NaN", "None", "null")
+DEFAULT_PERSONA_FORMAT = "interview"
+
+
+@cache
+def experiment_schema() -> dict[str, Any]:
+    """The JSON Schema of experiment files (shipped as psysim/schemas/experiment.schema.json)."""
+    text = resources.files("psysim").joinpath("schemas/experiment.schema.json").read_text("utf-8")
+    return json.loads(text)
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """``data:`` — where the human data is and how to read it."""
+
+    format: str
+    path: Path
+    experiment: str | None = None
+    participant_column: str = "participant"
+    trial_column: str = "trial"
+    response_column: str = "response"
+    options: tuple[str, ...] | None = None
+    options_column: str | None = None
+    options_sep: str = "|"
+    templates: dict[str, Path] = field(default_factory=dict)
+    separator: str = "\n"
+
+
+@dataclass(frozen=True)
+class CohortConfig:
+    """``cohort:`` — the profile schema and where profiles come from."""
+
+    schema: Path
+    path: Path | None
+    id_column: str = "participant"
+    missing: tuple[str, ...] = DEFAULT_MISSING
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One entry of ``models:``."""
+
+    name: str
+    source: str
+    backend: str = "hf"
+    formats: tuple[str, ...] = ("raw",)
+    chat_template: str | None = None
+    index: int = 0
+
+
+@dataclass(frozen=True)
+class ConditionConfig:
+    """One entry of ``conditions:``: what the model is conditioned on."""
+
+    name: str
+    type: str
+    format: str
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """A validated experiment file. Paths are absolute; ``raw`` is the parsed YAML."""
+
+    path: Path
+    name: str
+    seed: int
+    data: DataConfig
+    cohort: CohortConfig
+    models: tuple[ModelConfig, ...]
+    conditions: tuple[ConditionConfig, ...]
+    output: Path
+    persona_format: str = DEFAULT_PERSONA_FORMAT
+    description: str = ""
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    sha256: str = ""
+    marks: dict[tuple[Any, ...], tuple[int, int]] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def folder(self) -> Path:
+        """The folder of the YAML file: the base of every relative path in it."""
+        return self.path.parent
+
+    def problem(self, yaml_path: tuple[Any, ...], message: str) -> Problem:
+        """A :class:`Problem` located at ``yaml_path`` of this file (line and column included)."""
+        mark = self.marks.get(tuple(yaml_path))
+        return Problem(
+            message,
+            file=display_path(self.path),
+            where=_jsonschema.format_path(yaml_path),
+            line=mark[0] if mark else None,
+            column=mark[1] if mark else None,
+        )
+
+
+def _compose(text: str, shown: str) -> tuple[Any, dict[tuple[Any, ...], tuple[int, int]], list[Problem]]:
+    """Parse YAML, returning the data, the position of every value, and duplicate-key problems."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        msg = " ".join(x for x in (exc.context, exc.problem) if x) or "invalid YAML"
+        raise ConfigError(
+            f"experiment file is not valid YAML: {shown}",
+            [Problem(f"invalid YAML: {msg}", file=shown, line=mark.line + 1 if mark else None,
+                     column=mark.column + 1 if mark else None)],
+        ) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"experiment file is not valid YAML: {shown}", [Problem(str(exc), file=shown)]) from None
+    finally:
+        loader.dispose()
+    marks: dict[tuple[Any, ...], tuple[int, int]] = {}
+    problems: list[Problem] = []
+
+    def walk(n: yaml.Node, path: tuple[Any, ...]) -> None:
+        marks[path] = (n.start_mark.line + 1, n.start_mark.column + 1)
+        if isinstance(n, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, value_node in n.value:
+                key = key_node.value
+                if key in seen:
+                    problems.append(
+                        Problem(
+                            f"duplicate key {key!r} (first given on line {seen[key]}); YAML would silently keep the last",
+                            file=shown,
+                            where=_jsonschema.format_path(path + (key,)),
+                            line=key_node.start_mark.line + 1,
+                            column=key_node.start_mark.column + 1,
+                        )
+                    )
+                seen[key] = key_node.start_mark.line + 1
+                marks.setdefault(path + (key,), (key_node.start_mark.line + 1, key_node.start_mark.column + 1))
+                walk(value_node, path + (key,))
+        elif isinstance(n, yaml.SequenceNode):
+            for i, item in enumerate(n.value):
+                walk(item, path + (i,))
+
+    if node is not None:
+        walk(node, ())
+    return data, marks, problems
+
+
+def load_config(path: str | os.PathLike) -> ExperimentConfig:
+    """Read and validate an experiment file.
+
+    Raises :class:`~psysim.errors.ConfigError` listing every problem in the file.
+    Checks that referenced files exist; their *contents* are checked by
+    :func:`psysim.load_experiment`.
+    """
+    p = Path(path).expanduser().resolve()
+    shown = display_path(path)
+    text = read_text(p, error=ConfigError, what="experiment file")
+    data, marks, problems = _compose(text, shown)
+
+    def at(yaml_path: tuple[Any, ...], message: str) -> Problem:
+        # A value's own position; for a missing key, the position of its parent.
+        probe = yaml_path
+        while probe and probe not in marks:
+            probe = probe[:-1]
+        line, col = marks.get(probe, (None, None))
+        return Problem(message, file=shown, where=_jsonschema.format_path(yaml_path), line=line, column=col)
+
+    if data is None:
+        raise ConfigError(f"experiment file is empty: {shown}", [Problem("expected a mapping of keys, found an empty file", file=shown)])
+    validator = Draft202012Validator(experiment_schema())
+    for yaml_path, message in _jsonschema.iter_described(validator, data):
+        problems.append(at(yaml_path, message))
+    raise_if(problems, ConfigError, f"invalid experiment file {shown}")
+
+    folder = p.parent
+
+    def resolve(value: str) -> Path:
+        return (folder / Path(value).expanduser()).resolve()
+
+    def must_exist(yaml_path: tuple[Any, ...], value: str, what: str, *, folder_ok: bool = False) -> Path:
+        target = resolve(value)
+        if not target.exists():
+            problems.append(at(yaml_path, f"{what} not found: {display_path(target)} (relative paths are relative to the YAML file)"))
+        elif target.is_dir() and not folder_ok:
+            problems.append(at(yaml_path, f"expected a file, found a folder: {display_path(target)}"))
+        return target
+
+    d = data["data"]
+    cols = d.get("columns", {})
+    opts = d.get("options")
+    templates: dict[str, Path] = {}
+    for kind, value in d.get("templates", {}).items():
+        templates[kind] = must_exist(("data", "templates", kind), value, f"{kind} template")
+    data_cfg = DataConfig(
+        format=d["format"],
+        path=must_exist(("data", "path"), d["path"], "data file"),
+        experiment=d.get("experiment"),
+        participant_column=cols.get("participant", "participant"),
+        trial_column=cols.get("trial", "trial"),
+        response_column=cols.get("response", "response"),
+        options=tuple(opts) if isinstance(opts, list) else None,
+        options_column=opts.get("column") if isinstance(opts, dict) else None,
+        options_sep=opts.get("sep", "|") if isinstance(opts, dict) else "|",
+        templates=templates,
+        separator=d.get("separator", "\n"),
+    )
+    expected_suffix = {"psych201": (".jsonl",), "trials": (".csv", ".parquet")}[data_cfg.format]
+    if data_cfg.path.suffix.lower() not in expected_suffix:
+        problems.append(
+            at(("data", "path"), f"expected a {' or '.join(expected_suffix)} file for format {data_cfg.format}, "
+                                 f"found {data_cfg.path.name!r}")
+        )
+
+    c = data["cohort"]
+    cohort_path = c.get("path")
+    if cohort_path is None and data_cfg.format == "trials":
+        problems.append(at(("cohort",), "missing required key 'path': a trial table has no profiles, name the cohort file"))
+    cohort_cfg = CohortConfig(
+        schema=must_exist(("cohort", "schema"), c["schema"], "profile schema"),
+        path=must_exist(("cohort", "path"), cohort_path, "cohort file") if cohort_path else None,
+        id_column=c.get("id", "participant"),
+        missing=tuple(c.get("missing", DEFAULT_MISSING)),
+    )
+
+    models: list[ModelConfig] = []
+    seen_models: dict[str, int] = {}
+    for i, m in enumerate(data["models"]):
+        if m["name"] in seen_models:
+            problems.append(at(("models", i, "name"), f"duplicate model name {m['name']!r} (also models[{seen_models[m['name']]}])"))
+        seen_models.setdefault(m["name"], i)
+        models.append(
+            ModelConfig(
+                name=m["name"],
+                source=m.get("source", m["name"]),
+                backend=m.get("backend", "hf"),
+                formats=tuple(m.get("formats", ["raw"])),
+                chat_template=m.get("chat_template"),
+                index=i,
+            )
+        )
+
+    persona_format = data.get("persona", {}).get("format", DEFAULT_PERSONA_FORMAT)
+    conditions: list[ConditionConfig] = []
+    seen_conditions: dict[str, int] = {}
+    for i, cnd in enumerate(data["conditions"]):
+        if isinstance(cnd, str):
+            cond = ConditionConfig(name=cnd, type=cnd, format=persona_format)
+        else:
+            cond = ConditionConfig(name=cnd["name"], type=cnd["type"], format=cnd.get("format", persona_format))
+        if cond.name in seen_conditions:
+            problems.append(at(("conditions", i), f"duplicate condition name {cond.name!r} (also conditions[{seen_conditions[cond.name]}])"))
+        seen_conditions.setdefault(cond.name, i)
+        conditions.append(cond)
+
+    output = resolve(data["output"]) if "output" in data else folder / "runs" / data["name"]
+    raise_if(problems, ConfigError, f"invalid experiment file {shown}")
+    return ExperimentConfig(
+        path=p,
+        name=data["name"],
+        seed=data["seed"],
+        data=data_cfg,
+        cohort=cohort_cfg,
+        models=tuple(models),
+        conditions=tuple(conditions),
+        output=output,
+        persona_format=persona_format,
+        description=data.get("description", ""),
+        raw=data,
+        sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        marks=marks,
+    )

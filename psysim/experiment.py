@@ -1,0 +1,390 @@
+"""An experiment, loaded and checked: participants, transcripts, conditions, models, and prompts.
+
+This is the Python API behind ``psysim validate`` and ``psysim render``::
+
+    import psysim
+    exp = psysim.load_experiment("experiments/quickstart.yaml")
+    print(exp.summary())
+    prompt = exp.render("1", "persona", format="chat")
+    prompt.text, prompt.spans
+
+Loading checks everything that can be checked without a model: the experiment
+file, the profile schema, every profile, the data, every template (statically
+and by rendering each participant's persona and transcript), and chat templates.
+All problems are reported together.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .chat import ChatTemplate, to_messages
+from .config import ConditionConfig, ExperimentConfig, ModelConfig, load_config
+from .errors import DataError, ModelError, Problem, PsysimError, TemplateError, raise_if
+from .files import display_path
+from .participants import Cohort, Profile, ProfileSchema, cohort_from_records, load_cohort
+from .prompts import PERSONA_NAMES, Template, derangement, load_template, render_persona, resolve_template
+from .transcripts import Transcript, read_psych201
+from .trials import StructuredTask
+
+__all__ = ["Experiment", "Prompt", "Summary", "load_experiment"]
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """Exactly what a model reads for one participant under one condition and format.
+
+    ``spans[i]`` is the character span of response ``i`` in ``text`` (its content,
+    without delimiters); ``responses[i]`` is that response's text.
+    ``persona_of`` names the participant whose profile conditions the prompt
+    (``None`` for ``no_persona``; another participant for ``shuffled_persona``).
+    """
+
+    participant: str
+    experiment: str
+    condition: str
+    format: str
+    text: str
+    spans: tuple[tuple[int, int], ...]
+    responses: tuple[str, ...]
+    persona: str = ""
+    persona_of: str | None = None
+
+    def marked(self, left: str = "⟦", right: str = "⟧") -> str:
+        """The text with every response span wrapped in ``left``/``right`` (for reading, not for models)."""
+        out, pos = [], 0
+        for s, e in self.spans:
+            out += [self.text[pos:s], left, self.text[s:e], right]
+            pos = e
+        out.append(self.text[pos:])
+        return "".join(out)
+
+
+@dataclass
+class Summary:
+    """Counts describing a loaded experiment (what ``psysim validate`` prints)."""
+
+    name: str
+    config: str
+    data: str
+    participants: int
+    responses: int
+    responses_per_participant: tuple[int, float, int]
+    scorable: int
+    profile_fields: dict[str, int]
+    conditions: list[str]
+    models: list[str]
+    output: str
+    experiments: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        lo, med, hi = self.responses_per_participant
+        known = ", ".join(f"{k} {v}" for k, v in self.profile_fields.items()) or "none"
+        rows = [
+            ("experiment", f"{self.name} ({', '.join(self.experiments)})"),
+            ("data", self.data),
+            ("participants", f"{self.participants}" + (f" ({self.scorable} with every response known)" if self.scorable != self.participants else "")),
+            ("responses", f"{self.responses} (per participant: median {med:g}, min {lo}, max {hi})"),
+            ("profiles", f"known fields: {known}"),
+            ("conditions", ", ".join(self.conditions)),
+            ("models", ", ".join(self.models)),
+            ("output", self.output),
+        ]
+        return "\n".join(f"  {k:<13}{v}" for k, v in rows)
+
+
+class Experiment:
+    """A fully loaded and checked experiment. Build it with :func:`load_experiment`."""
+
+    def __init__(self, config: ExperimentConfig):
+        self.config = config
+        problems: list[Problem] = []
+        # Each stage raises its own error listing everything wrong at that stage; later
+        # stages depend on earlier ones, so they run only when those passed.
+        self.schema = ProfileSchema.load(config.cohort.schema)
+        self.task: StructuredTask | None = None
+        self.transcripts: dict[str, Transcript] = {}
+        self.cohort = self._load_data()
+        self.participants: list[str] = list(self.cohort.profiles)
+        problems += self._match_participants()
+        raise_if(problems, DataError, "participants and data do not match")
+        self.persona_templates = self._load_persona_templates()
+        self.chat_templates = self._load_chat_templates()
+        self.shuffle: dict[str, str] = self._derange()
+        self._check_rendering()
+
+    # -- loading -----------------------------------------------------------
+    def _load_data(self) -> Cohort:
+        c = self.config
+        if c.data.format == "psych201":
+            records = read_psych201(c.data.path, options=c.data.options)
+            problems = []
+            for r in records:
+                self.transcripts[r.transcript.participant] = r.transcript
+                if c.data.options:
+                    for resp in r.transcript.responses:
+                        if resp.text not in c.data.options:
+                            problems.append(Problem(
+                                f"response {resp.text!r} (response {resp.index}) is not one of data.options {list(c.data.options)}",
+                                file=display_path(c.data.path), line=r.line, where=f"participant {r.transcript.participant}"))
+            raise_if(problems, DataError, f"responses outside the declared options in {display_path(c.data.path)}")
+            if c.cohort.path is None:
+                return cohort_from_records(
+                    self.schema,
+                    [(r.transcript.participant, r.profile, f"line {r.line}") for r in records],
+                    c.cohort.missing,
+                    display_path(c.data.path),
+                )
+        else:
+            self.task = StructuredTask(c.data, c.data.experiment or c.name, c.cohort.missing)
+            problems = []
+            for pid in self.task.trials:
+                if self.task.complete(pid):
+                    try:
+                        self.transcripts[pid] = self.task.transcript(pid)
+                    except PsysimError as exc:
+                        problems += exc.problems
+            raise_if(problems, TemplateError, "cannot render the trial table into transcripts")
+        return load_cohort(c.cohort.path, self.schema, id_column=c.cohort.id_column, missing=c.cohort.missing)
+
+    def _match_participants(self) -> list[Problem]:
+        data_ids = set(self.task.trials) if self.task else set(self.transcripts)
+        shown = display_path(self.config.data.path)
+        problems = [
+            Problem(f"participant {pid} has a profile in {self.cohort.source} but no transcript in {shown}", where=f"participant {pid}")
+            for pid in self.participants if pid not in data_ids
+        ]
+        problems += [
+            Problem(f"participant {pid} has data in {shown} but no profile in {self.cohort.source}", where=f"participant {pid}")
+            for pid in sorted(data_ids - set(self.participants))
+        ]
+        return problems
+
+    def _load_persona_templates(self) -> dict[str, Template]:
+        out: dict[str, Template] = {}
+        problems: list[Problem] = []
+        allowed: dict[str, set[str] | None] = {name: None for name in PERSONA_NAMES}
+        allowed["profile"] = set(self.schema.fields)
+        for i, cond in enumerate(self.config.conditions):
+            if cond.type == "no_persona":
+                continue
+            raw = self.config.raw["conditions"][i]
+            if isinstance(raw, dict) and "format" in raw:
+                yaml_path: tuple = ("conditions", i, "format")
+            elif "format" in self.config.raw.get("persona", {}):
+                yaml_path = ("persona", "format")
+            else:
+                yaml_path = ("conditions", i)
+            try:
+                path = resolve_template(cond.format, "persona", self.config.folder)
+            except KeyError as exc:
+                problems.append(self.config.problem(yaml_path, exc.args[0]))
+                continue
+            template = load_template(path, "persona")
+            problems += template.check_names(allowed)
+            out[cond.name] = template
+        raise_if(problems, TemplateError, "invalid persona templates")
+        return out
+
+    def _load_chat_templates(self) -> dict[str, ChatTemplate]:
+        out: dict[str, ChatTemplate] = {}
+        problems: list[Problem] = []
+        for m in self.config.models:
+            if "chat" not in m.formats:
+                continue
+            try:
+                out[m.name] = chat_template_for(m, self.config.folder)
+            except ModelError as exc:
+                problems.append(self.config.problem(("models", m.index), exc.message))
+        raise_if(problems, ModelError, "no chat template for a model that uses the chat format")
+        return out
+
+    def _derange(self) -> dict[str, str]:
+        if not any(c.type == "shuffled_persona" for c in self.config.conditions):
+            return {}
+        groups: dict[str, list[str]] = {}
+        for pid in self.participants:
+            groups.setdefault(self._experiment_of(pid), []).append(pid)
+        mapping: dict[str, str] = {}
+        problems = []
+        for experiment, ids in groups.items():
+            if len(ids) < 2:
+                problems.append(Problem(f"shuffled_persona needs at least two participants per experiment; {experiment!r} has {len(ids)}"))
+                continue
+            mapping.update(derangement(ids, self.config.seed))
+        raise_if(problems, DataError, "cannot build the shuffled_persona control")
+        return mapping
+
+    def _check_rendering(self) -> None:
+        problems: list[Problem] = []
+        for cond in self.config.conditions:
+            if cond.type == "no_persona":
+                continue
+            for pid in self.participants:
+                try:
+                    self.persona(pid, cond.name)
+                except PsysimError as exc:
+                    problems += exc.problems
+        for model in self.config.models:
+            if "chat" in model.formats:
+                for pid in list(self.transcripts)[:1]:
+                    for cond in self.config.conditions:
+                        try:
+                            self.render(pid, cond.name, format="chat", model=model.name)
+                        except PsysimError as exc:
+                            problems += exc.problems
+        raise_if(problems, TemplateError, "cannot render prompts")
+
+    # -- public API ----------------------------------------------------------
+    def _experiment_of(self, pid: str) -> str:
+        t = self.transcripts.get(pid)
+        return t.experiment if t else (self.task.experiment if self.task else self.config.name)
+
+    def condition(self, name: str) -> ConditionConfig:
+        """The condition called ``name``."""
+        for c in self.config.conditions:
+            if c.name == name:
+                return c
+        raise PsysimError(f"unknown condition {name!r}; this experiment has: {', '.join(c.name for c in self.config.conditions)}")
+
+    def model(self, name: str | None) -> ModelConfig:
+        """The model called ``name`` (the first model if ``None``)."""
+        if name is None:
+            return self.config.models[0]
+        for m in self.config.models:
+            if m.name == name:
+                return m
+        raise PsysimError(f"unknown model {name!r}; this experiment has: {', '.join(m.name for m in self.config.models)}")
+
+    def profile(self, participant: str) -> Profile:
+        """The validated profile of ``participant``."""
+        if participant not in self.cohort.profiles:
+            close = ", ".join(self.participants[:5]) + (", ..." if len(self.participants) > 5 else "")
+            raise PsysimError(f"unknown participant {participant!r}; participants are e.g. {close}")
+        return self.cohort.profiles[participant]
+
+    def persona(self, participant: str, condition: str) -> tuple[str, str | None]:
+        """``(conditioning text, whose profile)`` for ``participant`` under ``condition``."""
+        cond = self.condition(condition)
+        self.profile(participant)
+        if cond.type == "no_persona":
+            return "", None
+        source = self.shuffle[participant] if cond.type == "shuffled_persona" else participant
+        text = render_persona(self.persona_templates[cond.name], self.cohort.profiles[source], self.schema,
+                              experiment=self._experiment_of(participant))
+        return text, source
+
+    def transcript(self, participant: str) -> Transcript:
+        """The participant's transcript (human responses)."""
+        self.profile(participant)
+        if participant not in self.transcripts:
+            raise DataError(f"participant {participant} has trials without a human response, so there is no transcript to score")
+        return self.transcripts[participant]
+
+    def render(self, participant: str, condition: str, *, format: str = "raw", model: str | None = None) -> Prompt:
+        """Exactly what ``model`` reads for ``participant`` under ``condition`` in ``format`` (raw or chat).
+
+        Raw: the persona text followed by the transcript exactly as given (for
+        ``no_persona`` on Psych-201 data, byte for byte the file's ``text``).
+        Chat: the same content through the model's chat template, one user turn
+        per context and one assistant turn per response.
+        """
+        transcript = self.transcript(participant)
+        persona, source = self.persona(participant, condition)
+        responses = tuple(r.text for r in transcript.responses)
+        if format == "raw":
+            shift = len(persona)
+            spans = tuple((r.start + shift, r.end + shift) for r in transcript.responses)
+            text = persona + transcript.text
+        elif format == "chat":
+            m = self.model(model)
+            if m.name not in self.chat_templates:
+                raise PsysimError(f"model {m.name!r} does not use the chat format; add 'chat' to its formats in the experiment file")
+            rendering = self.chat_templates[m.name].render(to_messages(transcript, persona), where=f"participant {participant}")
+            text, spans = rendering.text, tuple(rendering.spans)
+        else:
+            raise PsysimError(f"unknown format {format!r}; expected raw or chat")
+        return Prompt(participant, transcript.experiment, condition, format, text, spans, responses, persona, source)
+
+    def prompts(self, condition: str, *, format: str = "raw", model: str | None = None):
+        """Prompts of every scorable participant under ``condition``, in cohort order."""
+        for pid in self.participants:
+            if pid in self.transcripts:
+                yield self.render(pid, condition, format=format, model=model)
+
+    def summary(self) -> Summary:
+        """Counts for ``psysim validate``."""
+        counts = [len(t.responses) for t in self.transcripts.values()]
+        if self.task:
+            counts_all = [len(v) for v in self.task.trials.values()]
+        else:
+            counts_all = counts
+        known = {name: sum(name in p.values for p in self.cohort) for name in self.schema.fields}
+        conds = [c.name + (f" ({Path(c.format).stem})" if c.type != "no_persona" else "") +
+                 (f" [{c.type}]" if c.name != c.type else "") for c in self.config.conditions]
+        models = [f"{m.name} ({', '.join(m.formats)}{'; ' + m.backend if m.backend != 'hf' else ''})" for m in self.config.models]
+        experiments = sorted({self._experiment_of(p) for p in self.participants})
+        data = f"{display_path(self.config.data.path)} ({'Psych-201 JSONL' if self.config.data.format == 'psych201' else 'trial table'})"
+        return Summary(
+            name=self.config.name,
+            config=display_path(self.config.path),
+            data=data,
+            participants=len(self.participants),
+            responses=sum(counts_all),
+            responses_per_participant=(min(counts_all), statistics.median(counts_all), max(counts_all)),
+            scorable=len(self.transcripts),
+            profile_fields=known,
+            conditions=conds,
+            models=models,
+            output=display_path(self.config.output),
+            experiments=experiments,
+        )
+
+
+def chat_template_for(model: ModelConfig, base: Path) -> ChatTemplate:
+    """The chat template of ``model``: the experiment's ``chat_template``, else the model's own files.
+
+    A local model folder provides ``chat_template.jinja`` or the
+    ``chat_template`` of ``tokenizer_config.json``; a local ``.gguf`` file
+    provides ``tokenizer.chat_template`` from its metadata.
+    """
+    if model.chat_template:
+        try:
+            return ChatTemplate.from_file(resolve_template(model.chat_template, "chat", base))
+        except KeyError as exc:
+            raise ModelError(exc.args[0]) from None
+    source = Path(base, os.path.expanduser(model.source))
+    if source.is_dir():
+        jinja = source / "chat_template.jinja"
+        if jinja.is_file():
+            return ChatTemplate.from_file(jinja)
+        config = source / "tokenizer_config.json"
+        if config.is_file():
+            import json
+
+            data = json.loads(config.read_text("utf-8"))
+            template = data.get("chat_template")
+            if isinstance(template, str):
+                special = {k: v for k in ("bos_token", "eos_token") if isinstance(v := data.get(k), str)}
+                return ChatTemplate(template, name=display_path(config), special_tokens=special)
+    if source.is_file() and source.suffix == ".gguf":
+        try:
+            from gguf import GGUFReader  # lazy: only GGUF users need it
+        except ImportError:
+            raise ModelError("reading a chat template from a .gguf file needs the gguf package: pip install 'psysim[gguf]'") from None
+        reader = GGUFReader(str(source))
+        tmpl = reader.fields.get("tokenizer.chat_template")
+        if tmpl is not None:
+            return ChatTemplate(bytes(tmpl.parts[tmpl.data[0]]).decode("utf-8"), name=display_path(source))
+    raise ModelError(
+        f"model {model.name!r} has no chat template psysim can find without loading it; "
+        "set chat_template to a built-in name (chatml, smollm2) or a .jinja file"
+    )
+
+
+def load_experiment(path: str | os.PathLike) -> Experiment:
+    """Load and check an experiment file and everything it names. Raises :class:`~psysim.errors.PsysimError`."""
+    return Experiment(load_config(path))

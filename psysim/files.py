@@ -1,0 +1,177 @@
+"""Reading user files: text that must be UTF-8, and tables (CSV, JSONL, Parquet).
+
+All readers report problems with the file and a precise position, and never
+guess types: CSV cells stay strings, so that typing is done explicitly against
+a schema (no silent ``"007" -> 7`` or ``"NA" -> NaN``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import DataError, Problem, PsysimError
+
+__all__ = ["TABLE_SUFFIXES", "Table", "display_path", "read_jsonl", "read_table", "read_text"]
+
+TABLE_SUFFIXES = (".csv", ".jsonl", ".parquet")
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """A path as a user should read it: relative to the working folder when inside it."""
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(p)
+
+
+def read_text(path: str | os.PathLike, *, error: type[PsysimError] = DataError, what: str = "file") -> str:
+    """Read a UTF-8 text file, or raise ``error`` naming the file and the first bad byte."""
+    p = Path(path)
+    shown = display_path(p)
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise error(f"{what} not found: {shown}", [Problem("no such file", file=shown)]) from None
+    except IsADirectoryError:
+        raise error(f"{what} is a folder, expected a file: {shown}", [Problem("is a folder", file=shown)]) from None
+    except PermissionError:
+        raise error(f"{what} is not readable: {shown}", [Problem("permission denied", file=shown)]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        problem = Problem(
+            f"not UTF-8: byte 0x{raw[exc.start]:02x} at byte offset {exc.start} cannot be decoded; "
+            "save the file as UTF-8",
+            file=shown,
+            line=line,
+            column=col,
+        )
+        raise error(f"{what} is not UTF-8: {shown}", [problem]) from None
+    # A UTF-8 byte-order mark is not part of the content.
+    return text[1:] if text.startswith("\ufeff") else text
+
+
+@dataclass
+class Table:
+    """Rows of a table file, each a dict, with the 1-based source line (or row) of each."""
+
+    path: str
+    columns: list[str]
+    rows: list[dict[str, Any]]
+    lines: list[int]
+
+    def where(self, i: int) -> str:
+        """Location of row ``i`` for messages (line for text formats, row for Parquet)."""
+        unit = "row" if self.path.endswith(".parquet") else "line"
+        return f"{unit} {self.lines[i]}"
+
+
+def read_jsonl(path: str | os.PathLike, *, what: str = "JSONL file") -> Table:
+    """Read a JSON Lines file: one JSON object per non-blank line."""
+    shown = display_path(path)
+    text = read_text(path, what=what)
+    rows: list[dict[str, Any]] = []
+    lines: list[int] = []
+    problems: list[Problem] = []
+    columns: dict[str, None] = {}
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            problems.append(Problem(f"invalid JSON: {exc.msg}", file=shown, line=lineno, column=exc.colno))
+            continue
+        if not isinstance(obj, dict):
+            problems.append(
+                Problem(f"expected a JSON object, found {_json_type(obj)}", file=shown, line=lineno, column=1)
+            )
+            continue
+        rows.append(obj)
+        lines.append(lineno)
+        columns.update(dict.fromkeys(obj))
+    if problems:
+        raise DataError(f"{what} is not valid JSON Lines: {shown}", problems)
+    return Table(shown, list(columns), rows, lines)
+
+
+def read_table(path: str | os.PathLike, *, what: str = "table") -> Table:
+    """Read a CSV (all cells as strings), JSONL or Parquet file into a :class:`Table`."""
+    p = Path(path)
+    shown = display_path(p)
+    suffix = p.suffix.lower()
+    if suffix == ".jsonl":
+        return read_jsonl(p, what=what)
+    if suffix == ".csv":
+        return _read_csv(p, what)
+    if suffix == ".parquet":
+        return _read_parquet(p, what)
+    raise DataError(
+        f"{what} has an unsupported format: {shown}",
+        [Problem(f"expected a file ending in {', '.join(TABLE_SUFFIXES)}, found {p.suffix or 'no suffix'!r}", file=shown)],
+    )
+
+
+def _read_csv(p: Path, what: str) -> Table:
+    shown = display_path(p)
+    text = read_text(p, what=what)
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise DataError(f"{what} is empty: {shown}", [Problem("no header row", file=shown, line=1)]) from None
+    except csv.Error as exc:
+        raise DataError(f"{what} is not valid CSV: {shown}", [Problem(str(exc), file=shown, line=1)]) from None
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    for name in header:
+        if name in seen:
+            problems.append(Problem(f"duplicate column {name!r}", file=shown, line=1))
+        seen.add(name)
+    rows, lines = [], []
+    try:
+        for record in reader:
+            lineno = reader.line_num
+            if not any(cell.strip() for cell in record):
+                continue
+            if len(record) != len(header):
+                problems.append(
+                    Problem(f"expected {len(header)} cells (as in the header), found {len(record)}", file=shown, line=lineno)
+                )
+                continue
+            rows.append(dict(zip(header, record)))
+            lines.append(lineno)
+    except csv.Error as exc:
+        problems.append(Problem(f"invalid CSV: {exc}", file=shown, line=reader.line_num))
+    if problems:
+        raise DataError(f"{what} is not a valid CSV table: {shown}", problems)
+    return Table(shown, header, rows, lines)
+
+
+def _read_parquet(p: Path, what: str) -> Table:
+    shown = display_path(p)
+    if not p.is_file():
+        raise DataError(f"{what} not found: {shown}", [Problem("no such file", file=shown)])
+    import pyarrow.parquet as pq  # lazy: only Parquet users pay for the import
+
+    try:
+        table = pq.read_table(p)
+    except Exception as exc:  # pyarrow raises several unrelated types for corrupt files
+        raise DataError(f"{what} is not a readable Parquet file: {shown}", [Problem(str(exc), file=shown)]) from None
+    rows = table.to_pylist()
+    return Table(shown, list(table.column_names), rows, list(range(1, len(rows) + 1)))
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number"
+    )

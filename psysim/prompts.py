@@ -1,0 +1,253 @@
+"""Prompt templates and persona rendering.
+
+Templates are Jinja, rendered in Jinja's *sandboxed* environment with strict
+undefined variables: a profile value is data, never template code (a value
+``{{ 7*7 }}`` reaches the prompt literally), and a template that refers to a
+field or variable that does not exist fails with a located message.
+
+Built-in templates live in ``prompts/`` (persona formats in
+``prompts/persona/``, chat templates in ``prompts/chat/``); an experiment can
+name a built-in or give a path to its own ``.jinja`` file.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from jinja2 import nodes
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+from .errors import Problem, TemplateError
+from .files import display_path, read_text
+from .participants import Profile, ProfileSchema
+
+__all__ = [
+    "PersonaField",
+    "Template",
+    "builtin_templates",
+    "derangement",
+    "load_template",
+    "persona_fields",
+    "render_persona",
+    "resolve_template",
+    "sandbox",
+]
+
+
+def sandbox(**options: Any) -> ImmutableSandboxedEnvironment:
+    """The only Jinja environment psysim renders with: sandboxed, strict, no autoescape.
+
+    ``keep_trailing_newline`` is on so that a template's text reaches the model
+    exactly as written in the file.
+    """
+    settings: dict[str, Any] = {"undefined": jinja2.StrictUndefined, "autoescape": False, "keep_trailing_newline": True}
+    settings.update(options)
+    return ImmutableSandboxedEnvironment(**settings)
+
+
+def _prompts_dir() -> Path:
+    # In a wheel the project's prompts/ folder is packaged as psysim/_prompts
+    # (see pyproject.toml); in a source checkout it sits beside the package.
+    here = Path(__file__).resolve().parent
+    packaged = here / "_prompts"
+    return packaged if packaged.is_dir() else here.parent / "prompts"
+
+
+@cache
+def builtin_templates(kind: str) -> dict[str, Path]:
+    """Built-in templates of a kind (``persona`` or ``chat``): name -> file."""
+    folder = _prompts_dir() / kind
+    return {p.stem: p for p in sorted(folder.glob("*.jinja"))}
+
+
+def resolve_template(value: str, kind: str, base: Path) -> Path:
+    """A template reference from an experiment file: a built-in name, or a path relative to ``base``.
+
+    Raises :class:`KeyError` with a helpful message when it is neither.
+    """
+    builtins = builtin_templates(kind)
+    if "/" not in value and "\\" not in value and not value.endswith(".jinja"):
+        if value in builtins:
+            return builtins[value]
+        raise KeyError(f"unknown built-in {kind} template {value!r}; expected one of: {', '.join(builtins)}, or a path to a .jinja file")
+    path = (base / value).resolve()
+    if not path.is_file():
+        raise KeyError(f"{kind} template not found: {display_path(path)} (relative paths are relative to the YAML file)")
+    return path
+
+
+@dataclass(frozen=True)
+class PersonaField:
+    """A known profile field as a persona template sees it.
+
+    In a template, ``{{ field }}`` prints the value's text; ``field.question``,
+    ``field.label``, ``field.units``, ``field.first_person`` and
+    ``field.third_person`` give the schema's wording.
+    """
+
+    name: str
+    value: Any
+    text: str
+    label: str
+    question: str
+    units: str
+    first_person: str
+    third_person: str
+
+    @property
+    def with_units(self) -> str:
+        """The value followed by its units, if the schema gives any."""
+        return f"{self.text} {self.units}" if self.units else self.text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def persona_fields(profile: Profile, schema: ProfileSchema) -> list[PersonaField]:
+    """The participant's known fields, in schema order, skipping fields marked ``persona: false``."""
+    out = []
+    for name, spec in schema.fields.items():
+        if name not in profile.text or not spec.in_persona:
+            continue
+        text = profile.text[name]
+        with_units = f"{text} {spec.units}" if spec.units else text
+        # str.replace, not str.format or Jinja: the value is inserted once and never interpreted.
+        first = spec.first_person.replace("{value}", text) if spec.first_person else f"My {spec.label} is {with_units}."
+        third = (
+            spec.third_person.replace("{value}", text)
+            if spec.third_person
+            else f"The participant's {spec.label} is {with_units}."
+        )
+        out.append(PersonaField(name, profile.values[name], text, spec.label, spec.question, spec.units, first, third))
+    return out
+
+
+class Template:
+    """A Jinja template loaded from a file, rendered in the sandbox with located errors."""
+
+    def __init__(self, path: Path, kind: str, env: ImmutableSandboxedEnvironment | None = None):
+        self.path = Path(path)
+        self.kind = kind
+        self.shown = display_path(self.path)
+        self.source = read_text(self.path, error=TemplateError, what=f"{kind} template")
+        self.env = env or sandbox()
+        try:
+            self.ast = self.env.parse(self.source)
+            self._template = self.env.from_string(self.source)
+        except jinja2.TemplateSyntaxError as exc:
+            raise TemplateError(
+                f"{kind} template has a syntax error: {self.shown}",
+                [Problem(f"template syntax error: {exc.message}", file=self.shown, line=exc.lineno)],
+            ) from None
+
+    def check_names(self, allowed: dict[str, set[str] | None]) -> list[Problem]:
+        """Statically check the variables a template uses.
+
+        ``allowed`` maps each top-level name to the set of attributes/keys that
+        exist on it (``None``: any). A template that uses an unknown name, or
+        e.g. ``profile.income`` where the schema has no ``income``, gets a
+        problem with the line it is on — before anything is rendered.
+        """
+        problems: list[Problem] = []
+        assigned = {n.name for n in self.ast.find_all(nodes.Name) if n.ctx in ("store", "param")}
+        for n in self.ast.find_all(nodes.Name):
+            if n.ctx == "load" and n.name not in allowed and n.name not in assigned and n.name not in self.env.globals:
+                problems.append(
+                    Problem(
+                        f"unknown variable {n.name!r}; a {self.kind} template can use: {', '.join(sorted(allowed))}",
+                        file=self.shown,
+                        line=n.lineno,
+                    )
+                )
+        for n in self.ast.find_all((nodes.Getattr, nodes.Getitem)):
+            base = n.node
+            if not isinstance(base, nodes.Name) or allowed.get(base.name) is None or base.name in assigned:
+                continue
+            if isinstance(n, nodes.Getattr):
+                key = n.attr
+            elif isinstance(n.arg, nodes.Const) and isinstance(n.arg.value, str):
+                key = n.arg.value
+            else:
+                continue
+            names = allowed[base.name]
+            if key not in names:
+                problems.append(
+                    Problem(
+                        f"{base.name}.{key} does not exist; {base.name} has: {', '.join(sorted(names)) or 'nothing'}",
+                        file=self.shown,
+                        line=n.lineno,
+                    )
+                )
+        return problems
+
+    def render(self, context: dict[str, Any], *, where: str = "") -> str:
+        """Render with ``context``; errors name the template, its line and ``where`` (e.g. the participant)."""
+        try:
+            return self._template.render(context)
+        except jinja2.UndefinedError as exc:
+            raise TemplateError(f"cannot render {self.kind} template {self.shown}", [self._problem(exc, where)]) from None
+        except jinja2.TemplateError as exc:
+            raise TemplateError(f"cannot render {self.kind} template {self.shown}", [self._problem(exc, where)]) from None
+        except (TypeError, ValueError, ZeroDivisionError, AttributeError) as exc:
+            raise TemplateError(f"cannot render {self.kind} template {self.shown}", [self._problem(exc, where)]) from None
+
+    def _problem(self, exc: Exception, where: str) -> Problem:
+        line = None
+        tb = exc.__traceback__
+        while tb is not None:
+            # Jinja rewrites tracebacks so that template frames carry the template's line.
+            if tb.tb_frame.f_code.co_filename == "<template>":
+                line = tb.tb_lineno
+            tb = tb.tb_next
+        msg = getattr(exc, "message", None) or str(exc)
+        return Problem(msg, file=self.shown, line=line, where=where or None)
+
+
+def load_template(path: Path, kind: str) -> Template:
+    """Load a template file of ``kind`` (persona, instructions, trial or feedback)."""
+    return Template(Path(path).resolve(), kind)
+
+
+#: The names a persona template may use.
+PERSONA_NAMES = ("fields", "profile", "participant", "experiment")
+
+
+def render_persona(template: Template, profile: Profile, schema: ProfileSchema, *, experiment: str = "") -> str:
+    """The conditioning text for ``profile``.
+
+    The template sees ``fields`` (the participant's known fields, in schema
+    order, as :class:`PersonaField`), ``profile`` (the same, by name: use
+    ``{% if profile.age is defined %}`` for fields some participants lack),
+    ``participant`` (the id whose profile this is) and ``experiment``.
+    """
+    fields = persona_fields(profile, schema)
+    context = {
+        "fields": fields,
+        "profile": {f.name: f for f in fields},
+        "participant": profile.participant,
+        "experiment": experiment,
+    }
+    return template.render(context, where=f"participant {profile.participant}")
+
+
+def derangement(ids: list[str], seed: int) -> dict[str, str]:
+    """A seeded random derangement: each id maps to a *different* id of the list.
+
+    Uniform over derangements (rejection sampling of permutations; about e
+    tries on average). The same ids in the same order and the same seed give
+    the same mapping on every machine (Python's Mersenne Twister).
+    """
+    if len(ids) < 2:
+        raise ValueError("a derangement needs at least two participants")
+    rng = random.Random(seed)
+    order = list(ids)
+    while True:
+        perm = order[:]
+        rng.shuffle(perm)
+        if all(a != b for a, b in zip(order, perm)):
+            return dict(zip(order, perm))

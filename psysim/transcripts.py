@@ -1,0 +1,228 @@
+"""Transcripts: the one internal representation of a participant's session.
+
+A :class:`Transcript` is the whole session as text, with every human response
+wrapped in ``<<`` and ``>>`` (the Psych-101/201 convention), and the character
+span of each response's content. Psych-201 JSONL files are parsed into it
+(:func:`read_psych201`); structured trial tables are rendered into it
+(:mod:`psysim.trials`). Everything downstream sees only transcripts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import _jsonschema
+from .errors import DataError, Problem, raise_if
+from .files import read_jsonl
+from .participants import participant_id
+
+__all__ = ["CLOSE", "OPEN", "PsychRecord", "Response", "Transcript", "build_transcript", "parse_markup", "read_psych201"]
+
+OPEN = "<<"
+CLOSE = ">>"
+#: Keys of a Psych-201 record that are not profile fields.
+RESERVED_KEYS = ("text", "participant", "experiment")
+
+
+@dataclass(frozen=True)
+class Response:
+    """One human response: its 0-based index, its text, and its span in the transcript text.
+
+    ``start``/``end`` delimit the content strictly between ``<<`` and ``>>``.
+    ``options`` are the choices offered on that trial where known; ``data``
+    holds per-response values such as a reaction time.
+    """
+
+    index: int
+    text: str
+    start: int
+    end: int
+    options: tuple[str, ...] | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """A participant's whole session with response spans."""
+
+    participant: str
+    experiment: str
+    text: str
+    responses: tuple[Response, ...]
+    source: str = ""
+
+    def contexts(self) -> list[str]:
+        """The text around the responses, without the ``<<``/``>>`` delimiters.
+
+        There is always one more context than responses: the text before the
+        first response, between consecutive responses, and after the last.
+        """
+        out, pos = [], 0
+        for r in self.responses:
+            out.append(self.text[pos : r.start - len(OPEN)])
+            pos = r.end + len(CLOSE)
+        out.append(self.text[pos:])
+        return out
+
+    def segments(self) -> Iterator[tuple[str, Response | None]]:
+        """``(context, response)`` pairs in reading order; the last response is ``None``."""
+        contexts = self.contexts()
+        for i, ctx in enumerate(contexts):
+            yield ctx, (self.responses[i] if i < len(self.responses) else None)
+
+
+def parse_markup(text: str) -> tuple[list[tuple[int, int]], list[str]]:
+    """Find the content spans of ``<<...>>`` responses.
+
+    Returns ``(spans, errors)``; each error is a message that names the
+    character offset (0-based, in Python characters) of the offending delimiter.
+    """
+    spans: list[tuple[int, int]] = []
+    errors: list[str] = []
+    pos = 0
+    open_at: int | None = None
+    while True:
+        i_open = text.find(OPEN, pos)
+        i_close = text.find(CLOSE, pos)
+        if i_open == -1 and i_close == -1:
+            break
+        if i_close == -1 or (i_open != -1 and i_open < i_close):
+            if open_at is not None:
+                errors.append(f"nested '<<' at character offset {i_open} (inside the response opened at offset {open_at})")
+                # Skip to the close of the outer response so one error does not cascade.
+                pos = i_open + len(OPEN)
+                continue
+            open_at = i_open
+            pos = i_open + len(OPEN)
+        else:
+            if open_at is None:
+                errors.append(f"'>>' at character offset {i_close} closes no response (no '<<' before it)")
+            else:
+                start, end = open_at + len(OPEN), i_close
+                if not text[start:end].strip():
+                    errors.append(f"empty response '<<{text[start:end]}>>' at character offset {open_at}")
+                else:
+                    spans.append((start, end))
+                open_at = None
+            pos = i_close + len(CLOSE)
+    if open_at is not None:
+        errors.append(f"unclosed '<<' at character offset {open_at} (no '>>' after it)")
+    return spans, errors
+
+
+def build_transcript(
+    participant: str,
+    experiment: str,
+    contexts: Sequence[str],
+    responses: Sequence[str],
+    *,
+    options: Sequence[tuple[str, ...] | None] | None = None,
+    data: Sequence[dict[str, Any]] | None = None,
+    source: str = "",
+) -> Transcript:
+    """Assemble a transcript from alternating contexts and responses (``len(contexts) == len(responses) + 1``)."""
+    if len(contexts) != len(responses) + 1:
+        raise ValueError("need exactly one more context than responses")
+    parts: list[str] = []
+    out: list[Response] = []
+    pos = 0
+    for i, resp in enumerate(responses):
+        parts += [contexts[i], OPEN]
+        pos += len(contexts[i]) + len(OPEN)
+        out.append(
+            Response(
+                index=i,
+                text=resp,
+                start=pos,
+                end=pos + len(resp),
+                options=options[i] if options else None,
+                data=dict(data[i]) if data else {},
+            )
+        )
+        parts += [resp, CLOSE]
+        pos += len(resp) + len(CLOSE)
+    parts.append(contexts[-1])
+    return Transcript(participant, experiment, "".join(parts), tuple(out), source)
+
+
+@dataclass(frozen=True)
+class PsychRecord:
+    """A parsed Psych-101/201 JSONL record: the transcript plus the participant's profile keys."""
+
+    transcript: Transcript
+    profile: dict[str, Any]
+    line: int
+
+
+def read_psych201(path: str | Path, *, options: tuple[str, ...] | None = None) -> list[PsychRecord]:
+    """Read a Psych-101/201 JSONL file.
+
+    Each object has ``text`` (responses marked ``<<...>>``), ``participant`` and
+    ``experiment``. Any other key whose value is a list is per-response data and
+    must have one value per response; any other key is a profile field. All
+    problems in the file (markup, missing keys, duplicate ids, list lengths)
+    are reported together, each with line, participant id and character offset.
+    """
+    table = read_jsonl(path, what="Psych-201 data file")
+    shown = table.path
+    problems: list[Problem] = []
+    records: list[PsychRecord] = []
+    first_line: dict[str, int] = {}
+    for row, line in zip(table.rows, table.lines):
+        pid = participant_id(row.get("participant"))
+        who = f"participant {pid}" if pid is not None else "record"
+        if pid is None:
+            problems.append(Problem(f"expected a participant id in key 'participant', found {_jsonschema.found(row.get('participant'))}", file=shown, line=line))
+        elif pid in first_line:
+            problems.append(Problem(f"duplicate participant id {pid!r} (first on line {first_line[pid]})", file=shown, line=line, where=who))
+            continue
+        else:
+            first_line[pid] = line
+        text = row.get("text")
+        if not isinstance(text, str):
+            problems.append(Problem(f"expected the session text in key 'text', found {_jsonschema.found(text)}", file=shown, line=line, where=who))
+            continue
+        experiment = row.get("experiment")
+        if not isinstance(experiment, str) or not experiment.strip():
+            problems.append(Problem(f"expected the experiment name in key 'experiment', found {_jsonschema.found(experiment)}", file=shown, line=line, where=who))
+            continue
+        spans, errors = parse_markup(text)
+        problems += [Problem(f"malformed markup: {e}", file=shown, line=line, where=who) for e in errors]
+        if not spans and not errors:
+            problems.append(Problem("the transcript has no responses (nothing is marked <<...>>)", file=shown, line=line, where=who))
+        per_response: dict[str, list[Any]] = {}
+        profile: dict[str, Any] = {}
+        for key, value in row.items():
+            if key in RESERVED_KEYS:
+                continue
+            if isinstance(value, list):
+                if not errors and len(value) != len(spans):
+                    problems.append(
+                        Problem(f"per-response list {key!r} has {len(value)} values but the transcript has {len(spans)} responses",
+                                file=shown, line=line, where=who)
+                    )
+                per_response[key] = value
+            else:
+                profile[key] = value
+        if pid is None or errors:
+            continue
+        responses = tuple(
+            Response(
+                index=i,
+                text=text[s:e],
+                start=s,
+                end=e,
+                options=options,
+                data={k: v[i] for k, v in per_response.items() if len(v) == len(spans)},
+            )
+            for i, (s, e) in enumerate(spans)
+        )
+        transcript = Transcript(pid, experiment, text, responses, f"{shown}:{line}")
+        records.append(PsychRecord(transcript, profile, line))
+    if not table.rows:
+        problems.append(Problem("the file has no participants", file=shown))
+    raise_if(problems, DataError, f"invalid Psych-201 data in {shown}")
+    return records
