@@ -152,8 +152,8 @@ def _best_context(context: Iterable[ValidationError] | None, instance: Any, dept
 
 def iter_described(validator: Draft202012Validator, instance: Any) -> list[tuple[tuple[Any, ...], str]]:
     """All ``(path, message)`` pairs for ``instance``, sorted by path for stable output."""
-    out: list[tuple[tuple[Any, ...], str]] = []
+    out: dict[tuple[tuple[Any, ...], str], None] = {}
     for err in validator.iter_errors(instance):
-        out.extend(describe(err))
-    out.sort(key=lambda pm: ([str(p) for p in pm[0]], pm[1]))
-    return out
+        # jsonschema reports "required" once per missing key, each carrying the whole list.
+        out.update(dict.fromkeys(describe(err)))
+    return sorted(out, key=lambda pm: ([str(p) for p in pm[0]], pm[1]))

@@ -77,8 +77,7 @@ class ChatTemplate:
         self.source = source
         self.name = name
         self.special_tokens = dict(special_tokens or {})
-        env = sandbox(trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=False,
-                      extensions=["jinja2.ext.loopcontrols"])
+        env = sandbox(trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=False, extensions=["jinja2.ext.loopcontrols"])
         env.filters["tojson"] = _tojson
         env.globals["raise_exception"] = _raise_exception
         try:
@@ -114,10 +113,7 @@ class ChatTemplate:
                     "text contains a private-use character psysim reserves for chat rendering",
                     [Problem("remove U+E000/U+E001 from the data", where=where or None)],
                 )
-        marked = [
-            {**m, "content": _OPEN_MARK + m["content"] + _CLOSE_MARK} if m["role"] == "assistant" else m
-            for m in messages
-        ]
+        marked = [{**m, "content": _OPEN_MARK + m["content"] + _CLOSE_MARK} if m["role"] == "assistant" else m for m in messages]
         text_marked = self._render(marked, where)
         spans: list[tuple[int, int]] = []
         out: list[str] = []
@@ -144,7 +140,12 @@ class ChatTemplate:
         if len(spans) != n_assistant or text != self._render(messages, where):
             raise TemplateError(
                 f"chat template {self.name} changes or drops message content, so response positions cannot be known",
-                [Problem(f"expected {n_assistant} assistant messages rendered verbatim, found {len(spans)}",
-                         file=self.name, where=where or None)],
+                [
+                    Problem(
+                        f"expected {n_assistant} assistant messages rendered verbatim, found {len(spans)}",
+                        file=self.name,
+                        where=where or None,
+                    )
+                ],
             )
         return ChatRendering(text, spans)

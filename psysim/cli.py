@@ -46,12 +46,25 @@ def validate(experiment: Path) -> None:
 @click.option("--condition", "-c", "conditions", multiple=True, help="Condition name; repeat for several (default: all).")
 @click.option("--chat", is_flag=True, help="Render through the model's chat template instead of raw text.")
 @click.option("--model", "-m", help="Model whose chat template to use (default: the first model).")
-@click.option("--mark", type=click.Choice(["color", "brackets", "none"]), default="color", show_default=True,
-              help="How to show response spans: highlighted (terminals only), ⟦wrapped⟧, or not at all.")
+@click.option(
+    "--mark",
+    type=click.Choice(["color", "brackets", "none"]),
+    default="color",
+    show_default=True,
+    help="How to show response spans: highlighted (terminals only), ⟦wrapped⟧, or not at all.",
+)
 @click.option("--text-only", is_flag=True, help="Print only the exact text the model reads (no header, no span list).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: text, spans and responses per condition.")
-def render(experiment: Path, participant: str | None, conditions: tuple[str, ...], chat: bool, model: str | None,
-           mark: str, text_only: bool, as_json: bool) -> None:
+def render(
+    experiment: Path,
+    participant: str | None,
+    conditions: tuple[str, ...],
+    chat: bool,
+    model: str | None,
+    mark: str,
+    text_only: bool,
+    as_json: bool,
+) -> None:
     """Print exactly what a model reads for one participant, with the response spans marked."""
     from .experiment import load_experiment
 
@@ -62,8 +75,16 @@ def render(experiment: Path, participant: str | None, conditions: tuple[str, ...
     prompts = [exp.render(pid, name, format=fmt, model=model) for name in names]
     if as_json:
         payload = [
-            {"participant": p.participant, "experiment": p.experiment, "condition": p.condition, "format": p.format,
-             "persona_of": p.persona_of, "text": p.text, "spans": [list(s) for s in p.spans], "responses": list(p.responses)}
+            {
+                "participant": p.participant,
+                "experiment": p.experiment,
+                "condition": p.condition,
+                "format": p.format,
+                "persona_of": p.persona_of,
+                "text": p.text,
+                "spans": [list(s) for s in p.spans],
+                "responses": list(p.responses),
+            }
             for p in prompts
         ]
         click.echo(json.dumps(payload if len(payload) > 1 else payload[0], ensure_ascii=False, indent=2))
@@ -74,8 +95,13 @@ def render(experiment: Path, participant: str | None, conditions: tuple[str, ...
             continue
         whose = "" if p.persona_of is None else f" (profile of participant {p.persona_of})"
         model_name = f" · model {exp.model(model).name}" if chat else ""
-        click.echo(click.style(f"─── participant {p.participant} · {p.condition}{whose} · {p.format}{model_name} · "
-                               f"{len(p.spans)} responses · {len(p.text)} characters ───", bold=True))
+        click.echo(
+            click.style(
+                f"─── participant {p.participant} · {p.condition}{whose} · {p.format}{model_name} · "
+                f"{len(p.spans)} responses · {len(p.text)} characters ───",
+                bold=True,
+            )
+        )
         if mark == "brackets":
             click.echo(p.marked(), nl=False)
         elif mark == "color":
@@ -90,7 +116,7 @@ def render(experiment: Path, participant: str | None, conditions: tuple[str, ...
         if not p.text.endswith("\n"):
             click.echo()
         click.echo(click.style("─── responses: character spans [start, end) in the text above ───", bold=True))
-        for k, ((s, e), r) in enumerate(zip(p.spans, p.responses)):
+        for k, ((s, e), r) in enumerate(zip(p.spans, p.responses, strict=True)):
             click.echo(f"  {k:>4}  [{s}, {e})  {r!r}")
         if i < len(prompts) - 1:
             click.echo()

@@ -143,8 +143,14 @@ def _compose(text: str, shown: str) -> tuple[Any, dict[tuple[Any, ...], tuple[in
         msg = " ".join(x for x in (exc.context, exc.problem) if x) or "invalid YAML"
         raise ConfigError(
             f"experiment file is not valid YAML: {shown}",
-            [Problem(f"invalid YAML: {msg}", file=shown, line=mark.line + 1 if mark else None,
-                     column=mark.column + 1 if mark else None)],
+            [
+                Problem(
+                    f"invalid YAML: {msg}",
+                    file=shown,
+                    line=mark.line + 1 if mark else None,
+                    column=mark.column + 1 if mark else None,
+                )
+            ],
         ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"experiment file is not valid YAML: {shown}", [Problem(str(exc), file=shown)]) from None
@@ -202,7 +208,9 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
         return Problem(message, file=shown, where=_jsonschema.format_path(yaml_path), line=line, column=col)
 
     if data is None:
-        raise ConfigError(f"experiment file is empty: {shown}", [Problem("expected a mapping of keys, found an empty file", file=shown)])
+        raise ConfigError(
+            f"experiment file is empty: {shown}", [Problem("expected a mapping of keys, found an empty file", file=shown)]
+        )
     validator = Draft202012Validator(experiment_schema())
     for yaml_path, message in _jsonschema.iter_described(validator, data):
         problems.append(at(yaml_path, message))
@@ -216,7 +224,9 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
     def must_exist(yaml_path: tuple[Any, ...], value: str, what: str, *, folder_ok: bool = False) -> Path:
         target = resolve(value)
         if not target.exists():
-            problems.append(at(yaml_path, f"{what} not found: {display_path(target)} (relative paths are relative to the YAML file)"))
+            problems.append(
+                at(yaml_path, f"{what} not found: {display_path(target)} (relative paths are relative to the YAML file)")
+            )
         elif target.is_dir() and not folder_ok:
             problems.append(at(yaml_path, f"expected a file, found a folder: {display_path(target)}"))
         return target
@@ -243,8 +253,10 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
     expected_suffix = {"psych201": (".jsonl",), "trials": (".csv", ".parquet")}[data_cfg.format]
     if data_cfg.path.suffix.lower() not in expected_suffix:
         problems.append(
-            at(("data", "path"), f"expected a {' or '.join(expected_suffix)} file for format {data_cfg.format}, "
-                                 f"found {data_cfg.path.name!r}")
+            at(
+                ("data", "path"),
+                f"expected a {' or '.join(expected_suffix)} file for format {data_cfg.format}, found {data_cfg.path.name!r}",
+            )
         )
 
     c = data["cohort"]
@@ -262,7 +274,9 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
     seen_models: dict[str, int] = {}
     for i, m in enumerate(data["models"]):
         if m["name"] in seen_models:
-            problems.append(at(("models", i, "name"), f"duplicate model name {m['name']!r} (also models[{seen_models[m['name']]}])"))
+            problems.append(
+                at(("models", i, "name"), f"duplicate model name {m['name']!r} (also models[{seen_models[m['name']]}])")
+            )
         seen_models.setdefault(m["name"], i)
         models.append(
             ModelConfig(
@@ -284,7 +298,9 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
         else:
             cond = ConditionConfig(name=cnd["name"], type=cnd["type"], format=cnd.get("format", persona_format))
         if cond.name in seen_conditions:
-            problems.append(at(("conditions", i), f"duplicate condition name {cond.name!r} (also conditions[{seen_conditions[cond.name]}])"))
+            problems.append(
+                at(("conditions", i), f"duplicate condition name {cond.name!r} (also conditions[{seen_conditions[cond.name]}])")
+            )
         seen_conditions.setdefault(cond.name, i)
         conditions.append(cond)
 

@@ -86,7 +86,11 @@ class Summary:
         rows = [
             ("experiment", f"{self.name} ({', '.join(self.experiments)})"),
             ("data", self.data),
-            ("participants", f"{self.participants}" + (f" ({self.scorable} with every response known)" if self.scorable != self.participants else "")),
+            (
+                "participants",
+                f"{self.participants}"
+                + (f" ({self.scorable} with every response known)" if self.scorable != self.participants else ""),
+            ),
             ("responses", f"{self.responses} (per participant: median {med:g}, min {lo}, max {hi})"),
             ("profiles", f"known fields: {known}"),
             ("conditions", ", ".join(self.conditions)),
@@ -127,9 +131,15 @@ class Experiment:
                 if c.data.options:
                     for resp in r.transcript.responses:
                         if resp.text not in c.data.options:
-                            problems.append(Problem(
-                                f"response {resp.text!r} (response {resp.index}) is not one of data.options {list(c.data.options)}",
-                                file=display_path(c.data.path), line=r.line, where=f"participant {r.transcript.participant}"))
+                            problems.append(
+                                Problem(
+                                    f"response {resp.text!r} (response {resp.index}) is not one of "
+                                    f"data.options {list(c.data.options)}",
+                                    file=display_path(c.data.path),
+                                    line=r.line,
+                                    where=f"participant {r.transcript.participant}",
+                                )
+                            )
             raise_if(problems, DataError, f"responses outside the declared options in {display_path(c.data.path)}")
             if c.cohort.path is None:
                 return cohort_from_records(
@@ -154,8 +164,12 @@ class Experiment:
         data_ids = set(self.task.trials) if self.task else set(self.transcripts)
         shown = display_path(self.config.data.path)
         problems = [
-            Problem(f"participant {pid} has a profile in {self.cohort.source} but no transcript in {shown}", where=f"participant {pid}")
-            for pid in self.participants if pid not in data_ids
+            Problem(
+                f"participant {pid} has a profile in {self.cohort.source} but no transcript in {shown}",
+                where=f"participant {pid}",
+            )
+            for pid in self.participants
+            if pid not in data_ids
         ]
         problems += [
             Problem(f"participant {pid} has data in {shown} but no profile in {self.cohort.source}", where=f"participant {pid}")
@@ -212,7 +226,9 @@ class Experiment:
         problems = []
         for experiment, ids in groups.items():
             if len(ids) < 2:
-                problems.append(Problem(f"shuffled_persona needs at least two participants per experiment; {experiment!r} has {len(ids)}"))
+                problems.append(
+                    Problem(f"shuffled_persona needs at least two participants per experiment; {experiment!r} has {len(ids)}")
+                )
                 continue
             mapping.update(derangement(ids, self.config.seed))
         raise_if(problems, DataError, "cannot build the shuffled_persona control")
@@ -273,8 +289,12 @@ class Experiment:
         if cond.type == "no_persona":
             return "", None
         source = self.shuffle[participant] if cond.type == "shuffled_persona" else participant
-        text = render_persona(self.persona_templates[cond.name], self.cohort.profiles[source], self.schema,
-                              experiment=self._experiment_of(participant))
+        text = render_persona(
+            self.persona_templates[cond.name],
+            self.cohort.profiles[source],
+            self.schema,
+            experiment=self._experiment_of(participant),
+        )
         return text, source
 
     def transcript(self, participant: str) -> Transcript:
@@ -302,7 +322,9 @@ class Experiment:
         elif format == "chat":
             m = self.model(model)
             if m.name not in self.chat_templates:
-                raise PsysimError(f"model {m.name!r} does not use the chat format; add 'chat' to its formats in the experiment file")
+                raise PsysimError(
+                    f"model {m.name!r} does not use the chat format; add 'chat' to its formats in the experiment file"
+                )
             rendering = self.chat_templates[m.name].render(to_messages(transcript, persona), where=f"participant {participant}")
             text, spans = rendering.text, tuple(rendering.spans)
         else:
@@ -323,11 +345,16 @@ class Experiment:
         else:
             counts_all = counts
         known = {name: sum(name in p.values for p in self.cohort) for name in self.schema.fields}
-        conds = [c.name + (f" ({Path(c.format).stem})" if c.type != "no_persona" else "") +
-                 (f" [{c.type}]" if c.name != c.type else "") for c in self.config.conditions]
+        conds = [
+            c.name
+            + (f" ({Path(c.format).stem})" if c.type != "no_persona" else "")
+            + (f" [{c.type}]" if c.name != c.type else "")
+            for c in self.config.conditions
+        ]
         models = [f"{m.name} ({', '.join(m.formats)}{'; ' + m.backend if m.backend != 'hf' else ''})" for m in self.config.models]
         experiments = sorted({self._experiment_of(p) for p in self.participants})
-        data = f"{display_path(self.config.data.path)} ({'Psych-201 JSONL' if self.config.data.format == 'psych201' else 'trial table'})"
+        kind = "Psych-201 JSONL" if self.config.data.format == "psych201" else "trial table"
+        data = f"{display_path(self.config.data.path)} ({kind})"
         return Summary(
             name=self.config.name,
             config=display_path(self.config.path),
@@ -374,7 +401,9 @@ def chat_template_for(model: ModelConfig, base: Path) -> ChatTemplate:
         try:
             from gguf import GGUFReader  # lazy: only GGUF users need it
         except ImportError:
-            raise ModelError("reading a chat template from a .gguf file needs the gguf package: pip install 'psysim[gguf]'") from None
+            raise ModelError(
+                "reading a chat template from a .gguf file needs the gguf package: pip install 'psysim[gguf]'"
+            ) from None
         reader = GGUFReader(str(source))
         tmpl = reader.fields.get("tokenizer.chat_template")
         if tmpl is not None:

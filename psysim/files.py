@@ -49,8 +49,7 @@ def read_text(path: str | os.PathLike, *, error: type[PsysimError] = DataError, 
         line = raw[: exc.start].count(b"\n") + 1
         col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
         problem = Problem(
-            f"not UTF-8: byte 0x{raw[exc.start]:02x} at byte offset {exc.start} cannot be decoded; "
-            "save the file as UTF-8",
+            f"not UTF-8: byte 0x{raw[exc.start]:02x} at byte offset {exc.start} cannot be decoded; save the file as UTF-8",
             file=shown,
             line=line,
             column=col,
@@ -92,9 +91,7 @@ def read_jsonl(path: str | os.PathLike, *, what: str = "JSONL file") -> Table:
             problems.append(Problem(f"invalid JSON: {exc.msg}", file=shown, line=lineno, column=exc.colno))
             continue
         if not isinstance(obj, dict):
-            problems.append(
-                Problem(f"expected a JSON object, found {_json_type(obj)}", file=shown, line=lineno, column=1)
-            )
+            problems.append(Problem(f"expected a JSON object, found {_json_type(obj)}", file=shown, line=lineno, column=1))
             continue
         rows.append(obj)
         lines.append(lineno)
@@ -148,7 +145,7 @@ def _read_csv(p: Path, what: str) -> Table:
                     Problem(f"expected {len(header)} cells (as in the header), found {len(record)}", file=shown, line=lineno)
                 )
                 continue
-            rows.append(dict(zip(header, record)))
+            rows.append(dict(zip(header, record, strict=True)))
             lines.append(lineno)
     except csv.Error as exc:
         problems.append(Problem(f"invalid CSV: {exc}", file=shown, line=reader.line_num))

@@ -115,7 +115,9 @@ class ProfileSchema:
             problems.append(Problem(f"not a valid JSON Schema: {exc.message}", file=shown, where=where))
             raise_if(problems, DataError, f"invalid profile schema {shown}")
         if schema.get("type") != "object" or not isinstance(schema.get("properties"), dict):
-            problems.append(Problem("expected a schema with \"type\": \"object\" and \"properties\" (one per profile field)", file=shown))
+            problems.append(
+                Problem('expected a schema with "type": "object" and "properties" (one per profile field)', file=shown)
+            )
             raise_if(problems, DataError, f"invalid profile schema {shown}")
         annotation_validator = Draft202012Validator(_ANNOTATION_SCHEMA)
         self.fields: dict[str, FieldSpec] = {}
@@ -124,7 +126,9 @@ class ProfileSchema:
                 continue
             ann = prop.get("x-psysim", {})
             for sub, message in _jsonschema.iter_described(annotation_validator, ann):
-                problems.append(Problem(message, file=shown, where=_jsonschema.format_path(("properties", name, "x-psysim") + sub)))
+                problems.append(
+                    Problem(message, file=shown, where=_jsonschema.format_path(("properties", name, "x-psysim") + sub))
+                )
             if problems:
                 continue
             types = prop.get("type", ["string", "number", "integer", "boolean"])
@@ -161,7 +165,9 @@ class ProfileSchema:
                 [Problem(f"invalid JSON: {exc.msg}", file=display_path(p), line=exc.lineno, column=exc.colno)],
             ) from None
         if not isinstance(schema, dict):
-            raise DataError(f"invalid profile schema {display_path(p)}", [Problem("expected a JSON object", file=display_path(p))])
+            raise DataError(
+                f"invalid profile schema {display_path(p)}", [Problem("expected a JSON object", file=display_path(p))]
+            )
         return cls(schema, p)
 
     def _typed(self, name: str, value: Any) -> Any:
@@ -257,14 +263,24 @@ def cohort_from_records(
     return Cohort(schema, profiles, source)
 
 
-def load_cohort(path: str | Path, schema: ProfileSchema, *, id_column: str = "participant",
-                missing: tuple[str, ...] = ("", "N/A", "NA", "n/a", "nan", "NaN", "None", "null")) -> Cohort:
+def load_cohort(
+    path: str | Path,
+    schema: ProfileSchema,
+    *,
+    id_column: str = "participant",
+    missing: tuple[str, ...] = ("", "N/A", "NA", "n/a", "nan", "NaN", "None", "null"),
+) -> Cohort:
     """Read profiles from CSV, JSONL or Parquet (one row per participant) and validate each."""
     table = read_table(path, what="cohort file")
     if id_column not in table.columns:
         raise DataError(
             f"cohort file has no id column: {table.path}",
-            [Problem(f"expected a column {id_column!r} (cohort.id), found columns: {', '.join(table.columns) or 'none'}", file=table.path)],
+            [
+                Problem(
+                    f"expected a column {id_column!r} (cohort.id), found columns: {', '.join(table.columns) or 'none'}",
+                    file=table.path,
+                )
+            ],
         )
     problems: list[Problem] = []
     records: list[tuple[str, dict[str, Any], str]] = []
@@ -273,10 +289,18 @@ def load_cohort(path: str | Path, schema: ProfileSchema, *, id_column: str = "pa
         pid = participant_id(row.get(id_column))
         where = table.where(i)
         if pid is None:
-            problems.append(Problem(f"expected a participant id in column {id_column!r}, found {_jsonschema.found(row.get(id_column))}", file=table.path, where=where))
+            problems.append(
+                Problem(
+                    f"expected a participant id in column {id_column!r}, found {_jsonschema.found(row.get(id_column))}",
+                    file=table.path,
+                    where=where,
+                )
+            )
             continue
         if pid in first_seen:
-            problems.append(Problem(f"duplicate participant id {pid!r} (first on {first_seen[pid]})", file=table.path, where=where))
+            problems.append(
+                Problem(f"duplicate participant id {pid!r} (first on {first_seen[pid]})", file=table.path, where=where)
+            )
             continue
         first_seen[pid] = where
         records.append((pid, {k: v for k, v in row.items() if k != id_column}, where))

@@ -74,7 +74,9 @@ def resolve_template(value: str, kind: str, base: Path) -> Path:
     if "/" not in value and "\\" not in value and not value.endswith(".jinja"):
         if value in builtins:
             return builtins[value]
-        raise KeyError(f"unknown built-in {kind} template {value!r}; expected one of: {', '.join(builtins)}, or a path to a .jinja file")
+        raise KeyError(
+            f"unknown built-in {kind} template {value!r}; expected one of: {', '.join(builtins)}, or a path to a .jinja file"
+        )
     path = (base / value).resolve()
     if not path.is_file():
         raise KeyError(f"{kind} template not found: {display_path(path)} (relative paths are relative to the YAML file)")
@@ -249,5 +251,5 @@ def derangement(ids: list[str], seed: int) -> dict[str, str]:
     while True:
         perm = order[:]
         rng.shuffle(perm)
-        if all(a != b for a, b in zip(order, perm)):
-            return dict(zip(order, perm))
+        if all(a != b for a, b in zip(order, perm, strict=True)):
+            return dict(zip(order, perm, strict=True))

@@ -171,28 +171,49 @@ def read_psych201(path: str | Path, *, options: tuple[str, ...] | None = None) -
     problems: list[Problem] = []
     records: list[PsychRecord] = []
     first_line: dict[str, int] = {}
-    for row, line in zip(table.rows, table.lines):
+    for row, line in zip(table.rows, table.lines, strict=True):
         pid = participant_id(row.get("participant"))
         who = f"participant {pid}" if pid is not None else "record"
         if pid is None:
-            problems.append(Problem(f"expected a participant id in key 'participant', found {_jsonschema.found(row.get('participant'))}", file=shown, line=line))
+            problems.append(
+                Problem(
+                    f"expected a participant id in key 'participant', found {_jsonschema.found(row.get('participant'))}",
+                    file=shown,
+                    line=line,
+                )
+            )
         elif pid in first_line:
-            problems.append(Problem(f"duplicate participant id {pid!r} (first on line {first_line[pid]})", file=shown, line=line, where=who))
+            problems.append(
+                Problem(f"duplicate participant id {pid!r} (first on line {first_line[pid]})", file=shown, line=line, where=who)
+            )
             continue
         else:
             first_line[pid] = line
         text = row.get("text")
         if not isinstance(text, str):
-            problems.append(Problem(f"expected the session text in key 'text', found {_jsonschema.found(text)}", file=shown, line=line, where=who))
+            problems.append(
+                Problem(
+                    f"expected the session text in key 'text', found {_jsonschema.found(text)}", file=shown, line=line, where=who
+                )
+            )
             continue
         experiment = row.get("experiment")
         if not isinstance(experiment, str) or not experiment.strip():
-            problems.append(Problem(f"expected the experiment name in key 'experiment', found {_jsonschema.found(experiment)}", file=shown, line=line, where=who))
+            problems.append(
+                Problem(
+                    f"expected the experiment name in key 'experiment', found {_jsonschema.found(experiment)}",
+                    file=shown,
+                    line=line,
+                    where=who,
+                )
+            )
             continue
         spans, errors = parse_markup(text)
         problems += [Problem(f"malformed markup: {e}", file=shown, line=line, where=who) for e in errors]
         if not spans and not errors:
-            problems.append(Problem("the transcript has no responses (nothing is marked <<...>>)", file=shown, line=line, where=who))
+            problems.append(
+                Problem("the transcript has no responses (nothing is marked <<...>>)", file=shown, line=line, where=who)
+            )
         per_response: dict[str, list[Any]] = {}
         profile: dict[str, Any] = {}
         for key, value in row.items():
@@ -201,8 +222,12 @@ def read_psych201(path: str | Path, *, options: tuple[str, ...] | None = None) -
             if isinstance(value, list):
                 if not errors and len(value) != len(spans):
                     problems.append(
-                        Problem(f"per-response list {key!r} has {len(value)} values but the transcript has {len(spans)} responses",
-                                file=shown, line=line, where=who)
+                        Problem(
+                            f"per-response list {key!r} has {len(value)} values but the transcript has {len(spans)} responses",
+                            file=shown,
+                            line=line,
+                            where=who,
+                        )
                     )
                 per_response[key] = value
             else:

@@ -88,15 +88,20 @@ class StructuredTask:
             where = self.table.where(i)
             pid = participant_id(row.get(c.participant_column))
             if pid is None:
-                problems.append(Problem(f"expected a participant id in column {c.participant_column!r}", file=self.shown, where=where))
+                problems.append(
+                    Problem(f"expected a participant id in column {c.participant_column!r}", file=self.shown, where=where)
+                )
                 continue
             raw_trial = row.get(c.trial_column)
             try:
                 number = int(str(raw_trial).strip())
             except ValueError:
                 problems.append(
-                    Problem(f"participant {pid}: expected an integer trial number in column {c.trial_column!r}, found {raw_trial!r}",
-                            file=self.shown, where=where)
+                    Problem(
+                        f"participant {pid}: expected an integer trial number in column {c.trial_column!r}, found {raw_trial!r}",
+                        file=self.shown,
+                        where=where,
+                    )
                 )
                 continue
             rows_by.setdefault(pid, []).append((number, i))
@@ -108,7 +113,11 @@ class StructuredTask:
             for number, i in numbered:
                 where = self.table.where(i)
                 if number in seen:
-                    problems.append(Problem(f"participant {pid}: trial {number} appears twice (also {seen[number]})", file=self.shown, where=where))
+                    problems.append(
+                        Problem(
+                            f"participant {pid}: trial {number} appears twice (also {seen[number]})", file=self.shown, where=where
+                        )
+                    )
                     continue
                 seen[number] = where
                 row = self.table.rows[i]
@@ -135,8 +144,12 @@ class StructuredTask:
         options = tuple(o.strip() for o in str(cell).split(c.options_sep))
         if len(options) < 2 or "" in options or len(set(options)) != len(options):
             return None, [
-                Problem(f"participant {pid}: expected at least two distinct, non-empty options separated by {c.options_sep!r} "
-                        f"in column {c.options_column!r}, found {cell!r}", file=self.shown, where=where)
+                Problem(
+                    f"participant {pid}: expected at least two distinct, non-empty options separated by {c.options_sep!r} "
+                    f"in column {c.options_column!r}, found {cell!r}",
+                    file=self.shown,
+                    where=where,
+                )
             ]
         return options, []
 
@@ -144,13 +157,19 @@ class StructuredTask:
         problems = []
         if options is not None and response not in options:
             problems.append(
-                Problem(f"participant {pid}, trial {number}: response {response!r} is not one of the options {list(options)}",
-                        file=self.shown, where=where)
+                Problem(
+                    f"participant {pid}, trial {number}: response {response!r} is not one of the options {list(options)}",
+                    file=self.shown,
+                    where=where,
+                )
             )
         if OPEN in response or CLOSE in response:
             problems.append(
-                Problem(f"participant {pid}, trial {number}: response {response!r} contains a '<<' or '>>' delimiter",
-                        file=self.shown, where=where)
+                Problem(
+                    f"participant {pid}, trial {number}: response {response!r} contains a '<<' or '>>' delimiter",
+                    file=self.shown,
+                    where=where,
+                )
             )
         return problems
 
@@ -171,16 +190,22 @@ class StructuredTask:
         text = self._render("trial", first, _RESPONSE_SLOT, len(self.trials[first.participant]))
         if text.count(_RESPONSE_SLOT) != 1:
             problems.append(
-                Problem(f"the trial template must place {{{{ response }}}} exactly once, found it {text.count(_RESPONSE_SLOT)} times",
-                        file=self.templates["trial"].shown)
+                Problem(
+                    f"the trial template must place {{{{ response }}}} exactly once, found it {text.count(_RESPONSE_SLOT)} times",
+                    file=self.templates["trial"].shown,
+                )
             )
         return problems
 
     def _context(self, trial: Trial, response: str | None, n_trials: int) -> dict[str, Any]:
         context = {k: v for k, v in trial.row.items() if k.isidentifier()}
         context.update(
-            participant=trial.participant, trial=trial.index, n_trials=n_trials,
-            options=list(trial.options) if trial.options else None, response=response, row=trial.row,
+            participant=trial.participant,
+            trial=trial.index,
+            n_trials=n_trials,
+            options=list(trial.options) if trial.options else None,
+            response=response,
+            row=trial.row,
         )
         return context
 
@@ -188,10 +213,16 @@ class StructuredTask:
         where = f"participant {trial.participant}, trial {trial.index} ({self.shown} {trial.where})"
         text = self.templates[kind].render(self._context(trial, response, n_trials), where=where)
         if OPEN in text or CLOSE in text:
+            offset = min(i for i in (text.find(OPEN), text.find(CLOSE)) if i >= 0)
             raise TemplateError(
                 f"{kind} template output contains a response delimiter",
-                [Problem(f"rendered text contains '<<' or '>>' at character offset {min(i for i in (text.find(OPEN), text.find(CLOSE)) if i >= 0)}; "
-                         "only psysim marks responses", file=self.templates[kind].shown, where=where)],
+                [
+                    Problem(
+                        f"rendered text contains '<<' or '>>' at character offset {offset}; only psysim marks responses",
+                        file=self.templates[kind].shown,
+                        where=where,
+                    )
+                ],
             )
         return text
 
@@ -217,23 +248,34 @@ class StructuredTask:
         """The participant's transcript with the human responses (or ``responses`` if given)."""
         trials = self.trials[participant]
         chosen = list(responses) if responses is not None else [t.response for t in trials]
-        missing = [t.index for t, r in zip(trials, chosen) if r is None]
+        if len(chosen) != len(trials):
+            raise ValueError(f"participant {participant} has {len(trials)} trials, got {len(chosen)} responses")
+        missing = [t.index for t, r in zip(trials, chosen, strict=True) if r is None]
         if missing:
             raise DataError(
                 f"participant {participant} has trials without a human response",
-                [Problem(f"participant {participant}: no response on trial {i} (position in the table); "
-                         "this participant can be simulated but not scored", file=self.shown) for i in missing[:5]],
+                [
+                    Problem(
+                        f"participant {participant}: no response on trial {i} (position in the table); "
+                        "this participant can be simulated but not scored",
+                        file=self.shown,
+                    )
+                    for i in missing[:5]
+                ],
             )
         sep = self.config.separator
         contexts: list[str] = []
         carry = self.instructions(participant) + sep if "instructions" in self.templates else ""
-        for trial, response in zip(trials, chosen):
+        for trial, response in zip(trials, chosen, strict=True):
             before, after = self.render_trial(trial, response)
             contexts.append(carry + before)
             carry = after + sep
         contexts.append(carry[: -len(sep)] if sep else carry)
         return build_transcript(
-            participant, self.experiment, contexts, chosen,
+            participant,
+            self.experiment,
+            contexts,
+            chosen,
             options=[t.options for t in trials],
             data=[{k: v for k, v in t.row.items() if k != self.config.participant_column} for t in trials],
             source=self.shown,
