@@ -132,8 +132,11 @@ class ExperimentConfig:
         )
 
 
-def _compose(text: str, shown: str) -> tuple[Any, dict[tuple[Any, ...], tuple[int, int]], list[Problem]]:
-    """Parse YAML, returning the data, the position of every value, and duplicate-key problems."""
+Marks = dict[tuple[Any, ...], tuple[int, int]]
+
+
+def _compose(text: str, shown: str) -> tuple[Any, Marks, Marks, list[Problem]]:
+    """Parse YAML, returning the data, the position of every value and of every key, and duplicate-key problems."""
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
@@ -156,7 +159,8 @@ def _compose(text: str, shown: str) -> tuple[Any, dict[tuple[Any, ...], tuple[in
         raise ConfigError(f"experiment file is not valid YAML: {shown}", [Problem(str(exc), file=shown)]) from None
     finally:
         loader.dispose()
-    marks: dict[tuple[Any, ...], tuple[int, int]] = {}
+    marks: Marks = {}
+    key_marks: Marks = {}
     problems: list[Problem] = []
 
     def walk(n: yaml.Node, path: tuple[Any, ...]) -> None:
@@ -176,7 +180,7 @@ def _compose(text: str, shown: str) -> tuple[Any, dict[tuple[Any, ...], tuple[in
                         )
                     )
                 seen[key] = key_node.start_mark.line + 1
-                marks.setdefault(path + (key,), (key_node.start_mark.line + 1, key_node.start_mark.column + 1))
+                key_marks.setdefault(path + (key,), (key_node.start_mark.line + 1, key_node.start_mark.column + 1))
                 walk(value_node, path + (key,))
         elif isinstance(n, yaml.SequenceNode):
             for i, item in enumerate(n.value):
@@ -184,7 +188,7 @@ def _compose(text: str, shown: str) -> tuple[Any, dict[tuple[Any, ...], tuple[in
 
     if node is not None:
         walk(node, ())
-    return data, marks, problems
+    return data, marks, key_marks, problems
 
 
 def load_config(path: str | os.PathLike) -> ExperimentConfig:
@@ -197,14 +201,16 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
     p = Path(path).expanduser().resolve()
     shown = display_path(path)
     text = read_text(p, error=ConfigError, what="experiment file")
-    data, marks, problems = _compose(text, shown)
+    data, marks, key_marks, problems = _compose(text, shown)
 
     def at(yaml_path: tuple[Any, ...], message: str) -> Problem:
-        # A value's own position; for a missing key, the position of its parent.
+        # Errors about keys point at the key; errors about values at the value. A
+        # missing key points at its parent's key (or the top of the file).
+        about_key = message.startswith(("unknown key", "missing required key"))
         probe = yaml_path
-        while probe and probe not in marks:
+        while probe and probe not in (key_marks if about_key else marks):
             probe = probe[:-1]
-        line, col = marks.get(probe, (None, None))
+        line, col = (key_marks if about_key else marks).get(probe, marks.get(probe, (1, 1) if not probe else (None, None)))
         return Problem(message, file=shown, where=_jsonschema.format_path(yaml_path), line=line, column=col)
 
     if data is None:
@@ -214,6 +220,7 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
     validator = Draft202012Validator(experiment_schema())
     for yaml_path, message in _jsonschema.iter_described(validator, data):
         problems.append(at(yaml_path, message))
+    problems.sort(key=lambda pr: (pr.line or 0, pr.column or 0))
     raise_if(problems, ConfigError, f"invalid experiment file {shown}")
 
     folder = p.parent
@@ -305,6 +312,7 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
         conditions.append(cond)
 
     output = resolve(data["output"]) if "output" in data else folder / "runs" / data["name"]
+    problems.sort(key=lambda pr: (pr.line or 0, pr.column or 0))
     raise_if(problems, ConfigError, f"invalid experiment file {shown}")
     return ExperimentConfig(
         path=p,
