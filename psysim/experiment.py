@@ -244,14 +244,21 @@ class Experiment:
                     self.persona(pid, cond.name)
                 except PsysimError as exc:
                     problems += exc.problems
+        # A chat template may refuse a conversation's shape (e.g. two assistant turns in a
+        # row), which varies by participant; personas change only the first user turn.
+        # So: every participant under the first condition, every condition for one participant.
+        first_condition = self.config.conditions[0].name
+        pairs = [(pid, first_condition) for pid in self.transcripts]
+        pairs += [(pid, c.name) for pid in list(self.transcripts)[:1] for c in self.config.conditions[1:]]
         for model in self.config.models:
-            if "chat" in model.formats:
-                for pid in list(self.transcripts)[:1]:
-                    for cond in self.config.conditions:
-                        try:
-                            self.render(pid, cond.name, format="chat", model=model.name)
-                        except PsysimError as exc:
-                            problems += exc.problems
+            if "chat" not in model.formats:
+                continue
+            for pid, condition in pairs:
+                try:
+                    self.render(pid, condition, format="chat", model=model.name)
+                except PsysimError as exc:
+                    problems += exc.problems
+                    break  # one located example per model is enough to act on
         raise_if(problems, TemplateError, "cannot render prompts")
 
     # -- public API ----------------------------------------------------------

@@ -1,0 +1,118 @@
+"""The shipped quickstart and the CLI as a user sees it: exact output, exit codes, start-up cost."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import REPO
+
+import psysim
+
+QUICKSTART = REPO / "experiments" / "quickstart.yaml"
+THOMA = REPO / "participants" / "thoma2025riskychoice" / "prompts.jsonl"
+
+
+def _record(pid: str) -> dict:
+    for line in THOMA.read_text(encoding="utf-8").splitlines():
+        rec = json.loads(line)
+        if rec["participant"] == pid:
+            return rec
+    raise KeyError(pid)
+
+
+def test_quickstart_validates_with_exact_summary(run_cli, monkeypatch):
+    """`psysim validate experiments/quickstart.yaml` passes and prints the summary the README shows."""
+    monkeypatch.chdir(REPO)
+    r = run_cli("validate", "experiments/quickstart.yaml")
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.splitlines() == [
+        "ok: experiments/quickstart.yaml is valid",
+        "  experiment   quickstart (Thoma_et_al_2025_risky_choice)",
+        "  data         participants/thoma2025riskychoice/prompts.jsonl (Psych-201 JSONL)",
+        "  participants 301",
+        "  responses    2709 (per participant: median 9, min 9, max 9)",
+        "  profiles     known fields: age 301, gender 301, condition 301",
+        "  conditions   no_persona, persona (interview), shuffled_persona (interview)",
+        "  models       smollm2-135m-instruct (raw, chat)",
+        "  output       runs/quickstart",
+    ]
+
+
+def test_quickstart_no_persona_is_the_psych201_text_byte_for_byte(run_cli):
+    """Raw no_persona output is exactly the Psych-201 file's text, for every participant."""
+    exp = psysim.load_experiment(QUICKSTART)
+    for line in THOMA.read_text(encoding="utf-8").splitlines():
+        rec = json.loads(line)
+        assert exp.render(rec["participant"], "no_persona").text == rec["text"]
+    r = run_cli("render", str(QUICKSTART), "-p", "7", "-c", "no_persona", "--text-only")
+    assert r.exit_code == 0
+    assert r.stdout == _record("7")["text"]
+
+
+def test_quickstart_persona_is_psych201_interview(run_cli):
+    """The persona condition prepends Psych-201's interview lines, values exactly as in the file."""
+    rec = _record("101")
+    expected = (
+        f"Interviewer: What is your age?\nInterviewee: {rec['age']}\n\n"
+        f"Interviewer: What is your gender?\nInterviewee: {rec['gender']}\n\n"
+        f"Interviewer: Which condition of the study are you in?\nInterviewee: {rec['condition']}\n\n"
+    ) + rec["text"]
+    r = run_cli("render", str(QUICKSTART), "-p", "101", "-c", "persona", "--text-only")
+    assert r.stdout == expected
+    assert "Interviewee: 7.49\n" in expected
+
+
+def test_render_shows_three_conditions_raw_and_chat(run_cli):
+    """Without --condition every condition is shown; spans are listed and slice to the responses."""
+    for extra in ([], ["--chat"]):
+        r = run_cli("render", str(QUICKSTART), "-p", "101", "--mark", "brackets", *extra)
+        assert r.exit_code == 0, r.stderr
+        headers = [line for line in r.stdout.splitlines() if line.startswith("─── participant")]
+        fmt = "chat · model smollm2-135m-instruct" if extra else "raw"
+        assert [h.split(" · ")[1] for h in headers] == [
+            "no_persona",
+            "persona (profile of participant 101)",
+            f"shuffled_persona (profile of participant {psysim.load_experiment(QUICKSTART).shuffle['101']})",
+        ]
+        assert all(fmt in h for h in headers)
+        assert r.stdout.count("<<⟦" if not extra else "⟦") == 27
+    payload = json.loads(run_cli("render", str(QUICKSTART), "-p", "101", "--chat", "--json").stdout)
+    assert len(payload) == 3
+    for p in payload:
+        assert p["text"].startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
+        assert [p["text"][s:e] for s, e in p["spans"]] == p["responses"] == ["O", "O", "Q", "Q", "O", "Q", "O", "O", "Q"]
+
+
+def test_python_m_psysim_and_lazy_imports():
+    """`python -m psysim` works, and validating does not import torch, transformers or pandas."""
+    code = (
+        "import sys, psysim.cli\n"
+        "try:\n"
+        f"    psysim.cli.main(['validate', {str(QUICKSTART)!r}])\n"
+        "except SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        "heavy = sorted(m for m in ('torch', 'transformers', 'pandas', 'peft', 'sklearn') if m in sys.modules)\n"
+        "print('HEAVY', heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "HEAVY []" in out
+    r = subprocess.run([sys.executable, "-m", "psysim", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0
+    assert "validate" in r.stdout and "render" in r.stdout
+
+
+def test_templates_lists_builtins(run_cli):
+    """`psysim templates` lists the built-in persona and chat templates."""
+    out = run_cli("templates").stdout
+    for name in ("interview", "first_person", "third_person", "chatml", "smollm2"):
+        assert f"  {name}" in out
+
+
+def test_usage_error_is_exit_2_without_traceback(run_cli):
+    """A missing argument is a usage error (exit 2), not a traceback."""
+    r = run_cli("render")
+    assert r.exit_code == 2
+    assert "Missing argument 'EXPERIMENT'" in r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
