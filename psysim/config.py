@@ -143,7 +143,10 @@ def _compose(text: str, shown: str) -> tuple[Any, Marks, Marks, list[Problem]]:
         data = loader.construct_document(node) if node is not None else None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        msg = " ".join(x for x in (exc.context, exc.problem) if x) or "invalid YAML"
+        msg = exc.problem or "invalid YAML"
+        if exc.context and exc.context_mark:
+            cm = exc.context_mark
+            msg += f" ({exc.context} that starts at line {cm.line + 1}, column {cm.column + 1})"
         raise ConfigError(
             f"experiment file is not valid YAML: {shown}",
             [
@@ -163,7 +166,24 @@ def _compose(text: str, shown: str) -> tuple[Any, Marks, Marks, list[Problem]]:
     key_marks: Marks = {}
     problems: list[Problem] = []
 
+    active: set[int] = set()
+
     def walk(n: yaml.Node, path: tuple[Any, ...]) -> None:
+        if id(n) in active:
+            # An alias to one of its own ancestors (`a: &x [*x]`): data that contains itself.
+            raise ConfigError(
+                f"experiment file is not valid: {shown}",
+                [
+                    Problem(
+                        "recursive YAML alias: the value refers to itself",
+                        file=shown,
+                        where=_jsonschema.format_path(path),
+                        line=n.start_mark.line + 1,
+                        column=n.start_mark.column + 1,
+                    )
+                ],
+            )
+        active.add(id(n))
         marks[path] = (n.start_mark.line + 1, n.start_mark.column + 1)
         if isinstance(n, yaml.MappingNode):
             seen: dict[Any, int] = {}
@@ -185,10 +205,62 @@ def _compose(text: str, shown: str) -> tuple[Any, Marks, Marks, list[Problem]]:
         elif isinstance(n, yaml.SequenceNode):
             for i, item in enumerate(n.value):
                 walk(item, path + (i,))
+        active.discard(id(n))
 
     if node is not None:
         walk(node, ())
     return data, marks, key_marks, problems
+
+
+def _semantic_problems(data: dict[str, Any], at, resolve) -> list[Problem]:
+    """Problems the schema cannot express: missing files, wrong suffixes, duplicate names, non-integer seeds."""
+    problems: list[Problem] = []
+
+    def section(key: str) -> dict[str, Any]:
+        value = data.get(key)
+        return value if isinstance(value, dict) else {}
+
+    def must_exist(yaml_path: tuple[Any, ...], value: Any, what: str) -> None:
+        if not isinstance(value, str) or not value:
+            return
+        target = resolve(value)
+        if not target.exists():
+            problems.append(
+                at(yaml_path, f"{what} not found: {value!r} (resolved against the YAML file's folder: {display_path(target)})")
+            )
+        elif target.is_dir():
+            problems.append(at(yaml_path, f"expected a file, found a folder: {value!r} ({display_path(target)})"))
+
+    if isinstance(data.get("seed"), float):
+        # JSON Schema counts 7.0 as an integer; a seed written as a float is a typo worth flagging.
+        problems.append(at(("seed",), f"expected an integer, found a number {data['seed']!r}"))
+    d, c = section("data"), section("cohort")
+    must_exist(("data", "path"), d.get("path"), "data file")
+    templates = d.get("templates")
+    for kind, value in templates.items() if isinstance(templates, dict) else ():
+        must_exist(("data", "templates", kind), value, f"{kind} template")
+    suffixes = {"psych201": (".jsonl",), "trials": (".csv", ".parquet")}.get(d.get("format"))
+    if suffixes and isinstance(d.get("path"), str) and Path(d["path"]).suffix.lower() not in suffixes:
+        found = Path(d["path"]).name
+        problems.append(
+            at(("data", "path"), f"expected a {' or '.join(suffixes)} file for format {d['format']}, found {found!r}")
+        )
+    must_exist(("cohort", "schema"), c.get("schema"), "profile schema")
+    must_exist(("cohort", "path"), c.get("path"), "cohort file")
+    if d.get("format") == "trials" and "cohort" in data and "path" not in c:
+        problems.append(at(("cohort",), "missing required key 'path': a trial table has no profiles, name the cohort file"))
+    for key, label in (("models", "model"), ("conditions", "condition")):
+        items = data.get(key)
+        seen: dict[Any, int] = {}
+        for i, item in enumerate(items if isinstance(items, list) else ()):
+            name = item.get("name") if isinstance(item, dict) else item
+            if not isinstance(name, str):
+                continue
+            if name in seen:
+                where = (key, i, "name") if isinstance(item, dict) else (key, i)
+                problems.append(at(where, f"duplicate {label} name {name!r} (also {key}[{seen[name]}])"))
+            seen.setdefault(name, i)
+    return problems
 
 
 def load_config(path: str | os.PathLike) -> ExperimentConfig:
@@ -206,7 +278,7 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
     def at(yaml_path: tuple[Any, ...], message: str) -> Problem:
         # Errors about keys point at the key; errors about values at the value. A
         # missing key points at its parent's key (or the top of the file).
-        about_key = message.startswith(("unknown key", "missing required key"))
+        about_key = message.startswith(("unknown key", "missing required key", "not allowed"))
         probe = yaml_path
         while probe and probe not in (key_marks if about_key else marks):
             probe = probe[:-1]
@@ -215,38 +287,30 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
 
     if data is None:
         raise ConfigError(
-            f"experiment file is empty: {shown}", [Problem("expected a mapping of keys, found an empty file", file=shown)]
+            f"experiment file is empty: {shown}",
+            [Problem("expected a mapping of keys, found an empty file (or only comments)", file=shown)],
         )
     validator = Draft202012Validator(experiment_schema())
     for yaml_path, message in _jsonschema.iter_described(validator, data):
         problems.append(at(yaml_path, message))
-    problems.sort(key=lambda pr: (pr.line or 0, pr.column or 0))
-    raise_if(problems, ConfigError, f"invalid experiment file {shown}")
-
     folder = p.parent
 
     def resolve(value: str) -> Path:
         return (folder / Path(value).expanduser()).resolve()
 
-    def must_exist(yaml_path: tuple[Any, ...], value: str, what: str, *, folder_ok: bool = False) -> Path:
-        target = resolve(value)
-        if not target.exists():
-            problems.append(
-                at(yaml_path, f"{what} not found: {display_path(target)} (relative paths are relative to the YAML file)")
-            )
-        elif target.is_dir() and not folder_ok:
-            problems.append(at(yaml_path, f"expected a file, found a folder: {display_path(target)}"))
-        return target
+    # Checks beyond the schema run even when the schema found problems, so that a
+    # user sees every problem of the file at once; each guards against bad shapes.
+    if isinstance(data, dict):
+        problems += _semantic_problems(data, at, resolve)
+    problems.sort(key=lambda pr: (pr.line or 0, pr.column or 0))
+    raise_if(problems, ConfigError, f"invalid experiment file {shown}")
 
     d = data["data"]
     cols = d.get("columns", {})
     opts = d.get("options")
-    templates: dict[str, Path] = {}
-    for kind, value in d.get("templates", {}).items():
-        templates[kind] = must_exist(("data", "templates", kind), value, f"{kind} template")
     data_cfg = DataConfig(
         format=d["format"],
-        path=must_exist(("data", "path"), d["path"], "data file"),
+        path=resolve(d["path"]),
         experiment=d.get("experiment"),
         participant_column=cols.get("participant", "participant"),
         trial_column=cols.get("trial", "trial"),
@@ -254,66 +318,35 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
         options=tuple(opts) if isinstance(opts, list) else None,
         options_column=opts.get("column") if isinstance(opts, dict) else None,
         options_sep=opts.get("sep", "|") if isinstance(opts, dict) else "|",
-        templates=templates,
+        templates={kind: resolve(value) for kind, value in d.get("templates", {}).items()},
         separator=d.get("separator", "\n"),
     )
-    expected_suffix = {"psych201": (".jsonl",), "trials": (".csv", ".parquet")}[data_cfg.format]
-    if data_cfg.path.suffix.lower() not in expected_suffix:
-        problems.append(
-            at(
-                ("data", "path"),
-                f"expected a {' or '.join(expected_suffix)} file for format {data_cfg.format}, found {data_cfg.path.name!r}",
-            )
-        )
-
     c = data["cohort"]
-    cohort_path = c.get("path")
-    if cohort_path is None and data_cfg.format == "trials":
-        problems.append(at(("cohort",), "missing required key 'path': a trial table has no profiles, name the cohort file"))
     cohort_cfg = CohortConfig(
-        schema=must_exist(("cohort", "schema"), c["schema"], "profile schema"),
-        path=must_exist(("cohort", "path"), cohort_path, "cohort file") if cohort_path else None,
+        schema=resolve(c["schema"]),
+        path=resolve(c["path"]) if "path" in c else None,
         id_column=c.get("id", "participant"),
         missing=tuple(c.get("missing", DEFAULT_MISSING)),
     )
-
-    models: list[ModelConfig] = []
-    seen_models: dict[str, int] = {}
-    for i, m in enumerate(data["models"]):
-        if m["name"] in seen_models:
-            problems.append(
-                at(("models", i, "name"), f"duplicate model name {m['name']!r} (also models[{seen_models[m['name']]}])")
-            )
-        seen_models.setdefault(m["name"], i)
-        models.append(
-            ModelConfig(
-                name=m["name"],
-                source=m.get("source", m["name"]),
-                backend=m.get("backend", "hf"),
-                formats=tuple(m.get("formats", ["raw"])),
-                chat_template=m.get("chat_template"),
-                index=i,
-            )
+    models = [
+        ModelConfig(
+            name=m["name"],
+            source=m.get("source", m["name"]),
+            backend=m.get("backend", "hf"),
+            formats=tuple(m.get("formats", ["raw"])),
+            chat_template=m.get("chat_template"),
+            index=i,
         )
-
+        for i, m in enumerate(data["models"])
+    ]
     persona_format = data.get("persona", {}).get("format", DEFAULT_PERSONA_FORMAT)
-    conditions: list[ConditionConfig] = []
-    seen_conditions: dict[str, int] = {}
-    for i, cnd in enumerate(data["conditions"]):
-        if isinstance(cnd, str):
-            cond = ConditionConfig(name=cnd, type=cnd, format=persona_format)
-        else:
-            cond = ConditionConfig(name=cnd["name"], type=cnd["type"], format=cnd.get("format", persona_format))
-        if cond.name in seen_conditions:
-            problems.append(
-                at(("conditions", i), f"duplicate condition name {cond.name!r} (also conditions[{seen_conditions[cond.name]}])")
-            )
-        seen_conditions.setdefault(cond.name, i)
-        conditions.append(cond)
-
+    conditions = [
+        ConditionConfig(name=cnd, type=cnd, format=persona_format)
+        if isinstance(cnd, str)
+        else ConditionConfig(name=cnd["name"], type=cnd["type"], format=cnd.get("format", persona_format))
+        for cnd in data["conditions"]
+    ]
     output = resolve(data["output"]) if "output" in data else folder / "runs" / data["name"]
-    problems.sort(key=lambda pr: (pr.line or 0, pr.column or 0))
-    raise_if(problems, ConfigError, f"invalid experiment file {shown}")
     return ExperimentConfig(
         path=p,
         name=data["name"],

@@ -27,7 +27,7 @@ from .errors import DataError, ModelError, Problem, PsysimError, TemplateError, 
 from .files import display_path
 from .participants import Cohort, Profile, ProfileSchema, cohort_from_records, load_cohort
 from .prompts import PERSONA_NAMES, Template, derangement, load_template, render_persona, resolve_template
-from .transcripts import Transcript, read_psych201
+from .transcripts import CLOSE, OPEN, Transcript, read_psych201
 from .trials import StructuredTask
 
 __all__ = ["Experiment", "Prompt", "Summary", "load_experiment"]
@@ -161,24 +161,30 @@ class Experiment:
         return load_cohort(c.cohort.path, self.schema, id_column=c.cohort.id_column, missing=c.cohort.missing)
 
     def _match_participants(self) -> list[Problem]:
-        data_ids = set(self.task.trials) if self.task else set(self.transcripts)
+        if self.task:
+            data_where = {pid: trials[0].where for pid, trials in self.task.trials.items()}
+        else:
+            data_where = {pid: "line " + t.source.rsplit(":", 1)[-1] for pid, t in self.transcripts.items()}
         shown = display_path(self.config.data.path)
         problems = [
             Problem(
-                f"participant {pid} has a profile in {self.cohort.source} but no transcript in {shown}",
-                where=f"participant {pid}",
+                f"has a profile but no transcript in {shown}",
+                file=self.cohort.source,
+                where=f"participant {pid} ({self.cohort.where[pid]})",
             )
             for pid in self.participants
-            if pid not in data_ids
+            if pid not in data_where
         ]
         problems += [
-            Problem(f"participant {pid} has data in {shown} but no profile in {self.cohort.source}", where=f"participant {pid}")
-            for pid in sorted(data_ids - set(self.participants))
+            Problem(f"has data but no profile in {self.cohort.source}", file=shown, where=f"participant {pid} ({where})")
+            for pid, where in data_where.items()
+            if pid not in self.cohort.profiles
         ]
         return problems
 
     def _load_persona_templates(self) -> dict[str, Template]:
         out: dict[str, Template] = {}
+        loaded: dict[Path, Template] = {}
         problems: list[Problem] = []
         allowed: dict[str, set[str] | None] = {name: None for name in PERSONA_NAMES}
         allowed["profile"] = set(self.schema.fields)
@@ -197,9 +203,10 @@ class Experiment:
             except KeyError as exc:
                 problems.append(self.config.problem(yaml_path, exc.args[0]))
                 continue
-            template = load_template(path, "persona")
-            problems += template.check_names(allowed)
-            out[cond.name] = template
+            if path not in loaded:  # conditions may share a template: check it once
+                loaded[path] = load_template(path, "persona")
+                problems += loaded[path].check_names(allowed)
+            out[cond.name] = loaded[path]
         raise_if(problems, TemplateError, "invalid persona templates")
         return out
 
@@ -302,6 +309,24 @@ class Experiment:
             self.schema,
             experiment=self._experiment_of(participant),
         )
+        if OPEN in text or CLOSE in text:
+            # The persona is read as part of a Psych-201-style transcript, where << >>
+            # mark responses: a delimiter in it would make exported transcripts ambiguous.
+            profile = self.cohort.profiles[source]
+            fields = [k for k, v in profile.text.items() if OPEN in v or CLOSE in v]
+            raise DataError(
+                f"the persona of participant {source} contains a response delimiter",
+                [
+                    Problem(
+                        f"the value {profile.text[f]!r} contains '<<' or '>>', which mark responses in transcripts; "
+                        "use value_labels in the schema to give it other words",
+                        file=self.cohort.source,
+                        where=f"participant {source}, field {f}",
+                    )
+                    for f in fields
+                ]
+                or [Problem("the persona template writes '<<' or '>>'", where=f"condition {cond.name}")],
+            )
         return text, source
 
     def transcript(self, participant: str) -> Transcript:

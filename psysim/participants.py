@@ -220,6 +220,8 @@ class Cohort:
     schema: ProfileSchema
     profiles: dict[str, Profile]
     source: str
+    #: Where each participant's profile is in ``source`` (e.g. "line 5"), for messages.
+    where: dict[str, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.profiles)
@@ -260,7 +262,7 @@ def cohort_from_records(
     if not records:
         problems.append(Problem("the cohort has no participants", file=source))
     raise_if(problems, DataError, f"invalid participant profiles in {source}")
-    return Cohort(schema, profiles, source)
+    return Cohort(schema, profiles, source, {pid: where for pid, _, where in records})
 
 
 def load_cohort(
