@@ -97,12 +97,18 @@ class ChatTemplate:
         return cls(read_text(p, error=TemplateError, what="chat template"), name=display_path(p), **kwargs)
 
     def _render(self, messages: list[dict[str, str]], where: str) -> str:
+        # The variables transformers passes (tools/documents absent). No strftime_now: templates
+        # that date the prompt (Llama 3.1+) fall back to their fixed default date, so the same
+        # experiment reads the same text on every day it is run.
+        context = {"messages": messages, "add_generation_prompt": False, "tools": None, "documents": None}
         try:
-            return self._template.render(messages=messages, add_generation_prompt=False, **self.special_tokens)
-        except jinja2.TemplateError as exc:
+            return self._template.render(**context, **self.special_tokens)
+        except Exception as exc:  # a failure inside the template is the template's problem, not a crash
+            message = getattr(exc, "message", None) or str(exc)
+            if not isinstance(exc, jinja2.TemplateError):
+                message = f"{type(exc).__name__}: {message}"
             raise TemplateError(
-                f"cannot render chat template {self.name}",
-                [Problem(getattr(exc, "message", None) or str(exc), file=self.name, where=where or None)],
+                f"cannot render chat template {self.name}", [Problem(message, file=self.name, where=where or None)]
             ) from None
 
     def render(self, messages: list[dict[str, str]], *, where: str = "") -> ChatRendering:
@@ -136,16 +142,18 @@ class ChatTemplate:
             pos = j + 1
         out.append(text_marked[pos:])
         text = "".join(out)
-        n_assistant = sum(m["role"] == "assistant" for m in messages)
-        if len(spans) != n_assistant or text != self._render(messages, where):
+        contents = [m["content"] for m in messages if m["role"] == "assistant"]
+        found = [text[s:e] for s, e in spans]
+        if found != contents or text != self._render(messages, where):
+            if len(found) != len(contents):
+                detail = f"expected {len(contents)} assistant messages in the output, found {len(found)}"
+            elif found != contents:
+                i = next(k for k, (a, b) in enumerate(zip(found, contents, strict=True)) if a != b)
+                detail = f"assistant message {i} is {contents[i]!r} but the template writes {found[i]!r}"
+            else:
+                detail = "the template's output depends on where message content starts and ends"
             raise TemplateError(
                 f"chat template {self.name} changes or drops message content, so response positions cannot be known",
-                [
-                    Problem(
-                        f"expected {n_assistant} assistant messages rendered verbatim, found {len(spans)}",
-                        file=self.name,
-                        where=where or None,
-                    )
-                ],
+                [Problem(detail, file=self.name, where=where or None)],
             )
         return ChatRendering(text, spans)

@@ -417,18 +417,22 @@ def chat_template_for(model: ModelConfig, base: Path) -> ChatTemplate:
             raise ModelError(exc.args[0]) from None
     source = Path(base, os.path.expanduser(model.source))
     if source.is_dir():
+        # transformers' save_pretrained writes the template to chat_template.jinja (newer) or
+        # into tokenizer_config.json (older); the special tokens are in tokenizer_config.json.
+        config = source / "tokenizer_config.json"
+        data = _read_json(config) if config.is_file() else {}
+        special = {}
+        for key in ("bos_token", "eos_token"):
+            token = data.get(key)
+            token = token.get("content") if isinstance(token, dict) else token  # older AddedToken form
+            if isinstance(token, str):
+                special[key] = token
         jinja = source / "chat_template.jinja"
         if jinja.is_file():
-            return ChatTemplate.from_file(jinja)
-        config = source / "tokenizer_config.json"
-        if config.is_file():
-            import json
-
-            data = json.loads(config.read_text("utf-8"))
-            template = data.get("chat_template")
-            if isinstance(template, str):
-                special = {k: v for k in ("bos_token", "eos_token") if isinstance(v := data.get(k), str)}
-                return ChatTemplate(template, name=display_path(config), special_tokens=special)
+            return ChatTemplate.from_file(jinja, special_tokens=special)
+        template = data.get("chat_template")
+        if isinstance(template, str):
+            return ChatTemplate(template, name=display_path(config), special_tokens=special)
     if source.is_file() and source.suffix == ".gguf":
         try:
             from gguf import GGUFReader  # lazy: only GGUF users need it
@@ -444,6 +448,21 @@ def chat_template_for(model: ModelConfig, base: Path) -> ChatTemplate:
         f"model {model.name!r} has no chat template psysim can find without loading it; "
         "set chat_template to a built-in name (chatml, smollm2) or a .jinja file"
     )
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    from .files import read_text
+
+    try:
+        data = json.loads(read_text(path, error=ModelError, what="tokenizer config"))
+    except json.JSONDecodeError as exc:
+        raise ModelError(
+            f"tokenizer config is not valid JSON: {display_path(path)}",
+            [Problem(f"invalid JSON: {exc.msg}", file=display_path(path), line=exc.lineno, column=exc.colno)],
+        ) from None
+    return data if isinstance(data, dict) else {}
 
 
 def load_experiment(path: str | os.PathLike) -> Experiment:

@@ -186,14 +186,22 @@ class ProfileSchema:
 
     def _display(self, name: str, raw: Any, typed: Any) -> str:
         spec = self.fields[name]
-        key = raw if isinstance(raw, str) else json.dumps(raw) if not isinstance(raw, float) else repr(raw)
-        if key in spec.value_labels:
-            return spec.value_labels[key]
+        if spec.value_labels:
+            keys = [raw.strip()] if isinstance(raw, str) else [json.dumps(raw) if not isinstance(raw, float) else repr(raw)]
+            if isinstance(typed, float) and typed.is_integer():
+                keys.append(str(int(typed)))  # an integer code stored as 2.0 (e.g. Parquet with gaps) is code "2"
+            elif isinstance(typed, int | float) and not isinstance(typed, bool):
+                keys.append(str(typed))
+            for key in keys:
+                if key in spec.value_labels:
+                    return spec.value_labels[key]
         if spec.number_format is not None and isinstance(typed, int | float) and not isinstance(typed, bool):
             return format(typed, spec.number_format)
         # The value as the data file wrote it (Psych-201 writes e.g. "31.0"), so that a
         # persona is byte-identical to Psych-201's own persona prompts.
-        return raw.strip() if isinstance(raw, str) else str(raw)
+        if isinstance(raw, str):
+            return raw.strip()
+        return json.dumps(raw) if isinstance(raw, bool) else str(raw)  # JSON true, not Python's True
 
     def profile(
         self, participant: str, record: dict[str, Any], missing: tuple[str, ...], *, file: str | None = None, where: str = ""

@@ -13,6 +13,7 @@ name a built-in or give a path to its own ``.jinja`` file.
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -156,7 +157,9 @@ class Template:
         problem with the line it is on — before anything is rendered.
         """
         problems: list[Problem] = []
-        assigned = {n.name for n in self.ast.find_all(nodes.Name) if n.ctx in ("store", "param")}
+        # Names Jinja itself provides inside loops and macros, and names the template assigns.
+        assigned = {"loop", "caller", "varargs", "kwargs"}
+        assigned |= {n.name for n in self.ast.find_all(nodes.Name) if n.ctx in ("store", "param")}
         for n in self.ast.find_all(nodes.Name):
             if n.ctx == "load" and n.name not in allowed and n.name not in assigned and n.name not in self.env.globals:
                 problems.append(
@@ -191,11 +194,7 @@ class Template:
         """Render with ``context``; errors name the template, its line and ``where`` (e.g. the participant)."""
         try:
             return self._template.render(context)
-        except jinja2.UndefinedError as exc:
-            raise TemplateError(f"cannot render {self.kind} template {self.shown}", [self._problem(exc, where)]) from None
-        except jinja2.TemplateError as exc:
-            raise TemplateError(f"cannot render {self.kind} template {self.shown}", [self._problem(exc, where)]) from None
-        except (TypeError, ValueError, ZeroDivisionError, AttributeError) as exc:
+        except Exception as exc:  # any failure inside a user's template is the template's problem, not a crash
             raise TemplateError(f"cannot render {self.kind} template {self.shown}", [self._problem(exc, where)]) from None
 
     def _problem(self, exc: Exception, where: str) -> Problem:
@@ -207,6 +206,18 @@ class Template:
                 line = tb.tb_lineno
             tb = tb.tb_next
         msg = getattr(exc, "message", None) or str(exc)
+        if not isinstance(exc, jinja2.TemplateError):
+            msg = f"{type(exc).__name__}: {msg}"
+        # Jinja words a missing key of a mapping as a missing attribute of a 'dict object'.
+        missing = re.match(r"^'dict object' has no attribute '(.*)'$", msg)
+        if missing:
+            key = missing.group(1)
+            if self.kind == "persona":
+                msg = f"this participant's profile has no {key!r}; guard it with {{% if profile.{key} is defined %}}"
+            elif self.kind in ("trial", "feedback", "instructions"):
+                msg = f"the trial table has no column {key!r}"
+            else:
+                msg = f"no key {key!r}"
         return Problem(msg, file=self.shown, line=line, where=where or None)
 
 

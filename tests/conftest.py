@@ -30,12 +30,30 @@ SCHEMA = {
 }
 
 RECORDS = [
-    {"text": "Pick A or B. You pick <<A>>. Again? You pick <<B>>.\n", "experiment": "toy", "participant": "p1",
-     "age": "31.0", "gender": "Female", "RTs": [100, 200]},
-    {"text": "Pick A or B. You pick <<B>>. Again? You pick <<B>>.\n", "experiment": "toy", "participant": "p2",
-     "age": "N/A", "gender": "Male", "RTs": [150, 250]},
-    {"text": "Pick A or B. You pick <<A>>. Again? You pick <<A>>.\n", "experiment": "toy", "participant": "p3",
-     "age": "45", "gender": "Male", "RTs": [120, 220]},
+    {
+        "text": "Pick A or B. You pick <<A>>. Again? You pick <<B>>.\n",
+        "experiment": "toy",
+        "participant": "p1",
+        "age": "31.0",
+        "gender": "Female",
+        "RTs": [100, 200],
+    },
+    {
+        "text": "Pick A or B. You pick <<B>>. Again? You pick <<B>>.\n",
+        "experiment": "toy",
+        "participant": "p2",
+        "age": "N/A",
+        "gender": "Male",
+        "RTs": [150, 250],
+    },
+    {
+        "text": "Pick A or B. You pick <<A>>. Again? You pick <<A>>.\n",
+        "experiment": "toy",
+        "participant": "p3",
+        "age": "45",
+        "gender": "Male",
+        "RTs": [120, 220],
+    },
 ]
 
 EXPERIMENT = """\

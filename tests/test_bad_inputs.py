@@ -171,7 +171,8 @@ def test_schema_problem_and_missing_file_are_reported_together(toy, run_cli):
         r,
         "invalid experiment file experiment.yaml (2 problems)",
         "  - experiment.yaml:2:7: seed: expected a number ≥ 0, found an integer -1",
-        "  - experiment.yaml:5:9: data.path: data file not found: 'nope.jsonl' (resolved against the YAML file's folder: nope.jsonl)",
+        "  - experiment.yaml:5:9: data.path: data file not found: 'nope.jsonl' "
+        "(resolved against the YAML file's folder: nope.jsonl)",
     )
 
 

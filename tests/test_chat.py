@@ -248,13 +248,6 @@ def test_syntax_error_is_a_located_template_error():
     assert info.value.problems[0].file == "broken.jinja" and info.value.problems[0].line == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TemplateError,
-    reason="BUG: psysim/chat.py ChatTemplate._render passes only messages and add_generation_prompt, while transformers "
-    "also passes tools=None and documents=None; with StrictUndefined a template starting `{%- if tools %}` "
-    "(Qwen2.5, SmolLM3 and many others) fails with \"'tools' is undefined\" instead of rendering like transformers",
-)
 def test_template_checking_tools_renders_like_transformers():
     source = (
         "{%- if tools %}<|tools|>{{ tools | tojson }}\n{%- endif %}"
@@ -303,13 +296,6 @@ def test_upper_that_leaves_content_unchanged_is_accepted():
     assert rendering.text[34:35] == "A"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=pytest.fail.Exception,
-    reason="BUG: psysim/chat.py ChatTemplate.render only checks that the text without sentinels equals the unmarked "
-    "rendering; a filter that changes the content but not the sentinels (upper, replace, ...) transforms both "
-    "renderings alike, so the template is accepted and text[span] is 'A' while the response is 'a'",
-)
 def test_upper_that_changes_an_assistant_message_is_refused():
     messages = [{"role": "user", "content": "pick: "}, {"role": "assistant", "content": "a"}]
     with pytest.raises(TemplateError, match="changes or drops message content"):
@@ -330,12 +316,6 @@ def test_reserved_private_use_characters_are_refused():
     assert info.value.problems == (Problem("remove U+E000/U+E001 from the data", where="participant 4"),)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="BUG: psysim/chat.py ChatTemplate._render catches only jinja2.TemplateError, so a Python error raised "
-    "while rendering a chat template (here str + int: TypeError) escapes instead of becoming a TemplateError",
-)
 def test_python_error_in_chat_template_is_a_template_error():
     with pytest.raises(TemplateError):
         ChatTemplate("{% for m in messages %}{{ m['content'] + 1 }}{% endfor %}").render([{"role": "user", "content": "x"}])
@@ -455,14 +435,6 @@ def test_chat_template_jinja_file_in_model_folder(toy):
     assert exp.render("p1", "no_persona", format="chat").text == P1_CHAT_NO_PERSONA
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TemplateError,
-    reason="BUG: psysim/experiment.py chat_template_for returns ChatTemplate.from_file(chat_template.jinja) without "
-    "the special tokens of tokenizer_config.json, so a folder written by transformers' save_pretrained (which "
-    "stores the template in chat_template.jinja and bos_token in tokenizer_config.json) fails with "
-    "\"'bos_token' is undefined\" for any template that uses bos_token",
-)
 def test_save_pretrained_model_folder_renders_like_transformers(toy):
     hf = tiny_tokenizer(LLAMA3)
     hf.save_pretrained(toy.folder / "model")

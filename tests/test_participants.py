@@ -303,12 +303,6 @@ def test_cohort_display_text_exactly_as_in_the_file(cohort_files, schema):
     assert jsonl["007"].text == {"age": "45.0", "kids": "0"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: ProfileSchema._display shows a JSON boolean with Python's str() ('True'/'False'), not as the "
-    "file wrote it ('true'/'false'), against 'a persona shows a value exactly as the data file wrote it'",
-)
 def test_jsonl_boolean_display_text_as_in_the_file(cohort_files, schema):
     jsonl = load_cohort("c.jsonl", schema)
     assert jsonl["1"].text["smoker"] == "true"

@@ -387,14 +387,6 @@ def test_hidden_field_is_still_validated_and_kept_in_the_profile(toy):
     assert any(p.where == "participant r1 (line 1), field notes" for p in info.value.problems)
 
 
-LOOP_BUG = (
-    "BUG: psysim/prompts.py Template.check_names reports Jinja's implicit for-loop variable `loop` "
-    "(used by the built-in first_person.jinja/third_person.jinja as `loop.last`) as an unknown variable, "
-    "so load_experiment rejects every experiment that uses the first_person or third_person format"
-)
-
-
-@pytest.mark.xfail(strict=True, raises=TemplateError, reason=LOOP_BUG)
 @pytest.mark.parametrize(("fmt", "expected"), [("first_person", P1_FIRST), ("third_person", P1_THIRD)], ids=["first", "third"])
 def test_first_and_third_person_formats_in_an_experiment(toy, fmt, expected):
     write_yaml(toy, persona_format=fmt)
@@ -402,7 +394,6 @@ def test_first_and_third_person_formats_in_an_experiment(toy, fmt, expected):
     assert exp.render("p1", "persona").text == expected + RECORDS[0]["text"]
 
 
-@pytest.mark.xfail(strict=True, raises=TemplateError, reason=LOOP_BUG)
 @pytest.mark.parametrize(("fmt", "expected"), [("first_person", RICH_FIRST), ("third_person", RICH_THIRD)])
 def test_rich_first_and_third_person_in_an_experiment(toy, fmt, expected):
     exp = rich_experiment(toy, conditions="[persona]", persona_format=fmt)
@@ -423,13 +414,6 @@ def test_value_labels_and_format_in_an_experiment(toy):
     assert exp.profile("r1").values["sex"] == 2 and exp.profile("r2").values["sex"] == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: psysim/participants.py ProfileSchema._display looks value_labels up with repr(float) for a float, "
-    "so an integer field stored as 1.0/2.0 (a Parquet column with missing values) never matches the labels '1'/'2' "
-    "and the persona says 'Interviewee: 2.0' instead of 'female'",
-)
 def test_value_labels_apply_to_integer_codes_stored_as_floats(toy):
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")
@@ -519,13 +503,6 @@ def test_mutating_the_profile_is_refused_before_rendering(toy, run_cli):
     assert "persona.jinja:2: profile.pop does not exist; profile has: age, gender" in r.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OverflowError,
-    reason="BUG: psysim/prompts.py Template.render catches only TypeError/ValueError/ZeroDivisionError/AttributeError; "
-    "the sandbox's OverflowError for range() over MAX_RANGE (and e.g. `10**400 | float`) escapes as a Python "
-    "exception (traceback in the CLI) instead of a located TemplateError",
-)
 def test_sandbox_range_limit_is_a_template_error(toy):
     use_template(toy, "{% for i in range(1000000) %}{% endfor %}", conditions="[persona]", formats="[raw]")
     with pytest.raises(TemplateError) as info:
@@ -537,12 +514,17 @@ def test_strict_undefined_gives_a_located_error(toy, run_cli):
     use_template(toy, "Participant {{ participant }}.\nGender: {{ profile.gender }}.\nAge: {{ profile.age }}.\n")
     with pytest.raises(TemplateError) as info:
         psysim.load_experiment(toy.yaml)
-    expected = Problem("'dict object' has no attribute 'age'", file="persona.jinja", where="participant p2", line=3)
+    expected = Problem(
+        "this participant's profile has no 'age'; guard it with {% if profile.age is defined %}",
+        file="persona.jinja",
+        where="participant p2",
+        line=3,
+    )
     assert info.value.message.startswith("cannot render prompts")
     assert set(info.value.problems) == {expected}
     r = run_cli("validate", str(toy.yaml))
     assert r.exit_code == 2
-    assert "persona.jinja:3: participant p2: 'dict object' has no attribute 'age'" in r.stderr
+    assert "persona.jinja:3: participant p2: this participant's profile has no 'age'" in r.stderr
     assert "Traceback" not in r.stderr
 
 
@@ -698,7 +680,6 @@ def test_conditions_with_their_own_format_render_differently(toy):
     assert exp.render("p1", "short_shuffled").persona_of == source
 
 
-@pytest.mark.xfail(strict=True, raises=TemplateError, reason=LOOP_BUG)
 def test_interview_and_first_person_conditions_render_differently(toy):
     write_yaml(
         toy,

@@ -417,13 +417,13 @@ def test_feedback_template_dynamic_missing_column(gambles):
     assert err.message == "cannot render the trial table into transcripts (2 problems)"
     assert err.problems == (
         Problem(
-            "'dict object' has no attribute 'payoff_B'",
+            "the trial table has no column 'payoff_B'",
             file="feedback.jinja",
             line=1,
             where="participant 1, trial 1 (trials.csv line 5)",
         ),
         Problem(
-            "'dict object' has no attribute 'payoff_B'",
+            "the trial table has no column 'payoff_B'",
             file="feedback.jinja",
             line=1,
             where="participant 2, trial 0 (trials.csv line 4)",
