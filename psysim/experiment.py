@@ -24,7 +24,7 @@ from pathlib import Path
 from .chat import ChatTemplate, to_messages
 from .config import ConditionConfig, ExperimentConfig, ModelConfig, load_config
 from .errors import DataError, ModelError, Problem, PsysimError, TemplateError, raise_if
-from .files import display_path
+from .files import Location, display_path
 from .participants import Cohort, Profile, ProfileSchema, cohort_from_records, load_cohort
 from .prompts import PERSONA_NAMES, Template, derangement, load_template, render_persona, resolve_template
 from .transcripts import CLOSE, OPEN, Transcript, read_psych201
@@ -144,7 +144,7 @@ class Experiment:
             if c.cohort.path is None:
                 return cohort_from_records(
                     self.schema,
-                    [(r.transcript.participant, r.profile, f"line {r.line}") for r in records],
+                    [(r.transcript.participant, r.profile, Location(display_path(c.data.path), line=r.line)) for r in records],
                     c.cohort.missing,
                     display_path(c.data.path),
                 )
@@ -161,22 +161,18 @@ class Experiment:
         return load_cohort(c.cohort.path, self.schema, id_column=c.cohort.id_column, missing=c.cohort.missing)
 
     def _match_participants(self) -> list[Problem]:
+        shown = display_path(self.config.data.path)
         if self.task:
             data_where = {pid: trials[0].where for pid, trials in self.task.trials.items()}
         else:
-            data_where = {pid: "line " + t.source.rsplit(":", 1)[-1] for pid, t in self.transcripts.items()}
-        shown = display_path(self.config.data.path)
+            data_where = {pid: Location(shown, line=int(t.source.rsplit(":", 1)[-1])) for pid, t in self.transcripts.items()}
         problems = [
-            Problem(
-                f"has a profile but no transcript in {shown}",
-                file=self.cohort.source,
-                where=f"participant {pid} ({self.cohort.where[pid]})",
-            )
+            self.cohort.where[pid].problem(f"has a profile but no transcript in {shown}", f"participant {pid}")
             for pid in self.participants
             if pid not in data_where
         ]
         problems += [
-            Problem(f"has data but no profile in {self.cohort.source}", file=shown, where=f"participant {pid} ({where})")
+            where.problem(f"has data but no profile in {self.cohort.source}", f"participant {pid}")
             for pid, where in data_where.items()
             if pid not in self.cohort.profiles
         ]

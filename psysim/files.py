@@ -60,28 +60,54 @@ def read_text(path: str | os.PathLike, *, error: type[PsysimError] = DataError, 
     return text[1:] if text.startswith("\ufeff") else text
 
 
+@dataclass(frozen=True)
+class Location:
+    """Where a record is: a file and its 1-based line (text formats) or row (Parquet)."""
+
+    file: str
+    line: int | None = None
+    row: int | None = None
+
+    def problem(self, message: str, where: str | None = None) -> Problem:
+        """A :class:`Problem` at this location; ``where`` adds e.g. ``participant 3, field age``."""
+        parts = ([f"row {self.row}"] if self.row is not None else []) + ([where] if where else [])
+        return Problem(message, file=self.file, line=self.line, where=", ".join(parts) or None)
+
+    def __str__(self) -> str:
+        if self.line is not None:
+            return f"line {self.line}"
+        return f"row {self.row}" if self.row is not None else self.file
+
+
 @dataclass
 class Table:
-    """Rows of a table file, each a dict, with the 1-based source line (or row) of each."""
+    """Rows of a table file, each a dict, with the 1-based source line (or Parquet row) of each."""
 
     path: str
     columns: list[str]
     rows: list[dict[str, Any]]
     lines: list[int]
 
-    def where(self, i: int) -> str:
-        """Location of row ``i`` for messages (line for text formats, row for Parquet)."""
-        unit = "row" if self.path.endswith(".parquet") else "line"
-        return f"{unit} {self.lines[i]}"
+    def location(self, i: int) -> Location:
+        """Where row ``i`` is, for messages: its line for CSV/JSONL, its row for Parquet."""
+        if self.path.endswith(".parquet"):
+            return Location(self.path, row=self.lines[i])
+        return Location(self.path, line=self.lines[i])
 
 
-def read_jsonl(path: str | os.PathLike, *, what: str = "JSONL file") -> Table:
-    """Read a JSON Lines file: one JSON object per non-blank line."""
+def read_jsonl(path: str | os.PathLike, *, what: str = "JSONL file", problems: list[Problem] | None = None) -> Table:
+    """Read a JSON Lines file: one JSON object per non-blank line.
+
+    Bad lines raise a :class:`DataError` listing all of them; if ``problems`` is
+    given they are appended to it instead and the good lines are returned, so
+    that a caller can report them together with its own checks.
+    """
     shown = display_path(path)
     text = read_text(path, what=what)
     rows: list[dict[str, Any]] = []
     lines: list[int] = []
-    problems: list[Problem] = []
+    collect = problems is not None
+    problems = problems if problems is not None else []
     columns: dict[str, None] = {}
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -97,7 +123,7 @@ def read_jsonl(path: str | os.PathLike, *, what: str = "JSONL file") -> Table:
         rows.append(obj)
         lines.append(lineno)
         columns.update(dict.fromkeys(obj))
-    if problems:
+    if problems and not collect:
         raise DataError(f"{what} is not valid JSON Lines: {shown}", problems)
     return Table(shown, list(columns), rows, lines)
 

@@ -28,7 +28,7 @@ from jsonschema.exceptions import SchemaError
 
 from . import _jsonschema
 from .errors import DataError, Problem, raise_if
-from .files import display_path, read_table, read_text
+from .files import Location, display_path, read_table, read_text
 
 __all__ = ["Cohort", "FieldSpec", "Profile", "ProfileSchema", "is_missing", "load_cohort"]
 
@@ -204,19 +204,17 @@ class ProfileSchema:
         return json.dumps(raw) if isinstance(raw, bool) else str(raw)  # JSON true, not Python's True
 
     def profile(
-        self, participant: str, record: dict[str, Any], missing: tuple[str, ...], *, file: str | None = None, where: str = ""
+        self, participant: str, record: dict[str, Any], missing: tuple[str, ...], *, location: Location | None = None
     ) -> tuple[Profile, list[Problem]]:
         """Type, clean and validate one participant's record; returns the profile and its problems."""
         missing_set = frozenset(missing)
         raw = {k: v for k, v in record.items() if not is_missing(v, missing_set)}
         typed = {k: self._typed(k, v) for k, v in raw.items()}
         problems = []
-        loc = f"participant {participant}" + (f" ({where})" if where else "")
+        location = location or Location(self.shown)
         for path, message in _jsonschema.iter_described(self._validator, typed):
-            if path:
-                problems.append(Problem(message, file=file, where=f"{loc}, field {path[0]}"))
-            else:
-                problems.append(Problem(message, file=file, where=loc))
+            field_part = f", field {path[0]}" if path else ""
+            problems.append(location.problem(message, f"participant {participant}{field_part}"))
         text = {k: self._display(k, raw[k], typed[k]) for k in typed if k in self.fields}
         return Profile(participant, typed, text), problems
 
@@ -228,8 +226,8 @@ class Cohort:
     schema: ProfileSchema
     profiles: dict[str, Profile]
     source: str
-    #: Where each participant's profile is in ``source`` (e.g. "line 5"), for messages.
-    where: dict[str, str] = field(default_factory=dict)
+    #: Where each participant's profile is, for messages.
+    where: dict[str, Location] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.profiles)
@@ -256,15 +254,15 @@ def participant_id(value: Any) -> str | None:
 
 def cohort_from_records(
     schema: ProfileSchema,
-    records: list[tuple[str, dict[str, Any], str]],
+    records: list[tuple[str, dict[str, Any], Location]],
     missing: tuple[str, ...],
     source: str,
 ) -> Cohort:
     """Build a cohort from ``(participant, profile record, location)`` triples, validating all of them."""
     problems: list[Problem] = []
     profiles: dict[str, Profile] = {}
-    for pid, record, where in records:
-        profile, found = schema.profile(pid, record, missing, file=source, where=where)
+    for pid, record, location in records:
+        profile, found = schema.profile(pid, record, missing, location=location)
         problems += found
         profiles[pid] = profile
     if not records:
@@ -293,26 +291,20 @@ def load_cohort(
             ],
         )
     problems: list[Problem] = []
-    records: list[tuple[str, dict[str, Any], str]] = []
-    first_seen: dict[str, str] = {}
+    records: list[tuple[str, dict[str, Any], Location]] = []
+    first_seen: dict[str, Location] = {}
     for i, row in enumerate(table.rows):
+        loc = table.location(i)
         pid = participant_id(row.get(id_column))
-        where = table.where(i)
         if pid is None:
             problems.append(
-                Problem(
-                    f"expected a participant id in column {id_column!r}, found {_jsonschema.found(row.get(id_column))}",
-                    file=table.path,
-                    where=where,
-                )
+                loc.problem(f"expected a participant id in column {id_column!r}, found {_jsonschema.found(row.get(id_column))}")
             )
             continue
         if pid in first_seen:
-            problems.append(
-                Problem(f"duplicate participant id {pid!r} (first on {first_seen[pid]})", file=table.path, where=where)
-            )
+            problems.append(loc.problem(f"duplicate participant id {pid!r} (first on {first_seen[pid]})"))
             continue
-        first_seen[pid] = where
-        records.append((pid, {k: v for k, v in row.items() if k != id_column}, where))
+        first_seen[pid] = loc
+        records.append((pid, {k: v for k, v in row.items() if k != id_column}, loc))
     raise_if(problems, DataError, f"invalid cohort file {table.path}")
     return cohort_from_records(schema, records, missing, table.path)

@@ -79,6 +79,9 @@ def parse_markup(text: str) -> tuple[list[tuple[int, int]], list[str]]:
 
     Returns ``(spans, errors)``; each error is a message that names the
     character offset (0-based, in Python characters) of the offending delimiter.
+    A ``<<`` inside a response is one error: that response yields no span, the
+    next ``>>`` closes the inner ``<<`` and, if another ``>>`` follows before any
+    ``<<``, it is taken as the outer response's close — so one typo is one error.
     """
     spans: list[tuple[int, int]] = []
     errors: list[str] = []
@@ -90,24 +93,31 @@ def parse_markup(text: str) -> tuple[list[tuple[int, int]], list[str]]:
         if i_open == -1 and i_close == -1:
             break
         if i_close == -1 or (i_open != -1 and i_open < i_close):
-            if open_at is not None:
-                errors.append(f"nested '<<' at character offset {i_open} (inside the response opened at offset {open_at})")
-                # Skip to the close of the outer response so one error does not cascade.
+            if open_at is None:
+                open_at = i_open
                 pos = i_open + len(OPEN)
                 continue
-            open_at = i_open
-            pos = i_open + len(OPEN)
+            errors.append(f"nested '<<' at character offset {i_open} (inside the response opened at offset {open_at})")
+            inner_close = text.find(CLOSE, i_open + len(OPEN))
+            if inner_close == -1:
+                errors.append(f"unclosed '<<' at character offset {open_at} (no '>>' after it)")
+                return spans, errors
+            pos = inner_close + len(CLOSE)
+            next_open, next_close = text.find(OPEN, pos), text.find(CLOSE, pos)
+            if next_close != -1 and (next_open == -1 or next_close < next_open):
+                pos = next_close + len(CLOSE)
+            open_at = None
+            continue
+        if open_at is None:
+            errors.append(f"'>>' at character offset {i_close} closes no response (no '<<' before it)")
         else:
-            if open_at is None:
-                errors.append(f"'>>' at character offset {i_close} closes no response (no '<<' before it)")
+            start, end = open_at + len(OPEN), i_close
+            if text[start:end].strip():
+                spans.append((start, end))
             else:
-                start, end = open_at + len(OPEN), i_close
-                if not text[start:end].strip():
-                    errors.append(f"empty response '<<{text[start:end]}>>' at character offset {open_at}")
-                else:
-                    spans.append((start, end))
-                open_at = None
-            pos = i_close + len(CLOSE)
+                errors.append(f"empty response '<<{text[start:end]}>>' at character offset {open_at}")
+            open_at = None
+        pos = i_close + len(CLOSE)
     if open_at is not None:
         errors.append(f"unclosed '<<' at character offset {open_at} (no '>>' after it)")
     return spans, errors
@@ -166,9 +176,9 @@ def read_psych201(path: str | Path, *, options: tuple[str, ...] | None = None) -
     problems in the file (markup, missing keys, duplicate ids, list lengths)
     are reported together, each with line, participant id and character offset.
     """
-    table = read_jsonl(path, what="Psych-201 data file")
-    shown = table.path
     problems: list[Problem] = []
+    table = read_jsonl(path, what="Psych-201 data file", problems=problems)
+    shown = table.path
     records: list[PsychRecord] = []
     first_line: dict[str, int] = {}
     for row, line in zip(table.rows, table.lines, strict=True):
@@ -247,7 +257,7 @@ def read_psych201(path: str | Path, *, options: tuple[str, ...] | None = None) -
         )
         transcript = Transcript(pid, experiment, text, responses, f"{shown}:{line}")
         records.append(PsychRecord(transcript, profile, line))
-    if not table.rows:
+    if not table.rows and not problems:
         problems.append(Problem("the file has no participants", file=shown))
     raise_if(problems, DataError, f"invalid Psych-201 data in {shown}")
     return records

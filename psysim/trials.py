@@ -26,7 +26,7 @@ from typing import Any
 
 from .config import DataConfig
 from .errors import DataError, Problem, TemplateError, raise_if
-from .files import Table, read_table
+from .files import Location, Table, read_table
 from .participants import is_missing, participant_id
 from .prompts import Template, load_template
 from .transcripts import CLOSE, OPEN, Transcript, build_transcript
@@ -39,14 +39,15 @@ _PROVIDED = ("participant", "trial", "n_trials", "options", "response", "row")
 
 @dataclass(frozen=True)
 class Trial:
-    """One row of the trial table, in participant order."""
+    """One row of the trial table: ``index`` is its 0-based position, ``number`` its trial number in the table."""
 
     participant: str
     index: int
+    number: int
     row: dict[str, Any]
     options: tuple[str, ...] | None
     response: str | None
-    where: str
+    where: Location
 
 
 class StructuredTask:
@@ -85,22 +86,21 @@ class StructuredTask:
         problems: list[Problem] = []
         rows_by: dict[str, list[tuple[int, int]]] = {}
         for i, row in enumerate(self.table.rows):
-            where = self.table.where(i)
+            loc = self.table.location(i)
             pid = participant_id(row.get(c.participant_column))
             if pid is None:
                 problems.append(
-                    Problem(f"expected a participant id in column {c.participant_column!r}", file=self.shown, where=where)
+                    loc.problem(
+                        f"expected a participant id in column {c.participant_column!r}, found {row.get(c.participant_column)!r}"
+                    )
                 )
                 continue
-            raw_trial = row.get(c.trial_column)
-            try:
-                number = int(str(raw_trial).strip())
-            except ValueError:
+            number = _trial_number(row.get(c.trial_column))
+            if number is None:
                 problems.append(
-                    Problem(
-                        f"participant {pid}: expected an integer trial number in column {c.trial_column!r}, found {raw_trial!r}",
-                        file=self.shown,
-                        where=where,
+                    loc.problem(
+                        f"expected an integer trial number in column {c.trial_column!r}, found {row.get(c.trial_column)!r}",
+                        f"participant {pid}",
                     )
                 )
                 continue
@@ -108,31 +108,28 @@ class StructuredTask:
         out: dict[str, list[Trial]] = {}
         for pid, numbered in rows_by.items():
             numbered.sort()
-            seen: dict[int, str] = {}
+            seen: dict[int, Location] = {}
             trials = []
             for number, i in numbered:
-                where = self.table.where(i)
+                loc = self.table.location(i)
+                who = f"participant {pid}, trial {number}"
                 if number in seen:
-                    problems.append(
-                        Problem(
-                            f"participant {pid}: trial {number} appears twice (also {seen[number]})", file=self.shown, where=where
-                        )
-                    )
+                    problems.append(loc.problem(f"trial {number} appears twice (also {seen[number]})", f"participant {pid}"))
                     continue
-                seen[number] = where
+                seen[number] = loc
                 row = self.table.rows[i]
-                options, found = self._options(row, pid, where)
+                options, found = self._options(row, loc, who)
                 problems += found
                 response = row.get(c.response_column)
                 response = None if is_missing(response, self.missing) else str(response).strip()
                 if response is not None:
-                    problems += self._check_response(response, options, pid, number, where)
-                trials.append(Trial(pid, len(trials), dict(row), options, response, where))
+                    problems += self._check_response(response, options, loc, who)
+                trials.append(Trial(pid, len(trials), number, dict(row), options, response, loc))
             out[pid] = trials
         raise_if(problems, DataError, f"invalid trial table {self.shown}")
         return out
 
-    def _options(self, row: dict[str, Any], pid: str, where: str) -> tuple[tuple[str, ...] | None, list[Problem]]:
+    def _options(self, row: dict[str, Any], loc: Location, who: str) -> tuple[tuple[str, ...] | None, list[Problem]]:
         c = self.config
         if c.options is not None:
             return c.options, []
@@ -140,37 +137,22 @@ class StructuredTask:
             return None, []
         cell = row.get(c.options_column)
         if is_missing(cell, self.missing):
-            return None, [Problem(f"participant {pid}: no options in column {c.options_column!r}", file=self.shown, where=where)]
+            return None, [loc.problem(f"no options in column {c.options_column!r}", who)]
         options = tuple(o.strip() for o in str(cell).split(c.options_sep))
         if len(options) < 2 or "" in options or len(set(options)) != len(options):
-            return None, [
-                Problem(
-                    f"participant {pid}: expected at least two distinct, non-empty options separated by {c.options_sep!r} "
-                    f"in column {c.options_column!r}, found {cell!r}",
-                    file=self.shown,
-                    where=where,
-                )
-            ]
+            message = (
+                f"expected at least two distinct, non-empty options separated by {c.options_sep!r} "
+                f"in column {c.options_column!r}, found {cell!r}"
+            )
+            return None, [loc.problem(message, who)]
         return options, []
 
-    def _check_response(self, response: str, options: tuple[str, ...] | None, pid: str, number: int, where: str) -> list[Problem]:
+    def _check_response(self, response: str, options: tuple[str, ...] | None, loc: Location, who: str) -> list[Problem]:
         problems = []
         if options is not None and response not in options:
-            problems.append(
-                Problem(
-                    f"participant {pid}, trial {number}: response {response!r} is not one of the options {list(options)}",
-                    file=self.shown,
-                    where=where,
-                )
-            )
+            problems.append(loc.problem(f"response {response!r} is not one of the options {list(options)}", who))
         if OPEN in response or CLOSE in response:
-            problems.append(
-                Problem(
-                    f"participant {pid}, trial {number}: response {response!r} contains a '<<' or '>>' delimiter",
-                    file=self.shown,
-                    where=where,
-                )
-            )
+            problems.append(loc.problem(f"response {response!r} contains a '<<' or '>>' delimiter", who))
         return problems
 
     # -- templates -----------------------------------------------------------
@@ -210,7 +192,7 @@ class StructuredTask:
         return context
 
     def _render(self, kind: str, trial: Trial, response: str | None, n_trials: int) -> str:
-        where = f"participant {trial.participant}, trial {trial.index} ({self.shown} {trial.where})"
+        where = f"participant {trial.participant}, trial {trial.number} ({self.shown} {trial.where})"
         text = self.templates[kind].render(self._context(trial, response, n_trials), where=where)
         if OPEN in text or CLOSE in text:
             offset = min(i for i in (text.find(OPEN), text.find(CLOSE)) if i >= 0)
@@ -239,6 +221,18 @@ class StructuredTask:
         """Text before and after the response of ``trial`` given ``response`` (feedback included)."""
         n = len(self.trials[trial.participant])
         text = self._render("trial", trial, _RESPONSE_SLOT, n)
+        if (count := text.count(_RESPONSE_SLOT)) != 1:
+            # Checked once at load time; a template may still place it conditionally.
+            raise TemplateError(
+                "the trial template must place {{ response }} exactly once",
+                [
+                    Problem(
+                        f"the trial template must place {{{{ response }}}} exactly once, found it {count} times",
+                        file=self.templates["trial"].shown,
+                        where=f"participant {trial.participant}, trial {trial.number} ({self.shown} {trial.where})",
+                    )
+                ],
+            )
         before, after = text.split(_RESPONSE_SLOT)
         if "feedback" in self.templates:
             after += self._render("feedback", trial, response, n)
@@ -250,18 +244,11 @@ class StructuredTask:
         chosen = list(responses) if responses is not None else [t.response for t in trials]
         if len(chosen) != len(trials):
             raise ValueError(f"participant {participant} has {len(trials)} trials, got {len(chosen)} responses")
-        missing = [t.index for t, r in zip(trials, chosen, strict=True) if r is None]
+        missing = [t for t, r in zip(trials, chosen, strict=True) if r is None]
         if missing:
             raise DataError(
-                f"participant {participant} has trials without a human response",
-                [
-                    Problem(
-                        f"participant {participant}: no response on trial {i} (position in the table); "
-                        "this participant can be simulated but not scored",
-                        file=self.shown,
-                    )
-                    for i in missing[:5]
-                ],
+                f"participant {participant} has trials without a human response: it can be simulated but not scored",
+                [t.where.problem("no human response", f"participant {participant}, trial {t.number}") for t in missing],
             )
         sep = self.config.separator
         contexts: list[str] = []
@@ -284,6 +271,27 @@ class StructuredTask:
     def complete(self, participant: str) -> bool:
         """True when every trial of ``participant`` has a human response (so it can be scored)."""
         return all(t.response is not None for t in self.trials[participant])
+
+
+def _trial_number(value: Any) -> int | None:
+    """An integer trial number from a cell: 3, "3", 3.0 or "3.0" (Parquet writes integer columns with gaps as floats)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else None
+    if isinstance(value, str):
+        s = value.strip()
+        try:
+            return int(s)
+        except ValueError:
+            try:
+                f = float(s)
+            except ValueError:
+                return None
+            return int(f) if f.is_integer() else None
+    return None
 
 
 def load_structured(config: DataConfig, experiment: str, missing: tuple[str, ...]) -> StructuredTask:

@@ -245,8 +245,8 @@ def test_profile_that_violates_its_schema(toy, run_cli):
     assert_error(
         r,
         "invalid participant profiles in data.jsonl (2 problems)",
-        '  - data.jsonl: participant p2 (line 2), field gender: expected one of "Female", "Male"; found a string "Other"',
-        '  - data.jsonl: participant p3 (line 3), field age: expected a number, found a string "3l"',
+        '  - data.jsonl:2: participant p2, field gender: expected one of "Female", "Male"; found a string "Other"',
+        '  - data.jsonl:3: participant p3, field age: expected a number, found a string "3l"',
     )
 
 
@@ -258,7 +258,7 @@ def test_cohort_participant_without_transcript(toy, run_cli):
     assert_error(
         r,
         "participants and data do not match (1 problem)",
-        "  - cohort.csv: participant p4 (line 5): has a profile but no transcript in data.jsonl",
+        "  - cohort.csv:5: participant p4: has a profile but no transcript in data.jsonl",
     )
 
 
@@ -296,7 +296,7 @@ def test_duplicate_participant_id_in_cohort_csv(toy, run_cli):
     assert_error(
         r,
         "invalid cohort file cohort.csv (1 problem)",
-        "  - cohort.csv: line 5: duplicate participant id 'p2' (first on line 3)",
+        "  - cohort.csv:5: duplicate participant id 'p2' (first on line 3)",
     )
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from psysim.config import DEFAULT_MISSING
 from psysim.errors import DataError, Problem
+from psysim.files import Location
 from psysim.participants import ProfileSchema, is_missing, load_cohort, participant_id
 
 SCHEMA = {
@@ -31,7 +32,7 @@ def schema() -> ProfileSchema:
 
 
 def profile(schema: ProfileSchema, record: dict, missing=DEFAULT_MISSING):
-    return schema.profile("17", record, missing, file="cohort.csv", where="line 2")
+    return schema.profile("17", record, missing, location=Location("cohort.csv", line=2))
 
 
 # -- typing ---------------------------------------------------------------------
@@ -67,7 +68,7 @@ def test_integer_with_fraction_stays_a_string(schema):
     p, problems = profile(schema, {"kids": "31.5"})
     assert p.values == {"kids": "31.5"}
     assert problems == [
-        Problem('expected an integer, found a string "31.5"', file="cohort.csv", where="participant 17 (line 2), field kids")
+        Problem('expected an integer, found a string "31.5"', file="cohort.csv", line=2, where="participant 17, field kids")
     ]
 
 
@@ -75,9 +76,9 @@ def test_typo_stays_a_string_and_fails(schema):
     p, problems = profile(schema, {"age": "3l"})
     assert p.values == {"age": "3l"}
     assert problems == [
-        Problem('expected a number, found a string "3l"', file="cohort.csv", where="participant 17 (line 2), field age")
+        Problem('expected a number, found a string "3l"', file="cohort.csv", line=2, where="participant 17, field age")
     ]
-    assert str(problems[0]) == 'cohort.csv: participant 17 (line 2), field age: expected a number, found a string "3l"'
+    assert str(problems[0]) == 'cohort.csv:2: participant 17, field age: expected a number, found a string "3l"'
 
 
 @pytest.mark.parametrize("cell", ["inf", "1,5", "0x10", "31 years"])
@@ -125,7 +126,7 @@ def test_field_without_type_keeps_the_string():
 @pytest.mark.parametrize("value", ["", "  ", "N/A", "NA", "n/a", "nan", "NaN", "None", "null", None, float("nan")])
 def test_missing_values_removed_before_validation(value):
     s = ProfileSchema({**SCHEMA, "required": ["age"]})
-    p, problems = s.profile("17", {"age": value, "gender": "Male"}, DEFAULT_MISSING, file="c.csv")
+    p, problems = s.profile("17", {"age": value, "gender": "Male"}, DEFAULT_MISSING, location=Location("c.csv"))
     assert p.values == {"gender": "Male"}
     assert p.text == {"gender": "Male"}
     assert "age" not in p
@@ -147,11 +148,13 @@ def test_is_missing():
 
 def test_all_problems_of_a_profile_together(schema):
     _, problems = profile(schema, {"age": "-1", "gender": "female", "extra": "x"})
-    assert [(pr.where, pr.message) for pr in problems] == [
-        ("participant 17 (line 2), field age", "expected a number ≥ 0, found a number -1.0"),
-        ("participant 17 (line 2), field extra", "unknown key 'extra'; expected one of: age, code, gender, kids, smoker"),
+    assert [(pr.file, pr.line, pr.where, pr.message) for pr in problems] == [
+        ("cohort.csv", 2, "participant 17, field age", "expected a number ≥ 0, found a number -1.0"),
+        ("cohort.csv", 2, "participant 17, field extra", "unknown key 'extra'; expected one of: age, code, gender, kids, smoker"),
         (
-            "participant 17 (line 2), field gender",
+            "cohort.csv",
+            2,
+            "participant 17, field gender",
             'expected one of "Female", "Male"; found a string "female" (did you mean \'Female\'?)',
         ),
     ]
@@ -320,11 +323,11 @@ def test_cohort_ids_normalised(tmp_path, monkeypatch, schema):
         load_cohort("d.jsonl", schema)
     assert info.value.message == "invalid cohort file d.jsonl (5 problems)"
     assert info.value.problems == (
-        Problem("duplicate participant id '1' (first on line 1)", file="d.jsonl", where="line 2"),
-        Problem("duplicate participant id '1' (first on line 1)", file="d.jsonl", where="line 3"),
-        Problem("expected a participant id in column 'participant', found a boolean true", file="d.jsonl", where="line 4"),
-        Problem("expected a participant id in column 'participant', found a string \" \"", file="d.jsonl", where="line 5"),
-        Problem("expected a participant id in column 'participant', found nothing (null)", file="d.jsonl", where="line 6"),
+        Problem("duplicate participant id '1' (first on line 1)", file="d.jsonl", line=2),
+        Problem("duplicate participant id '1' (first on line 1)", file="d.jsonl", line=3),
+        Problem("expected a participant id in column 'participant', found a boolean true", file="d.jsonl", line=4),
+        Problem("expected a participant id in column 'participant', found a string \" \"", file="d.jsonl", line=5),
+        Problem("expected a participant id in column 'participant', found nothing (null)", file="d.jsonl", line=6),
     )
 
 
@@ -360,8 +363,8 @@ def test_cohort_profile_problems_located(tmp_path, monkeypatch, schema):
         load_cohort("c.csv", schema)
     assert info.value.message == "invalid participant profiles in c.csv (2 problems)"
     assert [str(p) for p in info.value.problems] == [
-        'c.csv: participant 1 (line 2), field age: expected a number, found a string "3l"',
-        'c.csv: participant 2 (line 3), field gender: expected one of "Female", "Male"; found a string "male" '
+        'c.csv:2: participant 1, field age: expected a number, found a string "3l"',
+        'c.csv:3: participant 2, field gender: expected one of "Female", "Male"; found a string "male" '
         "(did you mean 'Female'?)",
     ]
 

@@ -384,7 +384,7 @@ def test_hidden_field_is_still_validated_and_kept_in_the_profile(toy):
     toy.write_records(bad)
     with pytest.raises(DataError) as info:
         psysim.load_experiment(toy.yaml)
-    assert any(p.where == "participant r1 (line 1), field notes" for p in info.value.problems)
+    assert any((p.file, p.line, p.where) == ("data.jsonl", 1, "participant r1, field notes") for p in info.value.problems)
 
 
 @pytest.mark.parametrize(("fmt", "expected"), [("first_person", P1_FIRST), ("third_person", P1_THIRD)], ids=["first", "third"])

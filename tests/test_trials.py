@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 import psysim
+from psysim.config import load_config
 from psysim.errors import DataError, Problem, PsysimError, TemplateError
 from psysim.transcripts import parse_markup
+from psysim.trials import load_structured
 
 YAML = """\
 name: gambles
@@ -176,7 +178,7 @@ def test_fixed_options_response_not_among_them(gambles):
     gambles.write("trials.csv", TRIALS.replace("2,2,pink,A|B,A", "2,2,pink,A|B,a"))
     err = gambles.error()
     assert err.problems == (
-        Problem("participant 2, trial 2: response 'a' is not one of the options ['A', 'B']", file="trials.csv", where="line 6"),
+        Problem("response 'a' is not one of the options ['A', 'B']", file="trials.csv", line=6, where="participant 2, trial 2"),
     )
 
 
@@ -223,11 +225,15 @@ def test_parquet_errors_name_rows(gambles):
     err = gambles.error()
     assert err.message == "invalid trial table trials.parquet (2 problems)"
     assert err.problems == (
-        Problem("participant 1: trial 1 appears twice (also row 1)", file="trials.parquet", where="row 2"),
+        Problem("trial 1 appears twice (also row 1)", file="trials.parquet", where="row 2, participant 1"),
         Problem(
-            "participant 2, trial 1: response 'C' is not one of the options ['A', 'B']", file="trials.parquet", where="row 3"
+            "response 'C' is not one of the options ['A', 'B']", file="trials.parquet", where="row 3, participant 2, trial 1"
         ),
     )
+    assert [str(p) for p in err.problems] == [
+        "trials.parquet: row 2, participant 1: trial 1 appears twice (also row 1)",
+        "trials.parquet: row 3, participant 2, trial 1: response 'C' is not one of the options ['A', 'B']",
+    ]
 
 
 def test_without_instructions_or_feedback(gambles):
@@ -255,35 +261,72 @@ def test_response_not_among_options(gambles):
     err = gambles.error()
     assert err.message == "invalid trial table trials.csv (1 problem)"
     assert err.problems == (
-        Problem("participant 1, trial 1: response 'C' is not one of the options ['A', 'B']", file="trials.csv", where="line 3"),
+        Problem("response 'C' is not one of the options ['A', 'B']", file="trials.csv", line=3, where="participant 1, trial 1"),
     )
-    assert str(err.problems[0]) == "trials.csv: line 3: participant 1, trial 1: response 'C' is not one of the options ['A', 'B']"
+    assert str(err.problems[0]) == "trials.csv:3: participant 1, trial 1: response 'C' is not one of the options ['A', 'B']"
 
 
 def test_duplicate_trial_number(gambles):
     gambles.write("trials.csv", TRIALS.replace("1,10,blue", "1,1,blue"))
     err = gambles.error()
-    assert err.problems == (Problem("participant 1: trial 1 appears twice (also line 2)", file="trials.csv", where="line 3"),)
+    assert err.problems == (Problem("trial 1 appears twice (also line 2)", file="trials.csv", line=3, where="participant 1"),)
 
 
 def test_duplicate_trial_number_written_differently(gambles):
     # " 01" and "1" are the same trial number.
     gambles.write("trials.csv", TRIALS.replace("1,10,blue", '1," 01",blue'))
     err = gambles.error()
-    assert err.problems == (Problem("participant 1: trial 1 appears twice (also line 2)", file="trials.csv", where="line 3"),)
+    assert err.problems == (Problem("trial 1 appears twice (also line 2)", file="trials.csv", line=3, where="participant 1"),)
 
 
-@pytest.mark.parametrize("value", ["two", "2.0", ""])
+@pytest.mark.parametrize("value", ["two", "2.5", ""])
 def test_non_integer_trial(gambles, value):
     gambles.write("trials.csv", TRIALS.replace("1,2,gold", f"1,{value},gold"))
     err = gambles.error()
     assert err.problems == (
         Problem(
-            f"participant 1: expected an integer trial number in column 'trial', found {value!r}",
+            f"expected an integer trial number in column 'trial', found {value!r}",
             file="trials.csv",
-            where="line 5",
+            line=5,
+            where="participant 1",
         ),
     )
+
+
+@pytest.mark.parametrize("value", ["2.0", " 2.0 "])
+def test_whole_float_trial_number_accepted(gambles, value):
+    # Parquet writes integer columns with gaps as floats; a whole float is that integer, and orders as one.
+    gambles.write("trials.csv", TRIALS.replace("1,2,gold", f"1,{value},gold"))
+    t = gambles.load().transcript("1")
+    assert t.text == TEXT_1
+    assert [r.data["trial"] for r in t.responses] == ["1", value, "10"]
+
+
+def test_whole_float_trial_number_same_as_integer(gambles):
+    gambles.write("trials.csv", TRIALS.replace("1,10,blue", "1,2.0,blue"))
+    err = gambles.error()
+    assert err.problems == (Problem("trial 2 appears twice (also line 2)", file="trials.csv", line=5, where="participant 1"),)
+
+
+def test_parquet_float_trial_numbers(gambles):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    table = pa.table(
+        {
+            "participant": [1, 1, 2, 1, 2],
+            "trial": [10.0, 1.0, 1.0, 2.0, 2.0],
+            "stimulus": ["blue", "red", "green", "gold", "pink"],
+            "options": ["A|B"] * 5,
+            "response": ["B", "A", "B", "B", "A"],
+            "payoff_A": [3, 1, 5, 5, 7],
+            "payoff_B": [4, 2, 6, 6, 8],
+        }
+    )
+    pq.write_table(table, gambles.folder / "trials.parquet")
+    gambles.write("experiment.yaml", YAML.replace("trials.csv", "trials.parquet"))
+    exp = gambles.load()
+    assert exp.transcript("1").text == TEXT_1
+    assert exp.transcript("2").text == TEXT_2
 
 
 def test_table_problems_reported_together(gambles):
@@ -291,12 +334,14 @@ def test_table_problems_reported_together(gambles):
     gambles.write("trials.csv", bad)
     err = gambles.error()
     assert err.message == "invalid trial table trials.csv (3 problems)"
-    assert [(p.where, p.message) for p in err.problems] == [
-        ("line 5", "participant 1: expected an integer trial number in column 'trial', found 'x'"),
-        ("line 3", "participant 1: trial 1 appears twice (also line 2)"),
+    assert [(p.file, p.line, p.where, p.message) for p in err.problems] == [
+        ("trials.csv", 5, "participant 1", "expected an integer trial number in column 'trial', found 'x'"),
+        ("trials.csv", 3, "participant 1", "trial 1 appears twice (also line 2)"),
         (
-            "line 6",
-            "participant 2: expected at least two distinct, non-empty options separated by '|' in column 'options', found 'A'",
+            "trials.csv",
+            6,
+            "participant 2, trial 2",
+            "expected at least two distinct, non-empty options separated by '|' in column 'options', found 'A'",
         ),
     ]
 
@@ -306,9 +351,10 @@ def test_options_column_with_one_option(gambles):
     err = gambles.error()
     assert err.problems == (
         Problem(
-            "participant 1: expected at least two distinct, non-empty options separated by '|' in column 'options', found 'A'",
+            "expected at least two distinct, non-empty options separated by '|' in column 'options', found 'A'",
             file="trials.csv",
-            where="line 3",
+            line=3,
+            where="participant 1, trial 1",
         ),
     )
 
@@ -317,11 +363,12 @@ def test_options_column_with_one_option(gambles):
 def test_options_column_repeated_or_empty_option(gambles, cell):
     gambles.write("trials.csv", TRIALS.replace("1,1,red,A|B", f"1,1,red,{cell}"))
     err = gambles.error()
-    assert [(p.where, p.message) for p in err.problems] == [
+    assert [(p.file, p.line, p.where, p.message) for p in err.problems] == [
         (
-            "line 3",
-            "participant 1: expected at least two distinct, non-empty options separated by '|' "
-            f"in column 'options', found {cell!r}",
+            "trials.csv",
+            3,
+            "participant 1, trial 1",
+            f"expected at least two distinct, non-empty options separated by '|' in column 'options', found {cell!r}",
         )
     ]
 
@@ -329,7 +376,7 @@ def test_options_column_repeated_or_empty_option(gambles, cell):
 def test_options_cell_missing(gambles):
     gambles.write("trials.csv", TRIALS.replace("2,1,green,A|B", "2,1,green,"))
     err = gambles.error()
-    assert err.problems == (Problem("participant 2: no options in column 'options'", file="trials.csv", where="line 4"),)
+    assert err.problems == (Problem("no options in column 'options'", file="trials.csv", line=4, where="participant 2, trial 1"),)
 
 
 def test_response_with_delimiter(gambles):
@@ -338,7 +385,7 @@ def test_response_with_delimiter(gambles):
     gambles.write("trials.csv", TRIALS.replace("2,2,pink,A|B,A", "2,2,pink,A|B,A>>"))
     err = gambles.error()
     assert err.problems == (
-        Problem("participant 2, trial 2: response 'A>>' contains a '<<' or '>>' delimiter", file="trials.csv", where="line 6"),
+        Problem("response 'A>>' contains a '<<' or '>>' delimiter", file="trials.csv", line=6, where="participant 2, trial 2"),
     )
 
 
@@ -369,19 +416,37 @@ def test_trial_template_with_response_twice(gambles):
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason="BUG: the {{ response }}-exactly-once check renders only the first trial of the first participant; "
-    "a trial template that places the response conditionally crashes later in StructuredTask.render_trial with "
-    "a bare ValueError ('not enough values to unpack') instead of a located TemplateError",
-)
+CONDITIONAL_RESPONSE = "Round {{ trial + 1 }}: {{ stimulus }}.{% if stimulus != 'gold' %} {{ response }}{% endif %}"
+
+
+def test_trial_template_response_missing_on_a_later_trial_task_error(gambles):
+    """StructuredTask.transcript raises a located TemplateError for the trial whose text lacks the response."""
+    config = load_config("experiment.yaml")
+    gambles.write("trial.jinja", CONDITIONAL_RESPONSE)
+    task = load_structured(config.data, "gambles", config.cohort.missing)
+    with pytest.raises(TemplateError) as info:
+        task.transcript("1")
+    assert info.value.message == "the trial template must place {{ response }} exactly once"
+    assert info.value.problems == (
+        Problem(
+            "the trial template must place {{ response }} exactly once, found it 0 times",
+            file="trial.jinja",
+            where="participant 1, trial 2 (trials.csv line 5)",
+        ),
+    )
+
+
 def test_trial_template_response_missing_on_a_later_trial(gambles):
-    gambles.write("trial.jinja", "Round {{ trial + 1 }}: {{ stimulus }}.{% if stimulus != 'gold' %} {{ response }}{% endif %}")
+    gambles.write("trial.jinja", CONDITIONAL_RESPONSE)
     err = gambles.error(TemplateError)
-    assert [(p.file, p.message) for p in err.problems] == [
-        ("trial.jinja", "the trial template must place {{ response }} exactly once, found it 0 times")
-    ]
+    assert err.message == "cannot render the trial table into transcripts (1 problem)"
+    assert err.problems == (
+        Problem(
+            "the trial template must place {{ response }} exactly once, found it 0 times",
+            file="trial.jinja",
+            where="participant 1, trial 2 (trials.csv line 5)",
+        ),
+    )
 
 
 def test_feedback_template_static_missing_column(gambles):
@@ -420,13 +485,13 @@ def test_feedback_template_dynamic_missing_column(gambles):
             "the trial table has no column 'payoff_B'",
             file="feedback.jinja",
             line=1,
-            where="participant 1, trial 1 (trials.csv line 5)",
+            where="participant 1, trial 2 (trials.csv line 5)",
         ),
         Problem(
             "the trial table has no column 'payoff_B'",
             file="feedback.jinja",
             line=1,
-            where="participant 2, trial 0 (trials.csv line 4)",
+            where="participant 2, trial 1 (trials.csv line 4)",
         ),
     )
 
@@ -439,7 +504,7 @@ def test_trial_template_output_with_delimiter(gambles):
         Problem(
             "rendered text contains '<<' or '>>' at character offset 8; only psysim marks responses",
             file="trial.jinja",
-            where="participant 1, trial 0 (trials.csv line 3)",
+            where="participant 1, trial 1 (trials.csv line 3)",
         ),
     )
 
@@ -453,7 +518,7 @@ def test_table_value_with_delimiter_reaches_template_output(gambles):
         Problem(
             "rendered text contains '<<' or '>>' at character offset 18; only psysim marks responses",
             file="trial.jinja",
-            where="participant 2, trial 1 (trials.csv line 6)",
+            where="participant 2, trial 2 (trials.csv line 6)",
         ),
     )
 
@@ -464,12 +529,12 @@ def test_feedback_output_with_delimiter(gambles):
     assert [(p.file, p.where, p.message) for p in err.problems] == [
         (
             "feedback.jinja",
-            "participant 1, trial 0 (trials.csv line 3)",
+            "participant 1, trial 1 (trials.csv line 3)",
             "rendered text contains '<<' or '>>' at character offset 11; only psysim marks responses",
         ),
         (
             "feedback.jinja",
-            "participant 2, trial 0 (trials.csv line 4)",
+            "participant 2, trial 1 (trials.csv line 4)",
             "rendered text contains '<<' or '>>' at character offset 11; only psysim marks responses",
         ),
     ]
@@ -494,12 +559,9 @@ def test_missing_response_loaded_but_not_scorable(gambles):
     assert [p.participant for p in exp.prompts("no_persona")] == ["1"]
     with pytest.raises(DataError) as info:
         exp.task.transcript("2")
-    assert info.value.problems == (
-        Problem(
-            "participant 2: no response on trial 1 (position in the table); this participant can be simulated but not scored",
-            file="trials.csv",
-        ),
-    )
+    assert info.value.message == "participant 2 has trials without a human response: it can be simulated but not scored"
+    assert info.value.problems == (Problem("no human response", file="trials.csv", line=6, where="participant 2, trial 2"),)
+    assert str(info.value.problems[0]) == "trials.csv:6: participant 2, trial 2: no human response"
 
 
 def test_missing_response_values_follow_cohort_missing(gambles):
