@@ -77,7 +77,8 @@ class ModelError(PsysimError):
 
 
 def raise_if(problems: list[Problem], error: type[PsysimError], message: str) -> None:
-    """Raise ``error`` carrying all ``problems`` at once, if there are any."""
+    """Raise ``error`` carrying all ``problems`` at once (each distinct problem once), if there are any."""
+    problems = list(dict.fromkeys(problems))  # e.g. one template checked under two conditions
     if problems:
         n = len(problems)
         raise error(f"{message} ({n} problem{'s' if n != 1 else ''})", problems)
