@@ -182,13 +182,14 @@ def test_fixed_options_response_not_among_them(gambles):
     )
 
 
-def test_parquet_works_like_csv(gambles):
+def _write_parquet_trials(gambles, trial_numbers):
+    """The CSV fixture's table as Parquet, with the given trial-number column, and the YAML pointing at it."""
     pa = pytest.importorskip("pyarrow")
     pq = pytest.importorskip("pyarrow.parquet")
     table = pa.table(
         {
             "participant": [1, 1, 2, 1, 2],
-            "trial": [10, 1, 1, 2, 2],
+            "trial": trial_numbers,
             "stimulus": ["blue", "red", "green", "gold", "pink"],
             "options": ["A|B"] * 5,
             "response": ["B", "A", "B", "B", "A"],
@@ -198,6 +199,10 @@ def test_parquet_works_like_csv(gambles):
     )
     pq.write_table(table, gambles.folder / "trials.parquet")
     gambles.write("experiment.yaml", YAML.replace("trials.csv", "trials.parquet"))
+
+
+def test_parquet_works_like_csv(gambles):
+    _write_parquet_trials(gambles, [10, 1, 1, 2, 2])
     exp = gambles.load()
     assert exp.participants == ["1", "2"]
     t = exp.transcript("1")
@@ -309,21 +314,7 @@ def test_whole_float_trial_number_same_as_integer(gambles):
 
 
 def test_parquet_float_trial_numbers(gambles):
-    pa = pytest.importorskip("pyarrow")
-    pq = pytest.importorskip("pyarrow.parquet")
-    table = pa.table(
-        {
-            "participant": [1, 1, 2, 1, 2],
-            "trial": [10.0, 1.0, 1.0, 2.0, 2.0],
-            "stimulus": ["blue", "red", "green", "gold", "pink"],
-            "options": ["A|B"] * 5,
-            "response": ["B", "A", "B", "B", "A"],
-            "payoff_A": [3, 1, 5, 5, 7],
-            "payoff_B": [4, 2, 6, 6, 8],
-        }
-    )
-    pq.write_table(table, gambles.folder / "trials.parquet")
-    gambles.write("experiment.yaml", YAML.replace("trials.csv", "trials.parquet"))
+    _write_parquet_trials(gambles, [10.0, 1.0, 1.0, 2.0, 2.0])
     exp = gambles.load()
     assert exp.transcript("1").text == TEXT_1
     assert exp.transcript("2").text == TEXT_2
