@@ -1,0 +1,90 @@
+"""The backend contract: score rendered transcripts, one forward pass per transcript.
+
+A backend takes a batch of :class:`ScoreRequest` (the exact text a model reads
+and the character span of every response in it) and returns, per response, the
+log-probability of the response (natural log, summed over its tokens, over the
+full vocabulary: the Psych-201 convention) and, where the trial's options are
+known, the log-probability of every option. Everything model-specific lives
+behind this contract; :func:`get_backend` builds one from a model entry of an
+experiment file, importing heavy dependencies only then.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Backend", "ResponseScore", "ScoreRequest", "ScoreResult", "get_backend"]
+
+
+@dataclass(frozen=True)
+class ScoreRequest:
+    """One transcript to score.
+
+    ``spans[i]`` is the character span of response ``i`` in ``text``;
+    ``options[i]`` the options offered on that trial (or ``None``).
+    ``add_special_tokens``: whether the tokenizer's own special tokens (e.g. a
+    BOS) are added, as for raw text; chat-formatted text already contains them.
+    """
+
+    key: Any
+    text: str
+    spans: tuple[tuple[int, int], ...]
+    options: tuple[tuple[str, ...] | None, ...] = ()
+    add_special_tokens: bool = True
+
+
+@dataclass(frozen=True)
+class ResponseScore:
+    """The score of one response: its log-probability and, if options are known, each option's."""
+
+    logprob: float
+    n_tokens: int
+    option_logprobs: tuple[float, ...] | None = None
+
+
+@dataclass
+class ScoreResult:
+    """The scores of one request's responses, in order, and how many tokens the model read."""
+
+    key: Any
+    responses: list[ResponseScore]
+    n_tokens: int
+    boundary_fixed: int = 0  # responses whose token boundary had to be repaired (see psysim.scoring.encode)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(ABC):
+    """A language model that scores transcripts. Subclasses: ``hf`` (transformers) and ``mock``."""
+
+    #: Longest input (tokens) the model accepts, or None if unbounded.
+    max_length: int | None = None
+
+    @abstractmethod
+    def count_tokens(self, text: str, add_special_tokens: bool = True) -> int:
+        """How many tokens ``text`` is for this model."""
+
+    @abstractmethod
+    def score(self, requests: Sequence[ScoreRequest], progress: Callable[[int], None] | None = None) -> list[ScoreResult]:
+        """Score every response of every request (one forward pass per request); ``progress(n)`` after n requests."""
+
+    @abstractmethod
+    def identity(self) -> dict[str, Any]:
+        """What exactly this model is (files, hashes, revision, dtype), for the run manifest."""
+
+    def chat_template(self) -> str | None:
+        """The model's own chat template source, if it has one."""
+        return None
+
+
+def get_backend(model, base, **overrides) -> Backend:
+    """Build the backend of a ``models:`` entry (:class:`psysim.config.ModelConfig`); ``base`` resolves relative paths."""
+    if model.backend == "mock":
+        from .mock import MockBackend
+
+        return MockBackend(model.name)
+    from .hf import HFBackend
+
+    return HFBackend.from_config(model, base, **overrides)

@@ -1,0 +1,187 @@
+"""The ``hf`` backend: a transformers causal language model, optionally with a peft adapter.
+
+Loads from a local folder, a pulled registry model, or a ``.gguf`` file
+(transformers' GGUF support, through the ``gguf`` package), and scores with
+:mod:`psysim.scoring` (one forward pass per transcript, batches sorted by length).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import ModelError, Problem
+from . import Backend, ResponseScore, ScoreRequest, ScoreResult
+
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _require(module: str, extra: str):
+    try:
+        return __import__(module)
+    except ImportError:
+        raise ModelError(f"the hf backend needs the {module} package: pip install 'psysim[{extra}]'") from None
+
+
+class HFBackend(Backend):
+    """A transformers model and tokenizer behind the backend contract."""
+
+    def __init__(self, model, tokenizer, *, name: str, identity: dict[str, Any], batch_tokens: int = 8192,
+                 max_length: int | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self._identity = identity
+        self.batch_tokens = batch_tokens
+        self.max_length = max_length or getattr(model.config, "max_position_embeddings", None)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    @classmethod
+    def from_config(cls, model_cfg, base: Path, **overrides) -> HFBackend:
+        """Load the model of a ``models:`` entry (dtype, device, adapter, trust_remote_code from the entry)."""
+        from ..models import resolve
+
+        _require("torch", "hf")
+        _require("transformers", "hf")
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        settings = {
+            "dtype": getattr(model_cfg, "dtype", "float32"),
+            "device": getattr(model_cfg, "device", "cpu"),
+            "adapter": getattr(model_cfg, "adapter", None),
+            "trust_remote_code": getattr(model_cfg, "trust_remote_code", False),
+            "batch_tokens": getattr(model_cfg, "batch_tokens", 8192),
+        }
+        settings.update({k: v for k, v in overrides.items() if v is not None})
+        resolved = resolve(model_cfg.source, base)
+        dtype = getattr(torch, settings["dtype"])
+        device = settings["device"]
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        started = time.perf_counter()
+        try:
+            if resolved.kind == "gguf":
+                _require("gguf", "gguf")
+                folder, file = str(resolved.path.parent), resolved.path.name
+                tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
+                model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=dtype)
+            else:
+                kwargs = {"trust_remote_code": bool(settings["trust_remote_code"])}
+                tokenizer = AutoTokenizer.from_pretrained(str(resolved.path), **kwargs)
+                model = AutoModelForCausalLM.from_pretrained(str(resolved.path), dtype=dtype, **kwargs)
+        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+            raise ModelError(
+                f"cannot load model {model_cfg.name!r} from {resolved.path}",
+                [Problem(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else exc!r}; the files may be corrupt "
+                         f"or truncated: delete them and pull again (psysim models pull)")],
+            ) from None
+        identity = dict(resolved.identity)
+        if settings["adapter"]:
+            model, adapter_identity = _load_adapter(model, Path(base, settings["adapter"]), model_cfg.name)
+            identity["adapter"] = adapter_identity
+        model.to(device).eval()
+        identity.update(dtype=settings["dtype"], device=device, load_seconds=round(time.perf_counter() - started, 2))
+        return cls(model, tokenizer, name=model_cfg.name, identity=identity, batch_tokens=int(settings["batch_tokens"]))
+
+    def count_tokens(self, text: str, add_special_tokens: bool = True) -> int:
+        return len(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+    def chat_template(self) -> str | None:
+        template = getattr(self.tokenizer, "chat_template", None)
+        return template if isinstance(template, str) else None
+
+    def identity(self) -> dict[str, Any]:
+        return dict(self._identity)
+
+    def score(self, requests: Sequence[ScoreRequest], progress: Callable[[int], None] | None = None) -> list[ScoreResult]:
+        import torch
+
+        from ..scoring import encode, option_token_ids
+
+        encoded = []
+        for req in requests:
+            enc = encode(self.tokenizer, req.text, req.spans, req.add_special_tokens)
+            if self.max_length and len(enc.ids) > self.max_length:
+                raise ModelError(
+                    f"transcript of {req.key!r} is {len(enc.ids)} tokens, longer than the model's context of "
+                    f"{self.max_length}; set scoring.context: drop_oldest in the experiment file"
+                )
+            opts = None
+            if req.options and any(req.options):
+                opts = []
+                for t, o in enumerate(req.options):
+                    if not o:
+                        opts.append(None)
+                        continue
+                    toks = [option_token_ids(self.tokenizer, x) for x in o]
+                    empty = [x for x, tk in zip(o, toks, strict=True) if not tk]
+                    if empty:
+                        raise ModelError(f"option {empty[0]!r} of response {t} of {req.key!r} tokenizes to nothing")
+                    opts.append(toks)
+            encoded.append((req, enc, opts))
+        # Batches of similar length waste little on padding; the budget bounds memory.
+        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][1].ids))
+        results: dict[int, ScoreResult] = {}
+        done = 0
+        i = 0
+        with torch.inference_mode():
+            while i < len(order):
+                size = 1
+                while i + size < len(order) and (size + 1) * len(encoded[order[i + size]][1].ids) <= self.batch_tokens:
+                    size += 1
+                chunk = order[i : i + size]
+                for idx, scores in zip(chunk, self._score_chunk([encoded[j] for j in chunk]), strict=True):
+                    req, enc, _ = encoded[idx]
+                    responses = [ResponseScore(lp, n, tuple(o) if o is not None else None) for lp, n, o in scores]
+                    results[idx] = ScoreResult(req.key, responses, len(enc.ids), int(enc.boundary_fixed))
+                i += size
+                done += size
+                if progress:
+                    progress(done)
+        return [results[k] for k in range(len(encoded))]
+
+    def _score_chunk(self, chunk):
+        """Score a batch; on out-of-memory, halve it and go on."""
+        import torch
+
+        from ..scoring import score_encoded
+
+        try:
+            options = [o if o is not None else [None] * len(e.ranges) for _, e, o in chunk]
+            return score_encoded(self.model, [e for _, e, _ in chunk], options, self.pad_id)
+        except (torch.OutOfMemoryError, RuntimeError) as exc:
+            if "out of memory" not in str(exc).lower() or len(chunk) == 1:
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            half = len(chunk) // 2
+            return self._score_chunk(chunk[:half]) + self._score_chunk(chunk[half:])
+
+
+def _load_adapter(model, folder: Path, name: str):
+    """Wrap ``model`` with the peft adapter in ``folder``; refuse an adapter made for another base model."""
+    config_path = folder / "adapter_config.json"
+    if not config_path.is_file():
+        raise ModelError(f"model {name!r}: adapter folder {folder} has no adapter_config.json")
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise ModelError("adapters need the peft package: pip install 'psysim[hf]'") from None
+    config = json.loads(config_path.read_text("utf-8"))
+    try:
+        wrapped = PeftModel.from_pretrained(model, str(folder))
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise ModelError(
+            f"model {name!r}: the adapter in {folder} does not fit this base model",
+            [Problem(f"the adapter was trained on {config.get('base_model_name_or_path')!r}; {str(exc).splitlines()[0]}")],
+        ) from None
+    from ..models import file_sha256
+
+    weights = next((p for p in (folder / "adapter_model.safetensors", folder / "adapter_model.bin") if p.is_file()), None)
+    identity = {"path": str(folder), "base_model": config.get("base_model_name_or_path"),
+                "sha256": file_sha256(weights) if weights else None}
+    return wrapped, identity

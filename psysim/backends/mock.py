@@ -1,0 +1,64 @@
+"""A deterministic model with no weights, for tests and ``psysim run --dry-run``.
+
+It "tokenizes" into characters and gives every character a log-probability
+drawn from a hash of the text before it, so scores depend on the prefix (a
+persona changes them) and are identical on every machine. The human response's
+score equals the score of the same option, as with a real model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import Backend, ResponseScore, ScoreRequest, ScoreResult
+
+VOCAB = 256  # a character-level "vocabulary": a uniform model would give log(1/256) per character
+
+
+def _char_logprob(prefix: str, char: str) -> float:
+    digest = hashlib.blake2b(f"{prefix[-200:]}\x00{char}".encode(), digest_size=8).digest()
+    u = int.from_bytes(digest, "big") / 2**64  # uniform in [0, 1)
+    return -math.log(VOCAB) + 2.0 * (u - 0.5)  # within ±1 nat of uniform
+
+
+def mock_logprob(prefix: str, response: str) -> float:
+    """The mock model's log-probability of ``response`` after ``prefix`` (sum over characters)."""
+    total = 0.0
+    for i, ch in enumerate(response):
+        total += _char_logprob(prefix + response[:i], ch)
+    return total
+
+
+class MockBackend(Backend):
+    """Deterministic scores without weights (see module docstring)."""
+
+    def __init__(self, name: str = "mock"):
+        self.name = name
+
+    def count_tokens(self, text: str, add_special_tokens: bool = True) -> int:
+        return len(text)
+
+    def score(self, requests: Sequence[ScoreRequest], progress: Callable[[int], None] | None = None) -> list[ScoreResult]:
+        out = []
+        for n, req in enumerate(requests, start=1):
+            responses = []
+            for i, (s, e) in enumerate(req.spans):
+                prefix = req.text[:s]
+                opts = req.options[i] if req.options else None
+                responses.append(
+                    ResponseScore(
+                        logprob=mock_logprob(prefix, req.text[s:e]),
+                        n_tokens=e - s,
+                        option_logprobs=tuple(mock_logprob(prefix, o) for o in opts) if opts else None,
+                    )
+                )
+            out.append(ScoreResult(req.key, responses, len(req.text)))
+            if progress:
+                progress(n)
+        return out
+
+    def identity(self) -> dict[str, Any]:
+        return {"backend": "mock", "name": self.name, "vocab": VOCAB}
