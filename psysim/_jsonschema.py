@@ -128,6 +128,11 @@ def describe(error: ValidationError) -> list[tuple[tuple[Any, ...], str]]:
     if kw == "not":
         return [(path, error.schema.get("x-not-help", f"not allowed here, found {found(inst)}"))]
     if kw in ("oneOf", "anyOf"):
+        shallow = [e for e in error.context or () if len(e.absolute_path) == len(path)]
+        if shallow and len(shallow) == len(error.context or ()) and all(e.validator in ("type", "const") for e in shallow):
+            # Every branch wants a different kind of value: say so in one line.
+            wanted = [_expected_types(e.validator_value) if e.validator == "type" else _short(e.validator_value) for e in shallow]
+            return [(path, f"expected {' or '.join(dict.fromkeys(wanted))}, found {found(inst)}")]
         # Report the branch that got furthest, which is what the user most likely meant.
         best = _best_context(error.context, inst, len(path))
         if best is not None:

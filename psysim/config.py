@@ -60,6 +60,7 @@ class DataConfig:
     trial_column: str = "trial"
     response_column: str = "response"
     options: tuple[str, ...] | None = None
+    infer_options: bool = False
     options_column: str | None = None
     options_sep: str = "|"
     templates: dict[str, Path] = field(default_factory=dict)
@@ -85,6 +86,11 @@ class ModelConfig:
     backend: str = "hf"
     formats: tuple[str, ...] = ("raw",)
     chat_template: str | None = None
+    dtype: str = "float32"
+    device: str = "cpu"
+    adapter: str | None = None
+    trust_remote_code: bool = False
+    batch_tokens: int = 8192
     index: int = 0
 
 
@@ -110,6 +116,8 @@ class ExperimentConfig:
     conditions: tuple[ConditionConfig, ...]
     output: Path
     persona_format: str = DEFAULT_PERSONA_FORMAT
+    context_policy: str = "error"
+    infer_options_max: int = 10
     description: str = ""
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
     sha256: str = ""
@@ -245,6 +253,18 @@ def _semantic_problems(data: dict[str, Any], at, resolve) -> list[Problem]:
         problems.append(
             at(("data", "path"), f"expected a {' or '.join(suffixes)} file for format {d['format']}, found {found!r}")
         )
+    if d.get("format") == "trials" and d.get("options") == "infer":
+        problems.append(
+            at(("data", "options"), "options: infer applies to psych201 data; for trials give a list or {column, sep}")
+        )
+    models = data.get("models")
+    for i, m in enumerate(models if isinstance(models, list) else ()):
+        if isinstance(m, dict) and isinstance(m.get("adapter"), str):
+            target = resolve(m["adapter"])
+            if not target.is_dir():
+                problems.append(
+                    at(("models", i, "adapter"), f"adapter folder not found: {m['adapter']!r} ({display_path(target)})")
+                )
     must_exist(("cohort", "schema"), c.get("schema"), "profile schema")
     must_exist(("cohort", "path"), c.get("path"), "cohort file")
     if d.get("format") == "trials" and "cohort" in data and "path" not in c:
@@ -316,6 +336,7 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
         trial_column=cols.get("trial", "trial"),
         response_column=cols.get("response", "response"),
         options=tuple(opts) if isinstance(opts, list) else None,
+        infer_options=opts == "infer",
         options_column=opts.get("column") if isinstance(opts, dict) else None,
         options_sep=opts.get("sep", "|") if isinstance(opts, dict) else "|",
         templates={kind: resolve(value) for kind, value in d.get("templates", {}).items()},
@@ -335,6 +356,11 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
             backend=m.get("backend", "hf"),
             formats=tuple(m.get("formats", ["raw"])),
             chat_template=m.get("chat_template"),
+            dtype=m.get("dtype", "float32"),
+            device=m.get("device", "cpu"),
+            adapter=m.get("adapter"),
+            trust_remote_code=m.get("trust_remote_code", False),
+            batch_tokens=m.get("batch_tokens", 8192),
             index=i,
         )
         for i, m in enumerate(data["models"])
@@ -357,6 +383,8 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
         conditions=tuple(conditions),
         output=output,
         persona_format=persona_format,
+        context_policy=data.get("scoring", {}).get("context", "error"),
+        infer_options_max=data.get("scoring", {}).get("infer_options_max", 10),
         description=data.get("description", ""),
         raw=data,
         sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .chat import ChatTemplate, to_messages
@@ -52,6 +52,10 @@ class Prompt:
     responses: tuple[str, ...]
     persona: str = ""
     persona_of: str | None = None
+    #: The index of each response in the participant's full transcript (differs after drop_oldest).
+    indices: tuple[int, ...] = ()
+    #: The options offered with each response, where known.
+    options: tuple[tuple[str, ...] | None, ...] = ()
 
     def marked(self, left: str = "⟦", right: str = "⟧") -> str:
         """The text with every response span wrapped in ``left``/``right`` (for reading, not for models)."""
@@ -110,6 +114,7 @@ class Experiment:
         # stages depend on earlier ones, so they run only when those passed.
         self.schema = ProfileSchema.load(config.cohort.schema)
         self.task: StructuredTask | None = None
+        self.inferred_options: dict[str, tuple[str, ...]] = {}
         self.transcripts: dict[str, Transcript] = {}
         self.cohort = self._load_data()
         self.participants: list[str] = list(self.cohort.profiles)
@@ -141,6 +146,8 @@ class Experiment:
                                 )
                             )
             raise_if(problems, DataError, f"responses outside the declared options in {display_path(c.data.path)}")
+            if c.data.infer_options:
+                self._infer_options()
             if c.cohort.path is None:
                 return cohort_from_records(
                     self.schema,
@@ -159,6 +166,18 @@ class Experiment:
                         problems += exc.problems
             raise_if(problems, TemplateError, "cannot render the trial table into transcripts")
         return load_cohort(c.cohort.path, self.schema, id_column=c.cohort.id_column, missing=c.cohort.missing)
+
+    def _infer_options(self) -> None:
+        """``options: infer``: per experiment, its distinct responses become every response's options, if few."""
+        by_experiment: dict[str, set[str]] = {}
+        for tr in self.transcripts.values():
+            by_experiment.setdefault(tr.experiment, set()).update(r.text for r in tr.responses)
+        most = self.config.infer_options_max
+        self.inferred_options = {name: tuple(sorted(f)) for name, f in by_experiment.items() if 2 <= len(f) <= most}
+        for pid, tr in self.transcripts.items():
+            options = self.inferred_options.get(tr.experiment)
+            if options:
+                self.transcripts[pid] = replace(tr, responses=tuple(replace(r, options=options) for r in tr.responses))
 
     def _match_participants(self) -> list[Problem]:
         shown = display_path(self.config.data.path)
@@ -332,15 +351,19 @@ class Experiment:
             raise DataError(f"participant {participant} has trials without a human response, so there is no transcript to score")
         return self.transcripts[participant]
 
-    def render(self, participant: str, condition: str, *, format: str = "raw", model: str | None = None) -> Prompt:
+    def render(
+        self, participant: str, condition: str, *, format: str = "raw", model: str | None = None, drop_oldest: int = 0
+    ) -> Prompt:
         """Exactly what ``model`` reads for ``participant`` under ``condition`` in ``format`` (raw or chat).
 
         Raw: the persona text followed by the transcript exactly as given (for
         ``no_persona`` on Psych-201 data, byte for byte the file's ``text``).
         Chat: the same content through the model's chat template, one user turn
-        per context and one assistant turn per response.
+        per context and one assistant turn per response. ``drop_oldest`` removes
+        that many of the oldest trials (keeping persona and instructions), for
+        transcripts longer than a model's context.
         """
-        transcript = self.transcript(participant)
+        transcript = self.transcript(participant).without_first(drop_oldest)
         persona, source = self.persona(participant, condition)
         responses = tuple(r.text for r in transcript.responses)
         if format == "raw":
@@ -357,7 +380,19 @@ class Experiment:
             text, spans = rendering.text, tuple(rendering.spans)
         else:
             raise PsysimError(f"unknown format {format!r}; expected raw or chat")
-        return Prompt(participant, transcript.experiment, condition, format, text, spans, responses, persona, source)
+        return Prompt(
+            participant,
+            transcript.experiment,
+            condition,
+            format,
+            text,
+            spans,
+            responses,
+            persona,
+            source,
+            indices=tuple(r.index for r in transcript.responses),
+            options=tuple(r.options for r in transcript.responses),
+        )
 
     def prompts(self, condition: str, *, format: str = "raw", model: str | None = None):
         """Prompts of every scorable participant under ``condition``, in cohort order."""
@@ -412,6 +447,13 @@ def chat_template_for(model: ModelConfig, base: Path) -> ChatTemplate:
         except KeyError as exc:
             raise ModelError(exc.args[0]) from None
     source = Path(base, os.path.expanduser(model.source))
+    if not source.exists():
+        from .models import resolve
+
+        try:  # a registry name or hub id that has been pulled: its folder has the template
+            source = resolve(model.source, base).path
+        except ModelError:
+            pass
     if source.is_dir():
         # transformers' save_pretrained writes the template to chat_template.jinja (newer) or
         # into tokenizer_config.json (older); the special tokens are in tokenizer_config.json.

@@ -138,9 +138,7 @@ def score_encoded(
     for b, e in enumerate(batch):  # right padding: padded positions come after every real one
         input_ids[b, : len(e.ids)] = torch.tensor(e.ids)
         mask[b, : len(e.ids)] = 1
-    multi = options is not None and any(
-        opt is not None and any(len(o) > 1 for o in opt) for per in options for opt in per
-    )
+    multi = options is not None and any(opt is not None and any(len(o) > 1 for o in opt) for per in options for opt in per)
     decoder = model.get_decoder()
     out = decoder(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=multi)
     hidden = out.last_hidden_state

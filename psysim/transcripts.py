@@ -10,7 +10,7 @@ span of each response's content. Psych-201 JSONL files are parsed into it
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,30 @@ class Transcript:
             pos = r.end + len(CLOSE)
         out.append(self.text[pos:])
         return out
+
+    def trial_start(self, i: int) -> int:
+        """Where response ``i``'s trial starts: the beginning of the line its ``<<`` is on."""
+        return self.text.rfind("\n", 0, self.responses[i].start - len(OPEN)) + 1
+
+    def without_first(self, k: int) -> Transcript:
+        """The transcript with its ``k`` oldest trials removed (for contexts too short to hold it all).
+
+        The head — everything before the line of the first response: the
+        instructions — is kept; then the text from the line of response ``k`` on.
+        Responses keep their original ``index``. If response ``k`` shares its
+        line with an earlier response, the cut falls right after response ``k - 1``.
+        """
+        if k <= 0:
+            return self
+        if k >= len(self.responses):
+            raise ValueError(f"cannot drop {k} of {len(self.responses)} responses")
+        head = self.trial_start(0)
+        cut = self.trial_start(k)
+        if cut <= self.responses[k - 1].end:
+            cut = self.responses[k - 1].end + len(CLOSE)
+        shift = cut - head
+        kept = tuple(replace(r, start=r.start - shift, end=r.end - shift) for r in self.responses[k:])
+        return replace(self, text=self.text[:head] + self.text[cut:], responses=kept)
 
     def segments(self) -> Iterator[tuple[str, Response | None]]:
         """``(context, response)`` pairs in reading order; the last response is ``None``."""

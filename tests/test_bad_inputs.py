@@ -67,7 +67,7 @@ def test_unknown_top_level_key_suggests_the_right_one(toy, run_cli):
         r,
         "invalid experiment file experiment.yaml (1 problem)",
         "  - experiment.yaml:13:1: condtions: unknown key 'condtions' (did you mean 'conditions'?); "
-        "expected one of: cohort, conditions, data, description, models, name, output, persona, seed",
+        "expected one of: cohort, conditions, data, description, models, name, output, persona, scoring, seed",
     )
 
 
@@ -84,7 +84,7 @@ def test_unknown_top_level_key_suggests_the_right_one(toy, run_cli):
             "    chat_template: chatml\n",
             "    chat_template: chatml\n    backnd: mock\n",
             "  - experiment.yaml:12:5: models[0].backnd: unknown key 'backnd' (did you mean 'backend'?); "
-            "expected one of: backend, chat_template, formats, name, source",
+            "expected one of: adapter, backend, batch_tokens, chat_template, device, dtype, formats, name, source, trust_remote_code",
         ),
     ],
     ids=["data", "models"],
@@ -156,7 +156,7 @@ def test_all_problems_of_the_yaml_are_reported_at_once(toy, run_cli):
         r,
         "invalid experiment file experiment.yaml (3 problems)",
         "  - experiment.yaml:2:1: nmae: unknown key 'nmae' (did you mean 'name'?); "
-        "expected one of: cohort, conditions, data, description, models, name, output, persona, seed",
+        "expected one of: cohort, conditions, data, description, models, name, output, persona, scoring, seed",
         "  - experiment.yaml:3:7: seed: expected a number ≥ 0, found an integer -1",
         '  - experiment.yaml:5:11: data.format: expected one of "psych201", "trials"; found a string "psych101" '
         "(did you mean 'psych201'?)",

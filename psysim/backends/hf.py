@@ -29,8 +29,9 @@ def _require(module: str, extra: str):
 class HFBackend(Backend):
     """A transformers model and tokenizer behind the backend contract."""
 
-    def __init__(self, model, tokenizer, *, name: str, identity: dict[str, Any], batch_tokens: int = 8192,
-                 max_length: int | None = None):
+    def __init__(
+        self, model, tokenizer, *, name: str, identity: dict[str, Any], batch_tokens: int = 8192, max_length: int | None = None
+    ):
         self.model = model
         self.tokenizer = tokenizer
         self.name = name
@@ -76,8 +77,12 @@ class HFBackend(Backend):
         except (OSError, ValueError, RuntimeError, KeyError) as exc:
             raise ModelError(
                 f"cannot load model {model_cfg.name!r} from {resolved.path}",
-                [Problem(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else exc!r}; the files may be corrupt "
-                         f"or truncated: delete them and pull again (psysim models pull)")],
+                [
+                    Problem(
+                        f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else exc!r}; the files may be corrupt "
+                        f"or truncated: delete them and pull again (psysim models pull)"
+                    )
+                ],
             ) from None
         identity = dict(resolved.identity)
         if settings["adapter"]:
@@ -182,6 +187,9 @@ def _load_adapter(model, folder: Path, name: str):
     from ..models import file_sha256
 
     weights = next((p for p in (folder / "adapter_model.safetensors", folder / "adapter_model.bin") if p.is_file()), None)
-    identity = {"path": str(folder), "base_model": config.get("base_model_name_or_path"),
-                "sha256": file_sha256(weights) if weights else None}
+    identity = {
+        "path": str(folder),
+        "base_model": config.get("base_model_name_or_path"),
+        "sha256": file_sha256(weights) if weights else None,
+    }
     return wrapped, identity

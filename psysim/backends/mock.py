@@ -18,17 +18,22 @@ from . import Backend, ResponseScore, ScoreRequest, ScoreResult
 VOCAB = 256  # a character-level "vocabulary": a uniform model would give log(1/256) per character
 
 
-def _char_logprob(prefix: str, char: str) -> float:
-    digest = hashlib.blake2b(f"{prefix[-200:]}\x00{char}".encode(), digest_size=8).digest()
+def _char_logprob(head: str, prefix: str, char: str) -> float:
+    digest = hashlib.blake2b(f"{head}\x00{prefix[-200:]}\x00{char}".encode(), digest_size=8).digest()
     u = int.from_bytes(digest, "big") / 2**64  # uniform in [0, 1)
     return -math.log(VOCAB) + 2.0 * (u - 0.5)  # within ±1 nat of uniform
 
 
-def mock_logprob(prefix: str, response: str) -> float:
-    """The mock model's log-probability of ``response`` after ``prefix`` (sum over characters)."""
+def mock_logprob(prefix: str, response: str, head: str = "") -> float:
+    """The mock model's log-probability of ``response`` after ``prefix`` (sum over characters).
+
+    ``head`` stands for the start of the transcript (persona and instructions,
+    hashed once per transcript), so conditioning text changes every score
+    without hashing whole prefixes.
+    """
     total = 0.0
     for i, ch in enumerate(response):
-        total += _char_logprob(prefix + response[:i], ch)
+        total += _char_logprob(head, prefix + response[:i], ch)
     return total
 
 
@@ -45,14 +50,16 @@ class MockBackend(Backend):
         out = []
         for n, req in enumerate(requests, start=1):
             responses = []
+            first = req.spans[0][0] if req.spans else len(req.text)
+            head = hashlib.blake2b(req.text[:first].encode(), digest_size=8).hexdigest()
             for i, (s, e) in enumerate(req.spans):
                 prefix = req.text[:s]
                 opts = req.options[i] if req.options else None
                 responses.append(
                     ResponseScore(
-                        logprob=mock_logprob(prefix, req.text[s:e]),
+                        logprob=mock_logprob(prefix, req.text[s:e], head),
                         n_tokens=e - s,
-                        option_logprobs=tuple(mock_logprob(prefix, o) for o in opts) if opts else None,
+                        option_logprobs=tuple(mock_logprob(prefix, o, head) for o in opts) if opts else None,
                     )
                 )
             out.append(ScoreResult(req.key, responses, len(req.text)))
