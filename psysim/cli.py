@@ -70,7 +70,8 @@ def render(
     from .experiment import load_experiment
 
     exp = load_experiment(experiment)
-    pid = participant if participant is not None else next(iter(exp.transcripts), exp.participants[0])
+    scorable = [p for p in exp.participants if p in exp.transcripts]
+    pid = participant if participant is not None else (scorable or exp.participants)[0]
     names = list(conditions) or [c.name for c in exp.config.conditions]
     fmt = "chat" if chat else "raw"
     prompts = [exp.render(pid, name, format=fmt, model=model) for name in names]

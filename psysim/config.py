@@ -75,6 +75,7 @@ class CohortConfig:
     path: Path | None
     id_column: str = "participant"
     missing: tuple[str, ...] = DEFAULT_MISSING
+    sample: int | None = None
 
 
 @dataclass(frozen=True)
@@ -348,6 +349,7 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
         path=resolve(c["path"]) if "path" in c else None,
         id_column=c.get("id", "participant"),
         missing=tuple(c.get("missing", DEFAULT_MISSING)),
+        sample=c.get("sample"),
     )
     models = [
         ModelConfig(

@@ -17,6 +17,7 @@ All problems are reported together.
 from __future__ import annotations
 
 import os
+import random
 import statistics
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -83,6 +84,7 @@ class Summary:
     models: list[str]
     output: str
     experiments: list[str] = field(default_factory=list)
+    cohort_size: int = 0
 
     def __str__(self) -> str:
         lo, med, hi = self.responses_per_participant
@@ -93,6 +95,7 @@ class Summary:
             (
                 "participants",
                 f"{self.participants}"
+                + (f" (a seeded sample of {self.cohort_size})" if self.cohort_size > self.participants else "")
                 + (f" ({self.scorable} with every response known)" if self.scorable != self.participants else ""),
             ),
             ("responses", f"{self.responses} (per participant: median {med:g}, min {lo}, max {hi})"),
@@ -120,6 +123,11 @@ class Experiment:
         self.participants: list[str] = list(self.cohort.profiles)
         problems += self._match_participants()
         raise_if(problems, DataError, "participants and data do not match")
+        self.cohort_size = len(self.participants)
+        if config.cohort.sample is not None and config.cohort.sample < len(self.participants):
+            # A seeded sample, in cohort order: the same file and seed always give the same people.
+            keep = set(random.Random(config.seed).sample(range(len(self.participants)), config.cohort.sample))
+            self.participants = [p for i, p in enumerate(self.participants) if i in keep]
         self.persona_templates = self._load_persona_templates()
         self.chat_templates = self._load_chat_templates()
         self.shuffle: dict[str, str] = self._derange()
@@ -270,8 +278,9 @@ class Experiment:
         # row), which varies by participant; personas change only the first user turn.
         # So: every participant under the first condition, every condition for one participant.
         first_condition = self.config.conditions[0].name
-        pairs = [(pid, first_condition) for pid in self.transcripts]
-        pairs += [(pid, c.name) for pid in list(self.transcripts)[:1] for c in self.config.conditions[1:]]
+        scorable = [p for p in self.participants if p in self.transcripts]
+        pairs = [(pid, first_condition) for pid in scorable]
+        pairs += [(pid, c.name) for pid in scorable[:1] for c in self.config.conditions[1:]]
         for model in self.config.models:
             if "chat" not in model.formats:
                 continue
@@ -402,12 +411,12 @@ class Experiment:
 
     def summary(self) -> Summary:
         """Counts for ``psysim validate``."""
-        counts = [len(t.responses) for t in self.transcripts.values()]
+        chosen = set(self.participants)
         if self.task:
-            counts_all = [len(v) for v in self.task.trials.values()]
+            counts_all = [len(v) for k, v in self.task.trials.items() if k in chosen]
         else:
-            counts_all = counts
-        known = {name: sum(name in p.values for p in self.cohort) for name in self.schema.fields}
+            counts_all = [len(t.responses) for k, t in self.transcripts.items() if k in chosen]
+        known = {name: sum(name in self.cohort[p].values for p in self.participants) for name in self.schema.fields}
         conds = [
             c.name
             + (f" ({Path(c.format).stem})" if c.type != "no_persona" else "")
@@ -423,9 +432,10 @@ class Experiment:
             config=display_path(self.config.path),
             data=data,
             participants=len(self.participants),
+            cohort_size=self.cohort_size,
             responses=sum(counts_all),
             responses_per_participant=(min(counts_all), statistics.median(counts_all), max(counts_all)),
-            scorable=len(self.transcripts),
+            scorable=sum(p in self.transcripts for p in self.participants),
             profile_fields=known,
             conditions=conds,
             models=models,

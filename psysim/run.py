@@ -73,13 +73,17 @@ def _fit(exp: Experiment, backend: Backend, pid: str, condition: str, fmt: str, 
     """The prompt, with the oldest trials dropped if the model's context demands it (per the experiment's policy)."""
     prompt = exp.render(pid, condition, format=fmt, model=model)
     limit = backend.max_length
-    if not limit or backend.count_tokens(prompt.text, fmt == "raw") <= limit:
+    # Every token covers at least one character, so a text shorter than the limit (with room for
+    # special tokens) fits without tokenizing it here; the backend tokenizes it once anyway.
+    if not limit or len(prompt.text) + 16 <= limit:
         return prompt, 0
-    length = backend.count_tokens(prompt.text, fmt == "raw")
+    length = backend.count_tokens(prompt.text, prompt.spans, fmt == "raw")
+    if length <= limit:
+        return prompt, 0
     if exp.config.context_policy == "error":
         raise ModelError(
-            f"participant {pid}'s transcript ({condition}, {fmt}) is {length} tokens, longer than model {model!r}'s "
-            f"context of {limit}",
+            f"participant {pid}'s transcript ({condition}, {fmt}) is {length} tokens, longer than the context of "
+            f"model {model!r} ({limit} tokens)",
             [
                 Problem(
                     "set `scoring: {context: drop_oldest}` in the experiment file to drop the oldest trials",
@@ -92,12 +96,12 @@ def _fit(exp: Experiment, backend: Backend, pid: str, condition: str, fmt: str, 
     while lo < hi:
         mid = (lo + hi) // 2
         p = exp.render(pid, condition, format=fmt, model=model, drop_oldest=mid)
-        if backend.count_tokens(p.text, fmt == "raw") <= limit:
+        if backend.count_tokens(p.text, p.spans, fmt == "raw") <= limit:
             hi = mid
         else:
             lo = mid + 1
     prompt = exp.render(pid, condition, format=fmt, model=model, drop_oldest=lo)
-    if backend.count_tokens(prompt.text, fmt == "raw") > limit:
+    if backend.count_tokens(prompt.text, prompt.spans, fmt == "raw") > limit:
         raise ModelError(f"participant {pid}: even the last trial alone does not fit model {model!r}'s context of {limit}")
     return prompt, lo
 
@@ -137,6 +141,7 @@ def run_experiment(
 
             backend = MockBackend(model.name)
         else:
+            _quiet_transformers(progress)
             backend = get_backend(model, exp.config.folder)
         identities[model.name] = backend.identity()
         prompts: list[tuple[Prompt, int]] = []
@@ -145,8 +150,14 @@ def run_experiment(
                 for pid in participants:
                     prompts.append(_fit(exp, backend, pid, cond.name, fmt, model.name))
         requests = [
-            ScoreRequest(key=i, text=p.text, spans=p.spans, options=p.options, add_special_tokens=p.format == "raw")
-            for i, (p, _) in enumerate(prompts)
+            ScoreRequest(
+                key=f"participant {p.participant} ({p.condition}, {p.format})",
+                text=p.text,
+                spans=p.spans,
+                options=p.options,
+                add_special_tokens=p.format == "raw",
+            )
+            for p, _ in prompts
         ]
         bar = _progress(len(requests), f"{model.name}", enabled=progress)
         results = backend.score(requests, progress=bar.update_to if bar else None)
@@ -196,6 +207,19 @@ def _rows(model: str, prompt: Prompt, dropped: int, result) -> list[dict[str, An
             )
         rows.append(row)
     return rows
+
+
+def _quiet_transformers(progress: bool) -> None:
+    """transformers' own warnings are not the user's business here; its progress bars follow ``progress``."""
+    try:
+        from transformers.utils import logging as tlog
+    except ImportError:
+        return
+    tlog.set_verbosity_error()
+    if progress:
+        tlog.enable_progress_bar()
+    else:
+        tlog.disable_progress_bar()
 
 
 def _versions() -> dict[str, str | None]:

@@ -134,13 +134,14 @@ def score_encoded(
     device = next(model.parameters()).device
     length = max(len(e.ids) for e in batch)
     input_ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), length), dtype=torch.long)
-    for b, e in enumerate(batch):  # right padding: padded positions come after every real one
+    for b, e in enumerate(batch):
         input_ids[b, : len(e.ids)] = torch.tensor(e.ids)
-        mask[b, : len(e.ids)] = 1
     multi = options is not None and any(opt is not None and any(len(o) > 1 for o in opt) for per in options for opt in per)
     decoder = model.get_decoder()
-    out = decoder(input_ids=input_ids.to(device), attention_mask=mask.to(device), use_cache=multi)
+    # Right padding needs no attention mask: under causal attention a real position only sees
+    # earlier positions, all real, and padded positions are never read. Without a mask the
+    # attention kernels take their fast causal path (measured in BENCHMARKS.md).
+    out = decoder(input_ids=input_ids.to(device), use_cache=multi)
     hidden = out.last_hidden_state
 
     # Every response token t at position p is predicted by the hidden state at p - 1.

@@ -242,7 +242,7 @@ def test_trials_only_keys_are_rejected_under_psych201(toy, extra):
 def test_options_column_is_rejected_under_psych201(toy):
     """psych201 data takes options only as a list, not as {column, sep}."""
     toy.write_yaml(EXPERIMENT.replace("  path: data.jsonl\n", "  path: data.jsonl\n  options: {column: x}\n"))
-    assert problems_of("experiment.yaml") == ["experiment.yaml:6:12: data.options: expected a list or \"infer\", found a mapping"]
+    assert problems_of("experiment.yaml") == ['experiment.yaml:6:12: data.options: expected a list or "infer", found a mapping']
 
 
 def test_psych201_options_list_is_accepted(toy):

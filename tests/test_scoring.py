@@ -68,7 +68,7 @@ def test_multi_token_responses_and_options_share_the_prefix():
     text = "Choose a word. You say <<relational meaning>>. Again: <<O>>. And: <<predict card Q>>.\n"
     spans = spans_of(text)
     enc = encode(tok, text, spans)
-    assert [e - s for s, e in enc.ranges][0] > 1
+    assert next(e - s for s, e in enc.ranges) > 1
     options = [["relational meaning", "O", "predict card Q"], ["O", "Q"], ["predict card Q", "Q", "seven cards"]]
     opt_ids = [[option_token_ids(tok, o) for o in opts] for opts in options]
     assert any(len(o) > 1 for opts in opt_ids for o in opts)

@@ -63,8 +63,8 @@ class Backend(ABC):
     max_length: int | None = None
 
     @abstractmethod
-    def count_tokens(self, text: str, add_special_tokens: bool = True) -> int:
-        """How many tokens ``text`` is for this model."""
+    def count_tokens(self, text: str, spans: Sequence[tuple[int, int]] = (), add_special_tokens: bool = True) -> int:
+        """How many tokens the model reads for ``text`` with responses at ``spans``."""
 
     @abstractmethod
     def score(self, requests: Sequence[ScoreRequest], progress: Callable[[int], None] | None = None) -> list[ScoreResult]:

@@ -74,7 +74,7 @@ class HFBackend(Backend):
                 kwargs = {"trust_remote_code": bool(settings["trust_remote_code"])}
                 tokenizer = AutoTokenizer.from_pretrained(str(resolved.path), **kwargs)
                 model = AutoModelForCausalLM.from_pretrained(str(resolved.path), dtype=dtype, **kwargs)
-        except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        except Exception as exc:  # corrupt files raise many types (OSError, SafetensorError, ...): all mean "cannot load"
             raise ModelError(
                 f"cannot load model {model_cfg.name!r} from {resolved.path}",
                 [
@@ -92,8 +92,11 @@ class HFBackend(Backend):
         identity.update(dtype=settings["dtype"], device=device, load_seconds=round(time.perf_counter() - started, 2))
         return cls(model, tokenizer, name=model_cfg.name, identity=identity, batch_tokens=int(settings["batch_tokens"]))
 
-    def count_tokens(self, text: str, add_special_tokens: bool = True) -> int:
-        return len(self.tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+    def count_tokens(self, text: str, spans=(), add_special_tokens: bool = True) -> int:
+        from ..scoring import encode
+
+        # encode(), not the plain tokenizer: a repaired boundary can make the scored sequence longer.
+        return len(encode(self.tokenizer, text, spans, add_special_tokens).ids)
 
     def chat_template(self) -> str | None:
         template = getattr(self.tokenizer, "chat_template", None)
@@ -112,8 +115,8 @@ class HFBackend(Backend):
             enc = encode(self.tokenizer, req.text, req.spans, req.add_special_tokens)
             if self.max_length and len(enc.ids) > self.max_length:
                 raise ModelError(
-                    f"transcript of {req.key!r} is {len(enc.ids)} tokens, longer than the model's context of "
-                    f"{self.max_length}; set scoring.context: drop_oldest in the experiment file"
+                    f"{req.key} is {len(enc.ids)} tokens, longer than the context of model {self.name!r} "
+                    f"({self.max_length} tokens); set `scoring: {{context: drop_oldest}}` in the experiment file"
                 )
             opts = None
             if req.options and any(req.options):
@@ -179,10 +182,10 @@ def _load_adapter(model, folder: Path, name: str):
     config = json.loads(config_path.read_text("utf-8"))
     try:
         wrapped = PeftModel.from_pretrained(model, str(folder))
-    except (RuntimeError, ValueError, KeyError) as exc:
+    except Exception as exc:  # peft/torch raise several types for a mismatched adapter
         raise ModelError(
             f"model {name!r}: the adapter in {folder} does not fit this base model",
-            [Problem(f"the adapter was trained on {config.get('base_model_name_or_path')!r}; {str(exc).splitlines()[0]}")],
+            [Problem(f"the adapter was trained on {config.get('base_model_name_or_path')!r}; {_first_useful_line(exc)}")],
         ) from None
     from ..models import file_sha256
 
@@ -193,3 +196,12 @@ def _load_adapter(model, folder: Path, name: str):
         "sha256": file_sha256(weights) if weights else None,
     }
     return wrapped, identity
+
+
+def _first_useful_line(exc: Exception) -> str:
+    """The informative line of a long loading error (e.g. torch's "size mismatch for ...")."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in lines:
+        if "size mismatch" in line or "Missing key" in line or "Unexpected key" in line:
+            return line
+    return lines[0] if lines else type(exc).__name__

@@ -43,7 +43,7 @@ class MockBackend(Backend):
     def __init__(self, name: str = "mock"):
         self.name = name
 
-    def count_tokens(self, text: str, add_special_tokens: bool = True) -> int:
+    def count_tokens(self, text: str, spans=(), add_special_tokens: bool = True) -> int:
         return len(text)
 
     def score(self, requests: Sequence[ScoreRequest], progress: Callable[[int], None] | None = None) -> list[ScoreResult]:
