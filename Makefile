@@ -24,8 +24,9 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 quickstart: setup
+	$(BIN)/psysim models pull smollm2-135m-instruct
 	$(BIN)/psysim validate experiments/quickstart.yaml
-	$(BIN)/psysim render experiments/quickstart.yaml --participant 101 --condition persona --mark brackets
+	$(BIN)/psysim run experiments/quickstart.yaml
 
 test: setup
 	$(BIN)/python -m pytest

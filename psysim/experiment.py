@@ -237,7 +237,8 @@ class Experiment:
         out: dict[str, ChatTemplate] = {}
         problems: list[Problem] = []
         for m in self.config.models:
-            if "chat" not in m.formats:
+            # Needed to score the chat format; also loaded when named, so `psysim render --chat` can show it.
+            if "chat" not in m.formats and not m.chat_template:
                 continue
             try:
                 out[m.name] = chat_template_for(m, self.config.folder)
@@ -282,7 +283,7 @@ class Experiment:
         pairs = [(pid, first_condition) for pid in scorable]
         pairs += [(pid, c.name) for pid in scorable[:1] for c in self.config.conditions[1:]]
         for model in self.config.models:
-            if "chat" not in model.formats:
+            if model.name not in self.chat_templates:
                 continue
             for pid, condition in pairs:
                 try:
@@ -315,8 +316,13 @@ class Experiment:
 
     def profile(self, participant: str) -> Profile:
         """The validated profile of ``participant``."""
-        if participant not in self.cohort.profiles:
+        if participant not in self.participants:
             close = ", ".join(self.participants[:5]) + (", ..." if len(self.participants) > 5 else "")
+            if participant in self.cohort.profiles:
+                raise PsysimError(
+                    f"participant {participant!r} is in the cohort but not in this experiment's sample "
+                    f"(cohort.sample: {self.config.cohort.sample}); participants are e.g. {close}"
+                )
             raise PsysimError(f"unknown participant {participant!r}; participants are e.g. {close}")
         return self.cohort.profiles[participant]
 
@@ -383,7 +389,7 @@ class Experiment:
             m = self.model(model)
             if m.name not in self.chat_templates:
                 raise PsysimError(
-                    f"model {m.name!r} does not use the chat format; add 'chat' to its formats in the experiment file"
+                    f"model {m.name!r} has no chat template here; add 'chat' to its formats or set its chat_template"
                 )
             rendering = self.chat_templates[m.name].render(to_messages(transcript, persona), where=f"participant {participant}")
             text, spans = rendering.text, tuple(rendering.spans)

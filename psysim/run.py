@@ -102,7 +102,9 @@ def _fit(exp: Experiment, backend: Backend, pid: str, condition: str, fmt: str, 
             lo = mid + 1
     prompt = exp.render(pid, condition, format=fmt, model=model, drop_oldest=lo)
     if backend.count_tokens(prompt.text, prompt.spans, fmt == "raw") > limit:
-        raise ModelError(f"participant {pid}: even the last trial alone does not fit model {model!r}'s context of {limit}")
+        raise ModelError(
+            f"participant {pid}: even the last trial alone does not fit the context of model {model!r} ({limit} tokens)"
+        )
     return prompt, lo
 
 
@@ -165,6 +167,7 @@ def run_experiment(
             bar.close()
         for (prompt, dropped), result in zip(prompts, results, strict=True):
             rows += _rows(model.name, prompt, dropped, result)
+        del backend, results  # free this model's weights before the next model loads
     trials = pd.DataFrame(rows, columns=COLUMNS)
     manifest = _manifest(exp, identities, participants, started, dry_run, limit)
     tmp = folder / "trials.parquet.tmp"

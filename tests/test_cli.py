@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -31,58 +32,58 @@ def test_quickstart_validates_with_exact_summary(run_cli, monkeypatch):
         "ok: experiments/quickstart.yaml is valid",
         "  experiment   quickstart (Thoma_et_al_2025_risky_choice)",
         "  data         participants/thoma2025riskychoice/prompts.jsonl (Psych-201 JSONL)",
-        "  participants 301",
-        "  responses    2709 (per participant: median 9, min 9, max 9)",
-        "  profiles     known fields: age 301, gender 301, condition 301",
+        "  participants 50 (a seeded sample of 301)",
+        "  responses    450 (per participant: median 9, min 9, max 9)",
+        "  profiles     known fields: age 50, gender 50, condition 50",
         "  conditions   no_persona, persona (interview), shuffled_persona (interview)",
-        "  models       smollm2-135m-instruct (raw, chat)",
+        "  models       smollm2-135m-instruct (raw)",
         "  output       runs/quickstart",
     ]
 
 
 def test_quickstart_no_persona_is_the_psych201_text_byte_for_byte(run_cli):
-    """Raw no_persona output is exactly the Psych-201 file's text, for every participant."""
+    """Raw no_persona output is exactly the Psych-201 file's text, for every sampled participant."""
     exp = psysim.load_experiment(QUICKSTART)
-    for line in THOMA.read_text(encoding="utf-8").splitlines():
-        rec = json.loads(line)
-        assert exp.render(rec["participant"], "no_persona").text == rec["text"]
-    r = run_cli("render", str(QUICKSTART), "-p", "7", "-c", "no_persona", "--text-only")
+    for pid in exp.participants:
+        assert exp.render(pid, "no_persona").text == _record(pid)["text"]
+    r = run_cli("render", str(QUICKSTART), "-p", "6", "-c", "no_persona", "--text-only")
     assert r.exit_code == 0
-    assert r.stdout == _record("7")["text"]
+    assert r.stdout == _record("6")["text"]
 
 
 def test_quickstart_persona_is_psych201_interview(run_cli):
     """The persona condition prepends Psych-201's interview lines, values exactly as in the file."""
-    rec = _record("101")
+    rec = _record("108")
     expected = (
         f"Interviewer: What is your age?\nInterviewee: {rec['age']}\n\n"
         f"Interviewer: What is your gender?\nInterviewee: {rec['gender']}\n\n"
         f"Interviewer: Which condition of the study are you in?\nInterviewee: {rec['condition']}\n\n"
     ) + rec["text"]
-    r = run_cli("render", str(QUICKSTART), "-p", "101", "-c", "persona", "--text-only")
+    r = run_cli("render", str(QUICKSTART), "-p", "108", "-c", "persona", "--text-only")
     assert r.stdout == expected
-    assert "Interviewee: 7.49\n" in expected
+    assert f"Interviewee: {rec['age']}\n" in expected
 
 
 def test_render_shows_three_conditions_raw_and_chat(run_cli):
     """Without --condition every condition is shown; spans are listed and slice to the responses."""
     for extra in ([], ["--chat"]):
-        r = run_cli("render", str(QUICKSTART), "-p", "101", "--mark", "brackets", *extra)
+        r = run_cli("render", str(QUICKSTART), "-p", "108", "--mark", "brackets", *extra)
         assert r.exit_code == 0, r.stderr
         headers = [line for line in r.stdout.splitlines() if line.startswith("─── participant")]
         fmt = "chat · model smollm2-135m-instruct" if extra else "raw"
         assert [h.split(" · ")[1] for h in headers] == [
             "no_persona",
-            "persona (profile of participant 101)",
-            f"shuffled_persona (profile of participant {psysim.load_experiment(QUICKSTART).shuffle['101']})",
+            "persona (profile of participant 108)",
+            f"shuffled_persona (profile of participant {psysim.load_experiment(QUICKSTART).shuffle['108']})",
         ]
         assert all(fmt in h for h in headers)
         assert r.stdout.count("<<⟦" if not extra else "⟦") == 27
-    payload = json.loads(run_cli("render", str(QUICKSTART), "-p", "101", "--chat", "--json").stdout)
+    payload = json.loads(run_cli("render", str(QUICKSTART), "-p", "108", "--chat", "--json").stdout)
     assert len(payload) == 3
+    human = re.findall(r"<<(.*?)>>", _record("108")["text"])
     for p in payload:
         assert p["text"].startswith("<|im_start|>system\nYou are a helpful AI assistant named SmolLM")
-        assert [p["text"][s:e] for s, e in p["spans"]] == p["responses"] == ["O", "O", "Q", "Q", "O", "Q", "O", "O", "Q"]
+        assert [p["text"][s:e] for s, e in p["spans"]] == p["responses"] == human
 
 
 def test_python_m_psysim_and_lazy_imports():

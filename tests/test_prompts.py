@@ -210,8 +210,10 @@ def test_interview_persona_is_psych201_construction(toy):
 
 
 def test_interview_persona_is_psych201_construction_on_real_data():
-    path = REPO / "experiments" / "quickstart.yaml"
-    exp = psysim.load_experiment(path)
+    from dataclasses import replace
+
+    config = psysim.load_config(REPO / "experiments" / "quickstart.yaml")
+    exp = psysim.Experiment(replace(config, cohort=replace(config.cohort, sample=None)))  # all 301, not the sample
     data = REPO / "participants" / "thoma2025riskychoice" / "prompts.jsonl"
     questions = {
         "age": "What is your age?",
