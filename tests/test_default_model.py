@@ -67,9 +67,13 @@ def backend(folder):
 
 @pytest.fixture(scope="module")
 def quickstart():
-    from psysim.experiment import load_experiment
+    from dataclasses import replace
 
-    return load_experiment(QUICKSTART)
+    from psysim.config import load_config
+    from psysim.experiment import Experiment
+
+    config = load_config(QUICKSTART)
+    return Experiment(replace(config, cohort=replace(config.cohort, sample=None)))  # every participant, not the sample
 
 
 def reference(backend, prompt) -> list[tuple[float, int]]:
@@ -113,24 +117,32 @@ def test_golden_numbers(backend, quickstart, folder):
     assert [s.logprob for s in result.responses[:3]] == pytest.approx(GOLDEN, abs=1e-4)
 
 
+def psysim_first_sampled() -> str:
+    """The first participant of the quickstart's seeded sample (what `--limit 1` scores)."""
+    from psysim.experiment import load_experiment
+
+    return load_experiment(QUICKSTART).participants[0]
+
+
 def test_quickstart_run_through_the_cli(run_cli, backend, quickstart, tmp_path):
-    """`psysim run experiments/quickstart.yaml --limit 1`: 54 rows, a 6-line table, no_persona raw equal to the reference."""
+    """`psysim run experiments/quickstart.yaml --limit 1`: 27 rows, a 3-line table, no_persona raw equal to the reference."""
     r = run_cli("run", str(QUICKSTART), "--limit", "1", "--quiet", "--out", str(tmp_path / "out"))
     assert r.exit_code == 0, r.stderr
     import pandas as pd
 
     trials = pd.read_parquet(tmp_path / "out" / "trials.parquet")
     assert list(trials.columns) == COLUMNS
-    assert trials.shape == (2 * 3 * 9, len(COLUMNS))  # formats × conditions × 1 participant × 9 responses
-    assert set(trials["participant"]) == {"1"}
+    assert trials.shape == (1 * 3 * 9, len(COLUMNS))  # raw × conditions × 1 participant × 9 responses
+    first = psysim_first_sampled()
+    assert set(trials["participant"]) == {first}
     lines = r.stdout.splitlines()
-    assert lines[0].startswith(f"wrote 54 rows to {tmp_path / 'out' / 'trials.parquet'} (")
-    assert len(lines) == 1 + 2 + 6
+    assert lines[0].startswith(f"wrote 27 rows to {tmp_path / 'out' / 'trials.parquet'} (")
+    assert len(lines) == 1 + 2 + 3
     assert lines[1].split() == ["responses", "nll", "accuracy"]
     raw = trials[(trials["format"] == "raw") & (trials["condition"] == "no_persona")]
-    text = json.loads(THOMA.read_text("utf-8").splitlines()[0])["text"]
-    prompt = quickstart.render("1", "no_persona")
-    assert prompt.text == text
+    record = next(json.loads(line) for line in THOMA.read_text("utf-8").splitlines() if json.loads(line)["participant"] == first)
+    prompt = quickstart.render(first, "no_persona")
+    assert prompt.text == record["text"]
     ref = reference(backend, prompt)
     assert raw["trial"].tolist() == list(range(9))
     assert raw["logprob"].tolist() == pytest.approx([lp for lp, _ in ref], abs=TOLERANCE)
