@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from .errors import PsysimError
+from .files import display_path
 
 EXPERIMENT = click.Path(dir_okay=False, path_type=Path)
 
@@ -148,7 +149,7 @@ def run(experiment: Path, out: Path | None, limit: int | None, dry_run: bool, qu
         raise click.BadParameter(f"expected at least 1, found {limit}", param_hint="--limit")
     result = run_experiment(exp, out=out, limit=limit, dry_run=dry_run, progress=not quiet)
     trials = result.trials
-    click.echo(f"wrote {len(trials)} rows to {result.out / 'trials.parquet'} ({result.manifest['seconds']:.1f} s)")
+    click.echo(f"wrote {len(trials)} rows to {display_path(result.out / 'trials.parquet')} ({result.manifest['seconds']:.1f} s)")
     if len(trials):
         table = trials.assign(nll=-trials["logprob"]).groupby(["model", "format", "condition"], sort=False)
         summary = table.agg(responses=("nll", "size"), nll=("nll", "mean"), accuracy=("correct", "mean"))
