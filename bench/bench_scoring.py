@@ -20,6 +20,7 @@ numeric difference from float32.
 
     .venv/bin/python bench/bench_scoring.py                 # default model, thoma + busch, writes bench/results.json
     .venv/bin/python bench/bench_scoring.py --studies thoma2025riskychoice:4
+    .venv/bin/python bench/bench_scoring.py --skip-per-trial --repeats 3     # medians of 3 timings, without (a)
 
 Results go into BENCHMARKS.md by hand, with the machine and versions this prints.
 """
@@ -31,6 +32,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -50,18 +52,10 @@ def load_texts(study: str, n: int) -> list[tuple[str, list[tuple[int, int]]]]:
     return [(r.transcript.text, [(x.start, x.end) for x in r.transcript.responses]) for r in records]
 
 
-def worker(method: str, model_path: str, study: str, n: int, dtype: str, threads: int) -> dict:
+def score(method: str, model, tok, texts) -> list[float]:
+    """Every response's log-probability by ``method`` (see the module docstring)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    torch.set_num_threads(threads)
-    tok = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).eval()
-    texts = load_texts(study, n)
-    n_tokens = sum(len(tok(t)["input_ids"]) for t, _ in texts)
-    n_responses = sum(len(s) for _, s in texts)
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    t0 = time.perf_counter()
     logprobs: list[float] = []
     with torch.inference_mode():
         if method == "psysim":
@@ -90,7 +84,26 @@ def worker(method: str, model_path: str, study: str, n: int, dtype: str, threads
                 logprobs += [-float(nll[a - 1 : b - 1].sum()) for a, b in enc.ranges]
         else:
             raise SystemExit(f"unknown method {method}")
-    seconds = time.perf_counter() - t0
+    return logprobs
+
+
+def worker(method: str, model_path: str, study: str, n: int, dtype: str, threads: int, repeats: int = 1) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(threads)
+    tok = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype)).eval()
+    texts = load_texts(study, n)
+    n_tokens = sum(len(tok(t)["input_ids"]) for t, _ in texts)
+    n_responses = sum(len(s) for _, s in texts)
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    times = []
+    for _ in range(repeats):  # the median of several passes tames this shared machine's noise
+        t0 = time.perf_counter()
+        logprobs = score(method, model, tok, texts)
+        times.append(time.perf_counter() - t0)
+    seconds = statistics.median(times)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     params = sum(p.numel() for p in model.parameters())
     cfg = model.config
@@ -145,11 +158,12 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     p.add_argument("--skip-per-trial", action="store_true", help="skip method (a), which is quadratic in trials")
     p.add_argument("--out", default=str(HERE / "results.json"))
-    p.add_argument("--worker", nargs=6, metavar=("METHOD", "MODEL", "STUDY", "N", "DTYPE", "THREADS"))
+    p.add_argument("--repeats", type=int, default=1, help="time each method this many times and report the median")
+    p.add_argument("--worker", nargs=7, metavar=("METHOD", "MODEL", "STUDY", "N", "DTYPE", "THREADS", "REPEATS"))
     a = p.parse_args()
     if a.worker:
-        method, model, study, n, dtype, threads = a.worker
-        print(json.dumps(worker(method, model, study, int(n), dtype, int(threads))))
+        method, model, study, n, dtype, threads, repeats = a.worker
+        print(json.dumps(worker(method, model, study, int(n), dtype, int(threads), int(repeats))))
         return
 
     import torch
@@ -172,8 +186,12 @@ def main() -> None:
         study, _, n = spec.partition(":")
         n = n or "8"
         methods = ("psysim", "full_logits") if a.skip_per_trial else ("psysim", "per_trial", "full_logits")
-        runs = {m: run_sub([m, a.model, study, n, "float32", str(a.threads)]) for m in methods}
-        runs["psysim_bf16"] = run_sub(["psysim", a.model, study, n, "bfloat16", str(a.threads)])
+        # (a) is quadratic in trials: it is timed once.
+        runs = {
+            m: run_sub([m, a.model, study, n, "float32", str(a.threads), "1" if m == "per_trial" else str(a.repeats)])
+            for m in methods
+        }
+        runs["psysim_bf16"] = run_sub(["psysim", a.model, study, n, "bfloat16", str(a.threads), str(a.repeats)])
         ref = runs["per_trial" if "per_trial" in runs else "full_logits"]["logprobs"]
         agree = {m: max(abs(x - y) for x, y in zip(r["logprobs"], ref, strict=True)) for m, r in runs.items()}
         ps = runs["psysim"]

@@ -59,7 +59,7 @@ def encode(tokenizer, text: str, spans: Sequence[tuple[int, int]], add_special_t
             break
         ranges.append((inside[0], inside[-1] + 1))
     if aligned:
-        return Encoded(ids, ranges)
+        return _checked(Encoded(ids, ranges))
     # A token crosses a response boundary: tokenise the pieces between boundaries separately.
     cuts = sorted({0, len(text), *(b for span in spans for b in span)})
     piece_ranges: dict[tuple[int, int], tuple[int, int]] = {}
@@ -68,7 +68,15 @@ def encode(tokenizer, text: str, spans: Sequence[tuple[int, int]], add_special_t
         piece = tokenizer(text[a:b], add_special_tokens=False)["input_ids"]
         piece_ranges[(a, b)] = (len(ids), len(ids) + len(piece))
         ids += piece
-    return Encoded(ids, [piece_ranges[(s, e)] for s, e in spans], boundary_fixed=True)
+    return _checked(Encoded(ids, [piece_ranges[(s, e)] for s, e in spans], boundary_fixed=True))
+
+
+def _checked(enc: Encoded) -> Encoded:
+    # A response's first token is predicted from the position before it; the very first token of
+    # a text has none (Psych-201 text always has "<<" there, so this only catches malformed input).
+    if enc.ranges and enc.ranges[0][0] == 0:
+        raise ValueError("a response starts the text: there is nothing to predict its first token from")
+    return enc
 
 
 def option_token_ids(tokenizer, option: str) -> list[int]:
