@@ -151,9 +151,11 @@ def run(experiment: Path, out: Path | None, limit: int | None, dry_run: bool, qu
     trials = result.trials
     click.echo(f"wrote {len(trials)} rows to {display_path(result.out / 'trials.parquet')} ({result.manifest['seconds']:.1f} s)")
     if len(trials):
-        table = trials.assign(nll=-trials["logprob"]).groupby(["model", "format", "condition"], sort=False)
-        summary = table.agg(responses=("nll", "size"), nll=("nll", "mean"), accuracy=("correct", "mean"))
-        click.echo(summary.to_string(float_format=lambda x: f"{x:.3f}"))
+        from .metrics import CONDITION_KEYS, condition_metrics
+
+        summary = condition_metrics(trials).set_index(CONDITION_KEYS)
+        columns = ["responses", "nll"] + [c for c in ("option_nll", "accuracy", "pseudo_r2") if summary[c].notna().any()]
+        click.echo(summary[columns].to_string(float_format=lambda x: f"{x:.3f}"))
 
 
 @cli.command()

@@ -138,7 +138,7 @@ def test_quickstart_run_through_the_cli(run_cli, backend, quickstart, tmp_path):
     lines = r.stdout.splitlines()
     assert lines[0].startswith(f"wrote 27 rows to {tmp_path / 'out' / 'trials.parquet'} (")
     assert len(lines) == 1 + 2 + 3
-    assert lines[1].split() == ["responses", "nll", "accuracy"]
+    assert lines[1].split() == ["responses", "nll", "option_nll", "accuracy", "pseudo_r2"]
     raw = trials[(trials["format"] == "raw") & (trials["condition"] == "no_persona")]
     record = next(json.loads(line) for line in THOMA.read_text("utf-8").splitlines() if json.loads(line)["participant"] == first)
     prompt = quickstart.render(first, "no_persona")

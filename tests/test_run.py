@@ -94,18 +94,28 @@ def test_dry_run_writes_the_documented_table(toy, run_cli):
 
     assert r.stdout.startswith("wrote 36 rows to out/trials.parquet (")
     assert table_lines(r.stdout) == [  # the mock backend's scores are the same on every machine
-        "                               responses   nll  accuracy",
-        "model format condition                                  ",
-        "tiny  raw    no_persona                6 5.855     0.667",
-        "             persona                   6 5.452     0.500",
-        "             shuffled_persona          6 5.396     0.500",
-        "      chat   no_persona                6 5.142     0.500",
-        "             persona                   6 5.420     1.000",
-        "             shuffled_persona          6 5.755     0.333",
+        "                               responses   nll  option_nll  accuracy  pseudo_r2",
+        "model format condition                                                         ",
+        "tiny  raw    no_persona                6 5.855       0.677     0.667      0.024",
+        "             persona                   6 5.452       0.854     0.500     -0.232",
+        "             shuffled_persona          6 5.396       0.607     0.500      0.125",
+        "      chat   no_persona                6 5.142       0.621     0.500      0.103",
+        "             persona                   6 5.420       0.461     1.000      0.335",
+        "             shuffled_persona          6 5.755       0.835     0.333     -0.205",
     ]
     for line, (_, g) in zip(table_lines(r.stdout)[2:], trials.groupby(["format", "condition"], sort=False), strict=True):
-        # ... and it is the parquet's
-        assert line.split()[-3:] == ["6", f"{-g['logprob'].mean():.3f}", f"{g['correct'].mean():.3f}"]
+        # ... and it is the parquet's, computed here directly
+        option_nll = [
+            -math.log(p[list(o).index(h)]) for o, p, h in zip(g["options"], g["option_probs"], g["response"], strict=True)
+        ]
+        mean_option_nll = sum(option_nll) / len(option_nll)
+        assert line.split()[-5:] == [
+            "6",
+            f"{-g['logprob'].mean():.3f}",
+            f"{mean_option_nll:.3f}",
+            f"{g['correct'].mean():.3f}",
+            f"{1 - mean_option_nll / math.log(2):.3f}",
+        ]
 
 
 def test_dry_run_is_deterministic(toy, run_cli):

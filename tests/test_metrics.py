@@ -1,0 +1,74 @@
+"""Metrics equal hand computations on a small table, and aggregate as Psych-201 does (mean over a study's
+responses, then an unweighted mean over studies)."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from psysim.metrics import condition_metrics, participant_metrics, response_metrics, study_metrics
+
+
+def row(experiment, participant, response, logprob, probs=None, options=("A", "B")):
+    correct = None
+    if probs is not None:
+        correct = options[max(range(len(probs)), key=lambda i: probs[i])] == response
+    return {
+        "model": "m",
+        "format": "raw",
+        "condition": "no_persona",
+        "experiment": experiment,
+        "participant": participant,
+        "response": response,
+        "logprob": logprob,
+        "options": list(options) if probs is not None else None,
+        "option_probs": list(probs) if probs is not None else None,
+        "correct": correct,
+    }
+
+
+TRIALS = pd.DataFrame(
+    [
+        row("s1", "p1", "A", math.log(0.5), [0.8, 0.2]),
+        row("s1", "p1", "B", math.log(0.1), [0.6, 0.4]),
+        row("s1", "p2", "A", math.log(0.25), [0.5, 0.5]),
+        row("s2", "q1", "B", math.log(0.9), [0.1, 0.9]),
+    ]
+)
+
+
+def test_response_level_measures_by_hand():
+    """nll, option-normalised nll, Brier and pseudo-R² of each response, computed by hand."""
+    m = response_metrics(TRIALS)
+    assert m["nll"].tolist() == pytest.approx([-math.log(0.5), -math.log(0.1), -math.log(0.25), -math.log(0.9)])
+    assert m["option_nll"].tolist() == pytest.approx([-math.log(0.8), -math.log(0.4), -math.log(0.5), -math.log(0.9)])
+    assert m["brier"].tolist() == pytest.approx([0.2**2 * 2, 0.6**2 * 2, 0.5**2 * 2, 0.1**2 * 2])
+    assert m["pseudo_r2"].tolist() == pytest.approx(
+        [1 + math.log(0.8) / math.log(2), 1 + math.log(0.4) / math.log(2), 0.0, 1 + math.log(0.9) / math.log(2)]
+    )
+    assert m["accuracy"].tolist() == [1.0, 0.0, 1.0, 1.0]  # a tie goes to the first option
+
+
+def test_without_options_only_nll_is_defined():
+    """Where options are unknown, option-based measures are NaN, never 0."""
+    m = response_metrics(pd.DataFrame([row("s", "p", "hello", -3.0)]))
+    assert m["nll"].tolist() == [3.0]
+    assert m[["option_nll", "brier", "pseudo_r2", "accuracy"]].isna().all().all()
+
+
+def test_aggregation_follows_psych201():
+    """Participant and study scores are means over responses; a condition's is the unweighted mean over studies."""
+    nll = response_metrics(TRIALS)["nll"].tolist()
+    parts = participant_metrics(TRIALS)
+    assert parts["participant"].tolist() == ["p1", "p2", "q1"]
+    assert parts["nll"].tolist() == pytest.approx([(nll[0] + nll[1]) / 2, nll[2], nll[3]])
+    studies = study_metrics(TRIALS)
+    s1, s2 = (nll[0] + nll[1] + nll[2]) / 3, nll[3]
+    assert studies["nll"].tolist() == pytest.approx([s1, s2])
+    assert studies["responses"].tolist() == [3, 1]
+    [cond] = condition_metrics(TRIALS).to_dict("records")
+    assert cond["nll"] == pytest.approx((s1 + s2) / 2)  # not (sum of 4 responses) / 4
+    assert (cond["studies"], cond["responses"]) == (2, 4)
+    assert cond["accuracy"] == pytest.approx((2 / 3 + 1) / 2)
