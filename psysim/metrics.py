@@ -21,7 +21,15 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["CONDITION_KEYS", "condition_metrics", "participant_metrics", "response_metrics", "study_metrics"]
+__all__ = [
+    "CONDITION_KEYS",
+    "compare_conditions",
+    "condition_metrics",
+    "paired_bootstrap",
+    "participant_metrics",
+    "response_metrics",
+    "study_metrics",
+]
 
 #: The columns that identify one scored condition.
 CONDITION_KEYS = ["model", "format", "condition"]
@@ -80,3 +88,52 @@ def condition_metrics(trials):
     table.insert(0, "studies", grouped.size())
     table.insert(1, "responses", grouped["responses"].sum())
     return table.reset_index()
+
+
+def paired_bootstrap(before, after, *, seed: int, n_boot: int = 10_000, level: float = 0.95) -> dict[str, float]:
+    """Mean paired difference ``after − before`` over participants, a percentile bootstrap CI, and Cohen's d_z.
+
+    Participants are resampled with replacement (``numpy.random.default_rng(seed)``),
+    so the same data and seed give the same interval on every machine.
+    """
+    import numpy as np
+
+    a, b = np.asarray(before, dtype=float), np.asarray(after, dtype=float)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError("before and after must be equally long 1-d sequences (one value per participant)")
+    diff = b - a
+    n = len(diff)
+    if n < 2:
+        return {"n": n, "mean": float(diff.mean()) if n else math.nan, "ci_low": math.nan, "ci_high": math.nan, "d_z": math.nan}
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, n, size=(n_boot, n))].mean(axis=1)
+    tail = (1 - level) / 2
+    sd = diff.std(ddof=1)
+    return {
+        "n": n,
+        "mean": float(diff.mean()),
+        "ci_low": float(np.quantile(means, tail)),
+        "ci_high": float(np.quantile(means, 1 - tail)),
+        "d_z": float(diff.mean() / sd) if sd > 0 else math.nan,
+    }
+
+
+def compare_conditions(trials, before: str, after: str, *, measure: str = "nll", seed: int, n_boot: int = 10_000):
+    """Paired comparison of two conditions per model × format: ``after − before`` of a measure, over participants.
+
+    E.g. ``compare_conditions(trials, "no_persona", "persona", seed=...)`` is the
+    persona benefit in NLL (negative: the persona helps); ``"persona"`` vs
+    ``"shuffled_persona"`` asks whether a person's *own* profile matters.
+    """
+    import pandas as pd
+
+    parts = participant_metrics(trials)
+    rows = []
+    for (model, fmt), group in parts.groupby(["model", "format"], sort=False):
+        wide = group.pivot_table(index=["experiment", "participant"], columns="condition", values=measure)
+        if before not in wide or after not in wide:
+            continue
+        paired = wide[[before, after]].dropna()
+        stats = paired_bootstrap(paired[before], paired[after], seed=seed, n_boot=n_boot)
+        rows.append({"model": model, "format": fmt, "measure": measure, "before": before, "after": after, **stats})
+    return pd.DataFrame(rows)

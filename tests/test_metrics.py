@@ -72,3 +72,46 @@ def test_aggregation_follows_psych201():
     assert cond["nll"] == pytest.approx((s1 + s2) / 2)  # not (sum of 4 responses) / 4
     assert (cond["studies"], cond["responses"]) == (2, 4)
     assert cond["accuracy"] == pytest.approx((2 / 3 + 1) / 2)
+
+
+def test_paired_bootstrap_equals_a_plain_reference():
+    """Mean difference, percentile CI and d_z equal a plain-Python computation from the same resampling draws."""
+    import statistics
+
+    import numpy as np
+
+    from psysim.metrics import paired_bootstrap
+
+    before = [1.0, 2.0, 1.5, 3.0, 2.5, 0.5]
+    after = [0.8, 2.1, 1.0, 2.0, 2.6, 0.1]
+    got = paired_bootstrap(before, after, seed=11, n_boot=2000)
+    diff = [b - a for a, b in zip(before, after, strict=True)]
+    draws = np.random.default_rng(11).integers(0, len(diff), size=(2000, len(diff))).tolist()
+    means = sorted(statistics.fmean(diff[i] for i in row) for row in draws)
+
+    def quantile(q):  # numpy's default (linear) definition
+        pos = q * (len(means) - 1)
+        lo = int(pos)
+        return means[lo] + (means[min(lo + 1, len(means) - 1)] - means[lo]) * (pos - lo)
+
+    assert got["n"] == 6
+    assert got["mean"] == pytest.approx(statistics.fmean(diff))
+    assert got["ci_low"] == pytest.approx(quantile(0.025)) and got["ci_high"] == pytest.approx(quantile(0.975))
+    assert got["d_z"] == pytest.approx(statistics.fmean(diff) / statistics.stdev(diff))
+    assert paired_bootstrap(before, after, seed=11, n_boot=2000) == got  # same seed, same interval
+
+
+def test_compare_conditions_pairs_participants():
+    """Persona benefit per model × format: the mean over participants of (persona − no_persona) participant NLLs."""
+    from psysim.metrics import compare_conditions
+
+    rows = []
+    for cond, shift in (("no_persona", 0.0), ("persona", -0.5)):
+        for pid, lp in (("p1", -1.0), ("p2", -2.0), ("p3", -4.0)):
+            rows.append(dict(row("s", pid, "A", lp - shift), condition=cond))
+    out = compare_conditions(pd.DataFrame(rows), "no_persona", "persona", seed=1, n_boot=500)
+    [res] = out.to_dict("records")
+    assert (res["model"], res["format"], res["n"]) == ("m", "raw", 3)
+    assert res["mean"] == pytest.approx(-0.5)  # the persona lowers every participant's NLL by 0.5
+    assert res["ci_low"] == pytest.approx(-0.5) and res["ci_high"] == pytest.approx(-0.5)
+    assert math.isnan(res["d_z"])  # no spread in the differences: d_z is undefined, not infinite
