@@ -25,8 +25,10 @@ __all__ = [
     "CONDITION_KEYS",
     "compare_conditions",
     "condition_metrics",
+    "headroom_recovered",
     "paired_bootstrap",
     "participant_metrics",
+    "post_training_d",
     "response_metrics",
     "study_metrics",
 ]
@@ -137,3 +139,39 @@ def compare_conditions(trials, before: str, after: str, *, measure: str = "nll",
         stats = paired_bootstrap(paired[before], paired[after], seed=seed, n_boot=n_boot)
         rows.append({"model": model, "format": fmt, "measure": measure, "before": before, "after": after, **stats})
     return pd.DataFrame(rows)
+
+
+def post_training_d(trials, base: str, post: str, *, fmt_base: str = "raw", fmt_post: str = "raw", condition: str = "no_persona"):
+    """Psych-201's post-training misalignment: Cohen's d of response NLL, post-trained minus base, per study.
+
+    Per study, ``d = (mean NLL_post − mean NLL_base) / pooled SD`` over the
+    study's responses (pooled SD = sqrt of the mean of the two variances);
+    positive d means the post-trained model predicts people worse. Returns one
+    row per study and the unweighted mean over studies as ``mean_d``.
+    """
+    import pandas as pd
+
+    m = response_metrics(trials)
+    sel = m[m["condition"] == condition]
+    a = sel[(sel["model"] == base) & (sel["format"] == fmt_base)]
+    b = sel[(sel["model"] == post) & (sel["format"] == fmt_post)]
+    rows = []
+    for exp in sorted(set(a["experiment"]) & set(b["experiment"])):
+        x, y = a[a["experiment"] == exp]["nll"], b[b["experiment"] == exp]["nll"]
+        pooled = math.sqrt((x.var(ddof=1) + y.var(ddof=1)) / 2) if len(x) > 1 and len(y) > 1 else math.nan
+        d = (y.mean() - x.mean()) / pooled if pooled and pooled > 0 else math.nan
+        rows.append({"experiment": exp, "base_nll": x.mean(), "post_nll": y.mean(), "d": d, "responses": len(y)})
+    table = pd.DataFrame(rows, columns=["experiment", "base_nll", "post_nll", "d", "responses"])
+    table.attrs["mean_d"] = float(table["d"].mean()) if len(table) else math.nan
+    return table
+
+
+def headroom_recovered(model: float, population: float, ceiling: float) -> float:
+    """Share of the gap between the population baseline and the individual ceiling that a model closes.
+
+    With losses (lower is better): ``(population − model) / (population − ceiling)``.
+    0: no better than the population; 1: as good as the individual ceiling;
+    NaN when the ceiling is no better than the population (there is no headroom).
+    """
+    gap = population - ceiling
+    return (population - model) / gap if gap > 0 else math.nan

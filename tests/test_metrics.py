@@ -115,3 +115,36 @@ def test_compare_conditions_pairs_participants():
     assert res["mean"] == pytest.approx(-0.5)  # the persona lowers every participant's NLL by 0.5
     assert res["ci_low"] == pytest.approx(-0.5) and res["ci_high"] == pytest.approx(-0.5)
     assert math.isnan(res["d_z"])  # no spread in the differences: d_z is undefined, not infinite
+
+
+def test_post_training_d_per_study_by_hand():
+    """Cohen's d of NLL (post − base) with the pooled SD of each study, then the unweighted mean over studies."""
+    import statistics
+
+    from psysim.metrics import post_training_d
+
+    rows = []
+    base_lp = {"s1": [-1.0, -2.0, -3.0], "s2": [-1.0, -1.5]}
+    post_lp = {"s1": [-2.0, -2.5, -4.5], "s2": [-1.2, -1.1]}
+    for model, table in (("base", base_lp), ("post", post_lp)):
+        for exp, lps in table.items():
+            for i, lp in enumerate(lps):
+                rows.append(dict(row(exp, f"p{i}", "A", lp), model=model))
+    out = post_training_d(pd.DataFrame(rows), "base", "post")
+    expected = {}
+    for exp in ("s1", "s2"):
+        x, y = [-v for v in base_lp[exp]], [-v for v in post_lp[exp]]
+        pooled = math.sqrt((statistics.variance(x) + statistics.variance(y)) / 2)
+        expected[exp] = (statistics.fmean(y) - statistics.fmean(x)) / pooled
+    assert out["experiment"].tolist() == ["s1", "s2"]
+    assert out["d"].tolist() == pytest.approx([expected["s1"], expected["s2"]])
+    assert out.attrs["mean_d"] == pytest.approx((expected["s1"] + expected["s2"]) / 2)
+
+
+def test_headroom_recovered():
+    """Share of the population-to-ceiling gap a model closes; undefined without headroom."""
+    from psysim.metrics import headroom_recovered
+
+    assert headroom_recovered(model=1.5, population=2.0, ceiling=1.0) == pytest.approx(0.5)
+    assert headroom_recovered(model=2.0, population=2.0, ceiling=1.0) == 0.0
+    assert math.isnan(headroom_recovered(model=1.0, population=1.0, ceiling=1.2))
