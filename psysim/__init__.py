@@ -4,7 +4,8 @@ The public API, in reading order::
 
     exp = psysim.load_experiment("experiments/quickstart.yaml")   # checks everything
     exp.summary()                                                  # counts
-    exp.render("1", "persona", format="chat")                      # exactly what a model reads
+    exp.render("108", "persona", format="chat")                    # exactly what a model reads
+    psysim.run_experiment(exp)                                     # score it: trials.parquet
 """
 
 from .chat import ChatTemplate, to_messages
@@ -13,6 +14,7 @@ from .errors import ConfigError, DataError, ModelError, Problem, PsysimError, Te
 from .experiment import Experiment, Prompt, Summary, load_experiment
 from .participants import Cohort, Profile, ProfileSchema, load_cohort
 from .prompts import derangement, render_persona
+from .run import RunResult, run_experiment
 from .transcripts import Response, Transcript, parse_markup, read_psych201
 from .trials import StructuredTask
 
@@ -32,6 +34,7 @@ __all__ = [
     "Prompt",
     "PsysimError",
     "Response",
+    "RunResult",
     "StructuredTask",
     "Summary",
     "TemplateError",
@@ -44,5 +47,6 @@ __all__ = [
     "parse_markup",
     "read_psych201",
     "render_persona",
+    "run_experiment",
     "to_messages",
 ]
