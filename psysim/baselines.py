@@ -10,6 +10,8 @@ are comparable across people), ``options`` and ``response``.
 * :class:`UniformBaseline` — every option equally likely (chance).
 * :class:`PopulationFrequency` — the response frequencies of the *other*
   participants on the same item, else in the same study (the population).
+* :class:`ProfileModel` — per item, a logistic regression from the profile to
+  the response: the non-LLM way to use a profile.
 * :class:`IndividualCeiling` — the participant's own responses on their other
   trials (how much individual-specific signal the data hold).
 
@@ -22,8 +24,16 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from typing import Any
 
-__all__ = ["IndividualCeiling", "PopulationFrequency", "UniformBaseline", "cross_validate", "response_table"]
+__all__ = [
+    "IndividualCeiling",
+    "PopulationFrequency",
+    "ProfileModel",
+    "UniformBaseline",
+    "cross_validate",
+    "response_table",
+]
 
 
 def response_table(experiment):
@@ -35,11 +45,13 @@ def response_table(experiment):
     """
     import pandas as pd
 
+    fields = list(experiment.schema.fields)
     rows = []
     for pid in experiment.participants:
         transcript = experiment.transcripts.get(pid)
         if transcript is None:
             continue
+        profile = experiment.profile(pid).values
         for r in transcript.responses:
             line_start = transcript.trial_start(r.index)
             rows.append(
@@ -50,9 +62,11 @@ def response_table(experiment):
                     "item": transcript.text[line_start : r.start],
                     "options": list(r.options) if r.options else None,
                     "response": r.text,
+                    **{f"profile.{f}": profile.get(f) for f in fields},
                 }
             )
-    return pd.DataFrame(rows, columns=["experiment", "participant", "trial", "item", "options", "response"])
+    columns = ["experiment", "participant", "trial", "item", "options", "response", *(f"profile.{f}" for f in fields)]
+    return pd.DataFrame(rows, columns=columns)
 
 
 class _Baseline:
@@ -141,6 +155,102 @@ class IndividualCeiling(_Baseline):
         return out
 
 
+class ProfileModel(_Baseline):
+    """The non-LLM way to use a profile: per item, a multinomial logistic regression from profile to response.
+
+    Features are the table's ``profile.*`` columns: numbers standardised (a
+    missing value imputed with the training mean), other values one-hot
+    encoded (missing is its own category). An item whose training responses
+    are all the same, or that was not seen in training, falls back to
+    :class:`PopulationFrequency`. Probabilities are smoothed towards every
+    option with ``alpha`` pseudo-counts, as the frequency baselines are.
+    """
+
+    def __init__(self, alpha: float = 1.0, C: float = 1.0):
+        super().__init__(alpha)
+        if not C > 0:
+            raise ValueError(f"C must be > 0 (inverse regularisation strength), got {C!r}")
+        self.C = C
+
+    def get_params(self, deep: bool = True) -> dict:
+        return {"alpha": self.alpha, "C": self.C}
+
+    def set_params(self, **params):
+        for key, value in params.items():
+            if key not in ("alpha", "C"):
+                raise ValueError(f"unknown parameter {key!r}; {type(self).__name__} has: C, alpha")
+            setattr(self, key, value)
+        return self
+
+    def _features(self, table):
+        return [c for c in table.columns if c.startswith("profile.")]
+
+    def _design(self, table):
+        return _design_matrix(table, self.numeric_, self.other_)
+
+    def fit(self, table):
+        """Fit one logistic regression per item with at least two distinct responses; returns self."""
+        from sklearn.compose import ColumnTransformer
+        from sklearn.impute import SimpleImputer
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+        self.fallback_ = PopulationFrequency(self.alpha).fit(table)
+        self.features_ = self._features(table)
+        # Decided once, at fit time, so that prediction encodes columns the same way.
+        self.numeric_ = numeric = [c for c in self.features_ if _is_numeric(table[c])]
+        self.other_ = other = [c for c in self.features_ if c not in numeric]
+        self.models_: dict[tuple[str, str], Any] = {}
+        for (exp, item), rows in table.groupby(["experiment", "item"], sort=False):
+            if rows["response"].nunique() < 2 or not self.features_:
+                continue
+            encode = ColumnTransformer(
+                [
+                    ("num", make_pipeline(SimpleImputer(strategy="mean"), StandardScaler()), numeric),
+                    ("cat", OneHotEncoder(handle_unknown="ignore"), other),
+                ]
+            )
+            model = make_pipeline(encode, LogisticRegression(C=self.C, max_iter=1000))
+            self.models_[(exp, item)] = (model.fit(self._design(rows), rows["response"]), len(rows))
+        return self
+
+    def predict_proba(self, table) -> list[list[float]]:
+        """Per row: the item's regression prediction over its options, smoothed; else the population's."""
+        fallback = self.fallback_.predict_proba(table)
+        x_all = self._design(table)
+        out = []
+        for i, (exp, item, options) in enumerate(zip(table["experiment"], table["item"], table["options"], strict=True)):
+            fitted = self.models_.get((exp, item))
+            if fitted is None:
+                out.append(fallback[i])
+                continue
+            model, n = fitted
+            probs = dict(zip(model.classes_, model.predict_proba(x_all.iloc[[i]])[0], strict=True))
+            weights = [n * probs.get(o, 0.0) + self.alpha for o in options]
+            total = math.fsum(weights)
+            out.append([w / total for w in weights])
+        return out
+
+
+def _design_matrix(table, numeric: list[str], other: list[str]):
+    import pandas as pd
+
+    x = table[numeric + other].copy()
+    for c in numeric:
+        x[c] = pd.to_numeric(x[c], errors="coerce").astype("float64")  # missing -> NaN -> imputed
+    for c in other:
+        x[c] = x[c].astype("object").where(x[c].notna(), "(missing)").astype(str)
+    return x
+
+
+def _is_numeric(column) -> bool:
+    import pandas as pd
+
+    values = column.dropna()
+    return len(values) > 0 and pd.api.types.is_numeric_dtype(values.infer_objects()) and not pd.api.types.is_bool_dtype(values)
+
+
 def cross_validate(table, baselines: dict[str, _Baseline] | None = None):
     """Leave-one-participant-out probabilities of each baseline for every response that has options.
 
@@ -154,6 +264,7 @@ def cross_validate(table, baselines: dict[str, _Baseline] | None = None):
     baselines = baselines or {
         "uniform": UniformBaseline(),
         "population": PopulationFrequency(),
+        "profile": ProfileModel(),
         "individual": IndividualCeiling(),
     }
     scored = table[table["options"].notna()].reset_index(drop=True)

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from psysim.baselines import IndividualCeiling, PopulationFrequency, UniformBaseline, cross_validate, response_table
+from psysim.baselines import (
+    IndividualCeiling,
+    PopulationFrequency,
+    ProfileModel,
+    UniformBaseline,
+    cross_validate,
+    response_table,
+)
 
 OPTIONS = ["A", "B"]
 TABLE = pd.DataFrame(
@@ -20,16 +27,19 @@ TABLE = pd.DataFrame(
         ("s", "p3", 1, "z", "B"),
     ],
     columns=["experiment", "participant", "trial", "item", "response"],
-).assign(options=[OPTIONS] * 7)
+).assign(
+    options=[OPTIONS] * 7,
+    **{"profile.age": [30.0, 30.0, 30.0, 60.0, 60.0, None, None], "profile.group": ["a", "a", "a", "b", "b", "b", None]},
+)
 
-ALL = [UniformBaseline, PopulationFrequency, IndividualCeiling]
+ALL = [UniformBaseline, PopulationFrequency, ProfileModel, IndividualCeiling]
 
 
 @pytest.mark.parametrize("cls", ALL)
 def test_scikit_learn_contract(cls):
     """Parameters in __init__, fit returns self, learned attributes end in '_', predict_proba gives distributions."""
     est = cls()
-    assert est.get_params() == {"alpha": 1.0}
+    assert est.get_params() == ({"alpha": 1.0, "C": 1.0} if cls is ProfileModel else {"alpha": 1.0})
     assert est.set_params(alpha=0.5) is est and est.alpha == 0.5
     assert not [k for k in vars(est) if k.endswith("_")]
     assert est.fit(TABLE) is est
@@ -62,11 +72,11 @@ def test_individual_ceiling_leaves_the_trial_out():
 def test_cross_validation_never_sees_the_predicted_participant():
     """Leave-one-participant-out: p3's population prediction equals a fit on p1 and p2 alone."""
     cv = cross_validate(TABLE)
-    assert sorted(cv["baseline"].unique()) == ["individual", "population", "uniform"]
+    assert sorted(cv["baseline"].unique()) == ["individual", "population", "profile", "uniform"]
     got = cv[(cv["baseline"] == "population") & (cv["participant"] == "p3")]["option_probs"].tolist()
     expected = PopulationFrequency().fit(TABLE[TABLE["participant"] != "p3"]).predict_proba(TABLE[TABLE["participant"] == "p3"])
     assert got == expected
-    uniform = cv[cv["baseline"] == "uniform"]
+    uniform = cv[cv["baseline"] == "uniform"].reset_index(drop=True)
     assert uniform["option_probs"].tolist() == [[0.5, 0.5]] * 7
     assert uniform["correct"].tolist() == [r == "A" for r in TABLE["response"]]  # ties go to the first option
 
@@ -83,3 +93,26 @@ def test_response_table_of_the_quickstart():
     first = table.iloc[0]
     assert first["item"].endswith("You predict <<") and first["response"] in first["options"]
     assert table.groupby("item")["participant"].nunique().max() > 1  # items are shared across people
+
+
+def test_profile_model_learns_what_the_profile_determines():
+    """On an item where group 'a' always answers A and group 'b' always B, the profile model predicts each
+    held-out person better than the population does; unseen items fall back to the population."""
+    rows = []
+    for i in range(12):
+        group = "a" if i % 2 else "b"
+        rows.append(("s", f"p{i}", 0, "x", "A" if group == "a" else "B", group, 20.0 + i))
+    table = pd.DataFrame(rows, columns=["experiment", "participant", "trial", "item", "response", "profile.group", "profile.age"])
+    table = table.assign(options=[OPTIONS] * len(table))
+    cv = cross_validate(table, {"population": PopulationFrequency(), "profile": ProfileModel()})
+    p_human = {
+        name: [p[OPTIONS.index(r)] for p, r in zip(g["option_probs"], g["response"], strict=True)]
+        for name, g in cv.groupby("baseline")
+    }
+    assert all(a > b for a, b in zip(p_human["profile"], p_human["population"], strict=True))
+    assert cv[cv["baseline"] == "profile"]["correct"].all()
+    unseen = table.assign(item="never seen")
+    fitted = ProfileModel().fit(table)
+    assert fitted.predict_proba(unseen) == PopulationFrequency().fit(table).predict_proba(unseen)
+    with pytest.raises(ValueError, match="C must be > 0"):
+        ProfileModel(C=0)
