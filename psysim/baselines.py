@@ -24,7 +24,10 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
+
+from .metrics import predicted_option
 
 __all__ = [
     "IndividualCeiling",
@@ -77,7 +80,7 @@ class _Baseline:
             raise ValueError(f"alpha must be > 0 (additive smoothing), got {alpha!r}")
         self.alpha = alpha
 
-    def _distribution(self, counts: Counter, options: list[str]) -> list[float]:
+    def _distribution(self, counts: Mapping[str, float], options: list[str]) -> list[float]:
         weights = [counts.get(o, 0) + self.alpha for o in options]
         total = math.fsum(weights)
         return [w / total for w in weights]
@@ -227,9 +230,8 @@ class ProfileModel(_Baseline):
                 continue
             model, n = fitted
             probs = dict(zip(model.classes_, model.predict_proba(x_all.iloc[[i]])[0], strict=True))
-            weights = [n * probs.get(o, 0.0) + self.alpha for o in options]
-            total = math.fsum(weights)
-            out.append([w / total for w in weights])
+            # The regression's probabilities as n pseudo-counts, smoothed like the frequency baselines.
+            out.append(self._distribution({o: n * probs.get(o, 0.0) for o in options}, list(options)))
         return out
 
 
@@ -277,7 +279,7 @@ def cross_validate(table, baselines: dict[str, _Baseline] | None = None):
                 probs[i] = p
         frame = scored.assign(baseline=name, option_probs=probs)
         frame["correct"] = [
-            options[max(range(len(p)), key=lambda k: (p[k], -k))] == response
+            predicted_option(options, p) == response
             for options, p, response in zip(frame["options"], frame["option_probs"], frame["response"], strict=True)
         ]
         frames.append(frame)

@@ -29,6 +29,7 @@ __all__ = [
     "paired_bootstrap",
     "participant_metrics",
     "post_training_d",
+    "predicted_option",
     "response_metrics",
     "study_metrics",
 ]
@@ -36,6 +37,11 @@ __all__ = [
 #: The columns that identify one scored condition.
 CONDITION_KEYS = ["model", "format", "condition"]
 _MEASURES = ["nll", "option_nll", "accuracy", "brier", "pseudo_r2"]
+
+
+def predicted_option(options, scores):
+    """The option with the highest score (probability or log-probability); ties go to the first option."""
+    return options[max(range(len(options)), key=lambda i: (scores[i], -i))]
 
 
 def response_metrics(trials):

@@ -22,6 +22,7 @@ from .backends import Backend, ScoreRequest, get_backend
 from .errors import ModelError, Problem, PsysimError
 from .experiment import Experiment, Prompt
 from .files import display_path
+from .metrics import predicted_option
 
 __all__ = ["COLUMNS", "RunResult", "check_writable", "run_experiment"]
 
@@ -204,10 +205,8 @@ def _rows(model: str, prompt: Prompt, dropped: int, result) -> list[dict[str, An
             top = max(lps)
             norm = top + math.log(math.fsum(math.exp(x - top) for x in lps))
             probs = [math.exp(x - norm) for x in lps]
-            best = max(range(len(options)), key=lambda i: (lps[i], -i))  # ties: the first option
-            row.update(
-                option_logprobs=lps, option_probs=probs, predicted=options[best], correct=options[best] == prompt.responses[t]
-            )
+            predicted = predicted_option(options, lps)
+            row.update(option_logprobs=lps, option_probs=probs, predicted=predicted, correct=predicted == prompt.responses[t])
         rows.append(row)
     return rows
 

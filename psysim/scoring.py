@@ -119,10 +119,6 @@ def _project(model, hidden, targets):
     return torch.cat(out)
 
 
-def _project_full(model, hidden):
-    return _project(model, hidden, None)
-
-
 def score_encoded(
     model,
     batch: Sequence[Encoded],
@@ -169,7 +165,7 @@ def score_encoded(
         need = [(b, t) for b in range(len(batch)) for t, opt in enumerate(options[b]) if opt]
         if need:
             pos = torch.tensor([batch[b].ranges[t][0] - 1 for b, t in need])
-            dists = _project_full(model, hidden[torch.tensor([b for b, _ in need]), pos])
+            dists = _project(model, hidden[torch.tensor([b for b, _ in need]), pos], None)
             first_dists = {bt: dists[i] for i, bt in enumerate(need)}
 
     results: list[list[tuple[float, int, list[float] | None]]] = []
