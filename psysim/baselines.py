@@ -16,7 +16,7 @@ are comparable across people), ``options`` and ``response``.
   trials (how much individual-specific signal the data hold).
 
 :func:`cross_validate` fits every baseline without the participant it
-predicts (leave-one-participant-out) and returns one probability vector over
+predicts (leave-one-participant-out, or seeded k folds of participants) and returns one probability vector over
 the options per response, ready for :mod:`psysim.metrics`.
 """
 
@@ -35,6 +35,8 @@ __all__ = [
     "ProfileModel",
     "UniformBaseline",
     "cross_validate",
+    "default_baselines",
+    "participant_folds",
     "response_table",
 ]
 
@@ -218,6 +220,10 @@ class ProfileModel(_Baseline):
             self.models_[(exp, item)] = (model.fit(self._design(rows), rows["response"]), len(rows))
         return self
 
+    def covers(self, table) -> list[bool]:
+        """Per row: whether a regression was fitted for its item (else it is predicted by the population fallback)."""
+        return [(exp, item) in self.models_ for exp, item in zip(table["experiment"], table["item"], strict=True)]
+
     def predict_proba(self, table) -> list[list[float]]:
         """Per row: the item's regression prediction over its options, smoothed; else the population's."""
         fallback = self.fallback_.predict_proba(table)
@@ -253,34 +259,101 @@ def _is_numeric(column) -> bool:
     return len(values) > 0 and pd.api.types.is_numeric_dtype(values.infer_objects()) and not pd.api.types.is_bool_dtype(values)
 
 
-def cross_validate(table, baselines: dict[str, _Baseline] | None = None):
-    """Leave-one-participant-out probabilities of each baseline for every response that has options.
+def participant_folds(participants, folds: int | None, seed: int) -> dict[str, int]:
+    """Each participant's fold: leave-one-participant-out (``folds=None``) or ``folds`` seeded folds of participants.
 
-    Returns the rows with options, with a ``baseline`` column and
-    ``option_probs`` (over ``options``) — the shape :mod:`psysim.metrics`
-    reads. :class:`IndividualCeiling` is fitted on the participant's own data
-    (it leaves out the predicted trial instead).
+    For k folds the distinct participants (in order of appearance) are shuffled
+    with ``numpy.random.default_rng(seed)`` and dealt round-robin, so fold sizes
+    differ by at most one and the same seed gives the same folds everywhere.
+    """
+    import numpy as np
+
+    unique = list(dict.fromkeys(participants))
+    if folds is None:
+        return {pid: i for i, pid in enumerate(unique)}
+    if folds < 2:
+        raise ValueError(f"expected at least 2 folds, found {folds}")
+    if folds > len(unique):
+        raise ValueError(f"{folds} folds need at least {folds} participants, found {len(unique)}")
+    order = np.random.default_rng(seed).permutation(len(unique))
+    return {unique[j]: pos % folds for pos, j in enumerate(order)}
+
+
+def default_baselines(names=("uniform", "population", "profile", "individual")) -> dict[str, _Baseline]:
+    """Fresh baselines by name, with their default parameters."""
+    make = {
+        "uniform": UniformBaseline,
+        "population": PopulationFrequency,
+        "profile": ProfileModel,
+        "individual": IndividualCeiling,
+    }
+    return {name: make[name]() for name in names}
+
+
+def cross_validate(table, baselines: dict[str, _Baseline] | None = None, *, folds: int | None = None, seed: int = 0):
+    """Cross-validated probabilities of each baseline for every response that has options.
+
+    Every baseline is fitted without the participants it predicts: one
+    participant at a time (``folds=None``) or ``folds`` seeded folds of
+    participants (:func:`participant_folds`). :class:`IndividualCeiling` is the
+    exception by design: it is fitted on the participant's own data and leaves
+    out the predicted trial instead.
+
+    Returns the rows with options, with columns ``baseline``, ``option_probs``
+    (over ``options``; ``None`` where the baseline cannot predict the row),
+    ``correct`` and ``note`` (why a row has no prediction, or how it was made
+    when the baseline fell back to a simpler one) — the shape
+    :mod:`psysim.metrics` reads.
     """
     import pandas as pd
 
-    baselines = baselines or {
-        "uniform": UniformBaseline(),
-        "population": PopulationFrequency(),
-        "profile": ProfileModel(),
-        "individual": IndividualCeiling(),
-    }
+    baselines = baselines if baselines is not None else default_baselines()
     scored = table[table["options"].notna()].reset_index(drop=True)
+    fold_of = participant_folds(scored["participant"], folds, seed)
+    fold = scored["participant"].map(fold_of)
     frames = []
     for name, baseline in baselines.items():
         probs: list[list[float] | None] = [None] * len(scored)
-        for pid, rows in scored.groupby("participant", sort=False):
-            train = rows if isinstance(baseline, IndividualCeiling) else scored[scored["participant"] != pid]
-            for i, p in zip(rows.index, baseline.fit(train).predict_proba(rows), strict=True):
+        notes: list[str | None] = [None] * len(scored)
+        own = isinstance(baseline, IndividualCeiling)
+        groups = scored.groupby("participant", sort=False) if own else scored.groupby(fold, sort=False)
+        for key, rows in groups:
+            train = rows if own else scored[fold != key]
+            fitted = baseline.fit(train)
+            for i, p in zip(rows.index, fitted.predict_proba(rows), strict=True):
                 probs[i] = p
-        frame = scored.assign(baseline=name, option_probs=probs)
+            for i, note in zip(rows.index, _notes(fitted, train, rows), strict=True):
+                if note is not None:
+                    notes[i] = note
+                    if not note.startswith("fell back"):
+                        probs[i] = None
+        frame = scored.assign(baseline=name, option_probs=probs, note=notes)
         frame["correct"] = [
-            predicted_option(options, p) == response
+            None if p is None else predicted_option(options, p) == response
             for options, p, response in zip(frame["options"], frame["option_probs"], frame["response"], strict=True)
         ]
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
+
+
+def _notes(baseline, train, rows) -> list[str | None]:
+    """Per predicted row: why the baseline cannot predict it (or that it fell back), else None."""
+    if isinstance(baseline, UniformBaseline):
+        return [None] * len(rows)
+    if isinstance(baseline, IndividualCeiling):
+        others = train.groupby(["experiment", "participant"]).size()
+        return [
+            "only one response: no other trials of this participant to learn from" if others.get((exp, pid), 0) < 2 else None
+            for exp, pid in zip(rows["experiment"], rows["participant"], strict=True)
+        ]
+    studies = set(train["experiment"])
+    out: list[str | None] = []
+    covered = baseline.covers(rows) if isinstance(baseline, ProfileModel) else [True] * len(rows)
+    for exp, has_model in zip(rows["experiment"], covered, strict=True):
+        if exp not in studies:
+            out.append(f"no other participant in study {exp} to learn from")
+        elif not has_model:
+            out.append("fell back to population frequencies: item not shared by other participants, or no variation in it")
+        else:
+            out.append(None)
+    return out

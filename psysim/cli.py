@@ -135,11 +135,15 @@ def render(
     "--dry-run", is_flag=True, help="Use the deterministic mock model for every model: checks the whole run, no weights."
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def run(experiment: Path, out: Path | None, limit: int | None, dry_run: bool, quiet: bool) -> None:
+@click.option("--restart", is_flag=True, help="Discard a run saved in the results folder and score everything afresh.")
+def run(experiment: Path, out: Path | None, limit: int | None, dry_run: bool, quiet: bool, restart: bool) -> None:
     """Score every human response of every participant under every condition, model and format.
 
-    Writes trials.parquet (one row per model × format × condition × participant × response;
-    columns in docs/results.md) and manifest.json into the output folder.
+    Writes trials.parquet (one row per model × format × condition × participant × response),
+    participants.parquet, baselines.parquet and manifest.json into the results folder
+    (docs/results.md). Scores are saved per batch of participants as they are computed: if a
+    run is interrupted (Ctrl-C, a crash, kill -9), the same command resumes it. A folder
+    holding a run of a different configuration is never mixed with this one.
     """
     from .experiment import load_experiment
     from .run import run_experiment
@@ -147,15 +151,32 @@ def run(experiment: Path, out: Path | None, limit: int | None, dry_run: bool, qu
     exp = load_experiment(experiment)
     if limit is not None and limit < 1:
         raise click.BadParameter(f"expected at least 1, found {limit}", param_hint="--limit")
-    result = run_experiment(exp, out=out, limit=limit, dry_run=dry_run, progress=not quiet)
+    folder = out if out is not None else exp.config.output
+    try:
+        result = run_experiment(exp, out=folder, limit=limit, dry_run=dry_run, progress=not quiet, restart=restart)
+    except KeyboardInterrupt:
+        click.echo(
+            f"interrupted: every scored batch is saved in {display_path(folder)}; run the same command again to resume",
+            err=True,
+        )
+        sys.exit(130)
     trials = result.trials
-    click.echo(f"wrote {len(trials)} rows to {display_path(result.out / 'trials.parquet')} ({result.manifest['seconds']:.1f} s)")
+    sessions = result.manifest.get("sessions", [])
+    reused = sessions[-1]["resumed_batches"] if sessions else 0
+    note = f", resumed: {reused} saved batches reused" if result.resumed and reused else ""
+    if result.resumed and not reused:
+        note = ", already complete: nothing recomputed (--restart rescores)"
+    click.echo(
+        f"wrote {len(trials)} rows to {display_path(result.out / 'trials.parquet')} "
+        f"({result.manifest.get('seconds', 0):.1f} s{note})"
+    )
     if len(trials):
         from .metrics import CONDITION_KEYS, condition_metrics
 
         summary = condition_metrics(trials).set_index(CONDITION_KEYS)
         columns = ["responses", "nll"] + [c for c in ("option_nll", "accuracy", "pseudo_r2") if summary[c].notna().any()]
         click.echo(summary[columns].to_string(float_format=lambda x: f"{x:.3f}"))
+        click.echo(f"baselines, comparisons with CIs and plots: psysim report {display_path(result.out)}")
 
 
 @cli.command()

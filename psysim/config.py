@@ -31,6 +31,7 @@ __all__ = [
     "CohortConfig",
     "ConditionConfig",
     "DataConfig",
+    "EvaluationConfig",
     "ExperimentConfig",
     "ModelConfig",
     "experiment_schema",
@@ -104,6 +105,21 @@ class ConditionConfig:
     format: str
 
 
+BASELINES = ("uniform", "population", "profile", "individual")
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """``evaluation:`` — baselines, their cross-validation, the bootstrap, and post-training pairs."""
+
+    baselines: tuple[str, ...] = BASELINES
+    #: ``None``: leave one participant out; an integer k: k folds of participants (seeded).
+    folds: int | None = None
+    bootstrap: int = 10_000
+    #: (base, post_trained) model names.
+    post_training: tuple[tuple[str, str], ...] = ()
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
     """A validated experiment file. Paths are absolute; ``raw`` is the parsed YAML."""
@@ -119,6 +135,8 @@ class ExperimentConfig:
     persona_format: str = DEFAULT_PERSONA_FORMAT
     context_policy: str = "error"
     infer_options_max: int = 10
+    save_every: int = 8
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     description: str = ""
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
     sha256: str = ""
@@ -281,6 +299,28 @@ def _semantic_problems(data: dict[str, Any], at, resolve) -> list[Problem]:
                 where = (key, i, "name") if isinstance(item, dict) else (key, i)
                 problems.append(at(where, f"duplicate {label} name {name!r} (also {key}[{seen[name]}])"))
             seen.setdefault(name, i)
+    model_names = {m.get("name") for m in models if isinstance(m, dict)} if isinstance(models, list) else set()
+    pairs = section("evaluation").get("post_training")
+    for i, pair in enumerate(pairs if isinstance(pairs, list) else ()):
+        if not isinstance(pair, dict):
+            continue
+        for role in ("base", "post_trained"):
+            name = pair.get(role)
+            if isinstance(name, str) and name not in model_names:
+                known = ", ".join(sorted(str(n) for n in model_names if isinstance(n, str))) or "none"
+                problems.append(
+                    at(
+                        ("evaluation", "post_training", i, role),
+                        f"expected the name of a model in models: ({known}), found {name!r}",
+                    )
+                )
+        if isinstance(pair.get("base"), str) and pair.get("base") == pair.get("post_trained"):
+            problems.append(
+                at(
+                    ("evaluation", "post_training", i, "post_trained"),
+                    f"expected a model other than the base, found {pair['base']!r} twice",
+                )
+            )
     return problems
 
 
@@ -374,6 +414,7 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
         else ConditionConfig(name=cnd["name"], type=cnd["type"], format=cnd.get("format", persona_format))
         for cnd in data["conditions"]
     ]
+    ev = data.get("evaluation", {})
     output = resolve(data["output"]) if "output" in data else folder / "runs" / data["name"]
     return ExperimentConfig(
         path=p,
@@ -387,6 +428,13 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
         persona_format=persona_format,
         context_policy=data.get("scoring", {}).get("context", "error"),
         infer_options_max=data.get("scoring", {}).get("infer_options_max", 10),
+        save_every=data.get("scoring", {}).get("save_every", 8),
+        evaluation=EvaluationConfig(
+            baselines=tuple(ev.get("baselines", BASELINES)),
+            folds=None if ev.get("cross_validation", "leave_one_out") == "leave_one_out" else ev["cross_validation"],
+            bootstrap=ev.get("bootstrap", 10_000),
+            post_training=tuple((p["base"], p["post_trained"]) for p in ev.get("post_training", [])),
+        ),
         description=data.get("description", ""),
         raw=data,
         sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),

@@ -1,15 +1,17 @@
 """``psysim run``: score every human response of every participant, per model × format × condition.
 
-Writes ``trials.parquet`` (one row per model × format × condition ×
-participant × response; columns documented in docs/results.md) and a
+Writes a run folder (:mod:`psysim.store`): ``trials.parquet`` (one row per
+model × format × condition × participant × response; columns documented in
+docs/results.md), ``participants.parquet``, ``baselines.parquet`` and a
 ``manifest.json`` describing exactly what was run. Models are loaded one at a
-time; all prompts of a model (every condition and format) are scored together,
-so batches sorted by length mix conditions freely.
+time; within a batch of participants all prompts of a model (every condition
+and format) are scored together, so length-sorted batches mix conditions.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import math
 import os
@@ -22,9 +24,10 @@ from .backends import Backend, ScoreRequest, get_backend
 from .errors import ModelError, Problem, PsysimError
 from .experiment import Experiment, Prompt
 from .files import display_path
-from .metrics import predicted_option
+from .metrics import CONDITION_KEYS, predicted_option
+from .store import FORMAT, RunFolder
 
-__all__ = ["COLUMNS", "RunResult", "check_writable", "run_experiment"]
+__all__ = ["COLUMNS", "RunResult", "baseline_table", "check_writable", "participant_table", "run_experiment"]
 
 #: The public columns of trials.parquet, in order (documented in docs/results.md).
 COLUMNS = [
@@ -50,10 +53,12 @@ COLUMNS = [
 class RunResult:
     """What a run produced: the trials table, where it was written, and the manifest."""
 
-    def __init__(self, trials, out: Path, manifest: dict[str, Any]):
+    def __init__(self, trials, out: Path, manifest: dict[str, Any], resumed: bool = False):
         self.trials = trials
         self.out = out
         self.manifest = manifest
+        #: Whether saved batches of an earlier, interrupted session were reused.
+        self.resumed = resumed
 
 
 def check_writable(folder: Path) -> None:
@@ -117,12 +122,21 @@ def run_experiment(
     dry_run: bool = False,
     progress: bool = True,
     backends: dict[str, Backend] | None = None,
+    restart: bool = False,
 ) -> RunResult:
-    """Score the experiment and write ``trials.parquet`` and ``manifest.json`` into the output folder.
+    """Score the experiment into its run folder, resuming a saved run of the same configuration.
+
+    Scored rows are saved per batch of ``scoring.save_every`` participants as
+    soon as they exist (:mod:`psysim.store`), so an interrupted run resumes
+    with the same call and recomputes nothing that was saved. When every batch
+    is scored, writes ``trials.parquet``, ``participants.parquet`` and
+    ``baselines.parquet`` and marks the manifest complete; calling it again on
+    a complete run reads the saved tables back.
 
     ``limit`` keeps the first N participants (in cohort order); ``dry_run``
     uses the deterministic mock backend for every model (no weights);
-    ``backends`` supplies ready backends by model name (for notebooks and tests).
+    ``backends`` supplies ready backends by model name (for notebooks and
+    tests); ``restart`` discards a run saved in the folder.
     """
     import pandas as pd
 
@@ -133,25 +147,68 @@ def run_experiment(
         if limit < 1:
             raise PsysimError(f"--limit must be at least 1, found {limit}")
         participants = participants[:limit]
+    cfg = exp.config
+    folds = cfg.evaluation.folds
+    if folds is not None and folds > len(participants):
+        raise PsysimError(
+            f"cannot make {folds} folds of {len(participants)} participants",
+            [
+                cfg.problem(
+                    ("evaluation", "cross_validation"),
+                    f"expected at most {len(participants)} folds (one participant each), found {folds}",
+                )
+            ],
+        )
+    size = cfg.save_every
+    batches = [participants[i : i + size] for i in range(0, len(participants), size)]
     started = time.time()
-    rows: list[dict[str, Any]] = []
-    identities: dict[str, Any] = {}
-    for model in exp.config.models:
-        if backends and model.name in backends:
-            backend = backends[model.name]
-        elif dry_run:
-            from .backends.mock import MockBackend
+    store = RunFolder.open(folder, _manifest(exp, participants, batches, dry_run, limit), restart=restart)
+    if store.complete:
+        return RunResult(pd.read_parquet(folder / "trials.parquet"), folder, store.manifest, resumed=True)
+    todo = {m.index: [b for b in range(len(batches)) if b not in store.saved_batches(m.index)] for m in cfg.models}
+    resumed = sum(len(batches) - len(t) for t in todo.values())
+    store.begin_session(_now(started), resumed)
+    try:
+        for model in cfg.models:
+            if todo[model.index]:
+                _score_model(exp, model, batches, todo[model.index], store, backends, dry_run, progress)
+    finally:
+        store.end_session(time.time() - started)
 
-            backend = MockBackend(model.name)
-        else:
-            _quiet_transformers(progress)
-            backend = get_backend(model, exp.config.folder)
-        identities[model.name] = backend.identity()
-        prompts: list[tuple[Prompt, int]] = []
-        for fmt in model.formats:
-            for cond in exp.config.conditions:
-                for pid in participants:
-                    prompts.append(_fit(exp, backend, pid, cond.name, fmt, model.name))
+    trials = _canonical(store.saved_rows(), cfg, participants)
+    store.write_table("trials.parquet", trials)
+    store.write_table("participants.parquet", participant_table(exp, trials))
+    store.write_table("baselines.parquet", baseline_table(exp, participants, progress=progress))
+    store.finish({"finished": _now(time.time())})
+    return RunResult(trials, folder, store.manifest, resumed=resumed > 0)
+
+
+def _score_model(exp, model, batches, todo, store: RunFolder, backends, dry_run, progress) -> None:
+    """Load one model and score its unsaved batches, saving each as soon as it is scored."""
+    import pandas as pd
+
+    cfg = exp.config
+    if backends and model.name in backends:
+        backend = backends[model.name]
+    elif dry_run:
+        from .backends.mock import MockBackend
+
+        backend = MockBackend(model.name)
+    else:
+        _quiet_transformers(progress)
+        backend = get_backend(model, cfg.folder)
+    store.record_model(model.name, backend.identity())
+    per_participant = len(model.formats) * len(cfg.conditions)
+    total = per_participant * sum(len(b) for b in batches)
+    done = total - per_participant * sum(len(batches[b]) for b in todo)
+    bar = _progress(total, model.name, enabled=progress, initial=done)
+    for b in todo:
+        prompts = [
+            _fit(exp, backend, pid, cond.name, fmt, model.name)
+            for fmt in model.formats
+            for cond in cfg.conditions
+            for pid in batches[b]
+        ]
         requests = [
             ScoreRequest(
                 key=f"participant {p.participant} ({p.condition}, {p.format})",
@@ -162,20 +219,37 @@ def run_experiment(
             )
             for p, _ in prompts
         ]
-        bar = _progress(len(requests), f"{model.name}", enabled=progress)
-        results = backend.score(requests, progress=bar.update_to if bar else None)
-        if bar:
-            bar.close()
+        results = backend.score(requests, progress=bar.offset(done) if bar else None)
+        rows = []
         for (prompt, dropped), result in zip(prompts, results, strict=True):
             rows += _rows(model.name, prompt, dropped, result)
-        del backend, results  # free this model's weights before the next model loads
-    trials = pd.DataFrame(rows, columns=COLUMNS)
-    manifest = _manifest(exp, identities, participants, started, dry_run, limit)
-    tmp = folder / "trials.parquet.tmp"
-    trials.to_parquet(tmp, index=False)
-    tmp.replace(folder / "trials.parquet")  # atomic: a crash never leaves a half-written table
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
-    return RunResult(trials, folder, manifest)
+        store.save_batch(model.index, b, pd.DataFrame(rows, columns=COLUMNS))
+        done += len(requests)
+    if bar:
+        bar.close()
+
+
+def _canonical(rows, cfg, participants):
+    """Saved rows in the documented order: model, format, condition, participant (cohort order), trial.
+
+    Batches are saved in whatever order they were scored (a resumed run differs
+    from an uninterrupted one there); the final table must not.
+    """
+    if rows is None:
+        import pandas as pd
+
+        return pd.DataFrame(columns=COLUMNS)
+    model_rank = {m.name: m.index for m in cfg.models}
+    formats = {f: i for m in cfg.models for i, f in enumerate(m.formats)}
+    conditions = {c.name: i for i, c in enumerate(cfg.conditions)}
+    keys = rows.assign(
+        _m=rows["model"].map(model_rank),
+        _f=rows["format"].map(formats),
+        _c=rows["condition"].map(conditions),
+    )
+    keys["_p"] = keys["participant"].map({p: i for i, p in enumerate(participants)})
+    ordered = keys.sort_values(["_m", "_f", "_c", "_p", "trial"], kind="stable")
+    return ordered[COLUMNS].reset_index(drop=True)
 
 
 def _rows(model: str, prompt: Prompt, dropped: int, result) -> list[dict[str, Any]]:
@@ -236,44 +310,125 @@ def _versions() -> dict[str, str | None]:
     return out
 
 
-def _manifest(exp: Experiment, identities, participants, started, dry_run, limit) -> dict[str, Any]:
+def _now(t: float) -> str:
+    return _dt.datetime.fromtimestamp(t, _dt.UTC).isoformat()
+
+
+def _inputs(exp: Experiment) -> dict[str, str]:
+    """sha256 of every input file the run reads (data, profiles, schema, templates), by their YAML key."""
+    from .models import file_sha256
+
     cfg = exp.config
+    files = {"data.path": cfg.data.path, "cohort.schema": cfg.cohort.schema}
+    if cfg.cohort.path is not None:
+        files["cohort.path"] = cfg.cohort.path
+    files.update({f"data.templates.{k}": v for k, v in cfg.data.templates.items()})
+    return {key: file_sha256(path) for key, path in sorted(files.items())}
+
+
+def _manifest(exp: Experiment, participants, batches, dry_run, limit) -> dict[str, Any]:
+    cfg = exp.config
+    config = {k: v for k, v in cfg.raw.items() if k != "output"}  # where results go does not change them
+    inputs = _inputs(exp)
+    versions = _versions()
+    fingerprint = hashlib.sha256(
+        json.dumps(
+            {"config": config, "inputs": inputs, "limit": limit, "dry_run": dry_run, "psysim": versions["psysim"]},
+            sort_keys=True,
+            default=str,
+        ).encode("utf-8")
+    ).hexdigest()
     return {
-        "psysim_run": 1,
+        "psysim_run": FORMAT,
         "experiment": cfg.name,
-        "config_path": str(cfg.path),
+        "config_path": display_path(cfg.path),
         "config_sha256": cfg.sha256,
-        "config": cfg.raw,
+        "config": config,
+        "inputs": inputs,
+        "fingerprint": fingerprint,
         "seed": cfg.seed,
         "dry_run": dry_run,
         "limit": limit,
         "participants": len(participants),
-        "models": identities,
-        "versions": _versions(),
+        "participant_ids": list(participants),
+        "save_every": cfg.save_every,
+        "batches_total": len(batches) * len(cfg.models),
+        "evaluation": {
+            "baselines": list(cfg.evaluation.baselines),
+            "cross_validation": cfg.evaluation.folds or "leave_one_out",
+            "bootstrap": cfg.evaluation.bootstrap,
+            "post_training": [{"base": b, "post_trained": p} for b, p in cfg.evaluation.post_training],
+        },
+        "model_order": [m.name for m in cfg.models],
+        "formats": {m.name: list(m.formats) for m in cfg.models},
+        "conditions": [c.name for c in cfg.conditions],
+        "versions": versions,
         "python": platform.python_version(),
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
-        "started": _dt.datetime.fromtimestamp(started, _dt.UTC).isoformat(),
-        "seconds": round(time.time() - started, 2),
+        "started": _now(time.time()),
     }
 
 
+def participant_table(exp: Experiment, trials):
+    """``participants.parquet``: per model × format × condition × participant, the metrics beside the profile.
+
+    Profile columns are ``profile.<field>``, typed as the schema says (missing
+    values are null).
+    """
+    from .metrics import participant_metrics
+
+    table = participant_metrics(trials) if len(trials) else None
+    if table is None:
+        import pandas as pd
+
+        return pd.DataFrame(columns=[*CONDITION_KEYS, "experiment", "participant"])
+    persona_of = trials.groupby([*CONDITION_KEYS, "participant"], sort=False)["persona_of"].first()
+    table["persona_of"] = [persona_of.get(tuple(k)) for k in table[[*CONDITION_KEYS, "participant"]].itertuples(index=False)]
+    fields = list(exp.schema.fields)
+    profiles = {pid: exp.profile(pid).values for pid in dict.fromkeys(table["participant"])}
+    for f in fields:
+        table[f"profile.{f}"] = [profiles[pid].get(f) for pid in table["participant"]]
+    return table
+
+
+def baseline_table(exp: Experiment, participants, *, progress: bool = False):
+    """``baselines.parquet``: every baseline's cross-validated prediction of every response with options."""
+    from .baselines import cross_validate, default_baselines, response_table
+
+    ev = exp.config.evaluation
+    table = response_table(exp)
+    table = table[table["participant"].isin(set(participants))].reset_index(drop=True)
+    columns = ["baseline", "experiment", "participant", "trial", "options", "response", "option_probs", "correct", "note"]
+    if not len(table) or table["options"].isna().all():
+        import pandas as pd
+
+        return pd.DataFrame(columns=columns)
+    out = cross_validate(table, default_baselines(ev.baselines), folds=ev.folds, seed=exp.config.seed)
+    return out[columns]
+
+
 class _Bar:
-    def __init__(self, total: int, desc: str):
+    def __init__(self, total: int, desc: str, initial: int = 0):
         from tqdm.auto import tqdm
 
-        self._bar = tqdm(total=total, desc=desc, unit="transcript", dynamic_ncols=True)
+        # tqdm shows elapsed time, rate and ETA; `initial` counts batches saved by an earlier session.
+        self._bar = tqdm(total=total, initial=initial, desc=desc, unit="transcript", dynamic_ncols=True)
 
     def update_to(self, n: int) -> None:
         self._bar.update(n - self._bar.n)
+
+    def offset(self, base: int):
+        """A callback taking a count within one batch (what backends report) and showing ``base`` plus it."""
+        return lambda n: self.update_to(base + n)
 
     def close(self) -> None:
         self._bar.close()
 
 
-def _progress(total: int, desc: str, enabled: bool) -> _Bar | None:
+def _progress(total: int, desc: str, enabled: bool, initial: int = 0) -> _Bar | None:
     if not enabled:
         return None
     try:
-        return _Bar(total, desc)
+        return _Bar(total, desc, initial)
     except ImportError:
         return None

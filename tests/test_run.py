@@ -48,7 +48,8 @@ def table_lines(stdout: str) -> list[str]:
     """The headline table: everything after the 'wrote N rows ...' line."""
     lines = stdout.splitlines()
     assert re.fullmatch(r"wrote \d+ rows to .+trials\.parquet \(\d+\.\d s\)", lines[0]), lines[0]
-    return lines[1:]
+    assert lines[-1].startswith("baselines, comparisons with CIs and plots: psysim report "), lines[-1]
+    return lines[1:-1]
 
 
 # --------------------------------------------------------------------------------------------- dry run
