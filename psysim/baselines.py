@@ -290,7 +290,9 @@ def default_baselines(names=("uniform", "population", "profile", "individual")) 
     return {name: make[name]() for name in names}
 
 
-def cross_validate(table, baselines: dict[str, _Baseline] | None = None, *, folds: int | None = None, seed: int = 0):
+def cross_validate(
+    table, baselines: dict[str, _Baseline] | None = None, *, folds: int | None = None, seed: int = 0, progress: bool = False
+):
     """Cross-validated probabilities of each baseline for every response that has options.
 
     Every baseline is fitted without the participants it predicts: one
@@ -303,7 +305,7 @@ def cross_validate(table, baselines: dict[str, _Baseline] | None = None, *, fold
     (over ``options``; ``None`` where the baseline cannot predict the row),
     ``correct`` and ``note`` (why a row has no prediction, or how it was made
     when the baseline fell back to a simpler one) — the shape
-    :mod:`psysim.metrics` reads.
+    :mod:`psysim.metrics` reads. ``progress`` shows a bar (with ETA) over fits.
     """
     import pandas as pd
 
@@ -312,12 +314,23 @@ def cross_validate(table, baselines: dict[str, _Baseline] | None = None, *, fold
     fold_of = participant_folds(scored["participant"], folds, seed)
     fold = scored["participant"].map(fold_of)
     frames = []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        n_fits = sum(
+            scored["participant"].nunique() if isinstance(b, IndividualCeiling) else fold.nunique() for b in baselines.values()
+        )
+        bar = tqdm(total=n_fits, desc="baselines", unit="fit", dynamic_ncols=True)
     for name, baseline in baselines.items():
         probs: list[list[float] | None] = [None] * len(scored)
         notes: list[str | None] = [None] * len(scored)
         own = isinstance(baseline, IndividualCeiling)
         groups = scored.groupby("participant", sort=False) if own else scored.groupby(fold, sort=False)
         for key, rows in groups:
+            if bar is not None:
+                bar.set_postfix_str(name, refresh=False)
+                bar.update(1)
             train = rows if own else scored[fold != key]
             fitted = baseline.fit(train)
             for i, p in zip(rows.index, fitted.predict_proba(rows), strict=True):
@@ -333,6 +346,8 @@ def cross_validate(table, baselines: dict[str, _Baseline] | None = None, *, fold
             for options, p, response in zip(frame["options"], frame["option_probs"], frame["response"], strict=True)
         ]
         frames.append(frame)
+    if bar is not None:
+        bar.close()
     return pd.concat(frames, ignore_index=True)
 
 

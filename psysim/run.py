@@ -172,13 +172,12 @@ def run_experiment(
         for model in cfg.models:
             if todo[model.index]:
                 _score_model(exp, model, batches, todo[model.index], store, backends, dry_run, progress)
+        trials = _canonical(store.saved_rows(), cfg, participants)
+        store.write_table("trials.parquet", trials)
+        store.write_table("participants.parquet", participant_table(exp, trials))
+        store.write_table("baselines.parquet", baseline_table(exp, participants, progress=progress))
     finally:
         store.end_session(time.time() - started)
-
-    trials = _canonical(store.saved_rows(), cfg, participants)
-    store.write_table("trials.parquet", trials)
-    store.write_table("participants.parquet", participant_table(exp, trials))
-    store.write_table("baselines.parquet", baseline_table(exp, participants, progress=progress))
     store.finish({"finished": _now(time.time())})
     return RunResult(trials, folder, store.manifest, resumed=resumed > 0)
 
@@ -387,7 +386,13 @@ def participant_table(exp: Experiment, trials):
     fields = list(exp.schema.fields)
     profiles = {pid: exp.profile(pid).values for pid in dict.fromkeys(table["participant"])}
     for f in fields:
-        table[f"profile.{f}"] = [profiles[pid].get(f) for pid in table["participant"]]
+        values = [profiles[pid].get(f) for pid in table["participant"]]
+        known = [v for v in values if v is not None]
+        if known and all(isinstance(v, int) and not isinstance(v, bool) for v in known):
+            import pandas as pd
+
+            values = pd.array(values, dtype="Int64")  # integers stay integers next to missing values
+        table[f"profile.{f}"] = values
     return table
 
 
@@ -403,7 +408,7 @@ def baseline_table(exp: Experiment, participants, *, progress: bool = False):
         import pandas as pd
 
         return pd.DataFrame(columns=columns)
-    out = cross_validate(table, default_baselines(ev.baselines), folds=ev.folds, seed=exp.config.seed)
+    out = cross_validate(table, default_baselines(ev.baselines), folds=ev.folds, seed=exp.config.seed, progress=progress)
     return out[columns]
 
 

@@ -36,6 +36,8 @@ __all__ = ["FORMAT", "RunFolder", "open_run", "write_atomic"]
 #: wrote trials.parquet only at the end and had no fingerprint.
 FORMAT = 2
 MANIFEST = "manifest.json"
+#: Identity entries that may differ between sessions of one run without changing any score.
+_VOLATILE = frozenset({"load_seconds", "path"})
 OUTPUTS = ("trials.parquet", "participants.parquet", "baselines.parquet", "summary.csv", "report.html")
 
 
@@ -158,8 +160,9 @@ class RunFolder:
     def record_model(self, name: str, identity: dict[str, Any]) -> None:
         """Remember a model's identity; refuse to resume with different weights than the saved batches used."""
         known = self.manifest["models"].get(name)
-        if known is not None and known != identity:
-            changed = ", ".join(k for k in sorted(set(known) | set(identity)) if known.get(k) != identity.get(k))
+        keys = sorted(k for k in set(known or {}) | set(identity) if k not in _VOLATILE)
+        changed = ", ".join(k for k in keys if known is not None and known.get(k) != identity.get(k))
+        if changed:
             raise PsysimError(
                 f"model {name!r} is not the model the saved batches of {display_path(self.folder)} were scored with",
                 [

@@ -135,6 +135,16 @@ class _Main:
         main(list(args or []))
 
 
+@pytest.fixture
+def hf():
+    """tests/models_tiny.py (tiny random Llamas, local tokenizers); skip where torch or transformers is missing."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    import models_tiny
+
+    return models_tiny
+
+
 def needs_shared_data(*parts: str) -> Path:
     """Path under ../shared/data, skipping the test where it is absent."""
     path = SHARED_DATA.joinpath(*parts)

@@ -188,16 +188,6 @@ def test_unwritable_results_folder_fails_before_any_model_is_loaded(toy, run_cli
 # --------------------------------------------------------------------------------------------- hf backend, tiny models
 
 
-@pytest.fixture
-def hf():
-    """Skip where the hf extra (torch, transformers) is not installed."""
-    pytest.importorskip("torch")
-    pytest.importorskip("transformers")
-    import models_tiny
-
-    return models_tiny
-
-
 def error_of(stderr: str) -> str:
     """psysim's error message: stderr from its 'error:' line on (transformers prints a loading bar before it)."""
     at = stderr.find("error: ")
