@@ -180,6 +180,27 @@ def run(experiment: Path, out: Path | None, limit: int | None, dry_run: bool, qu
 
 
 @cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--out", type=click.Path(file_okay=False, path_type=Path), help="Where to write the report (default: the run folder)."
+)
+def report(run_dir: Path, out: Path | None) -> None:
+    """Write summary.csv and report.html for a completed run: metrics, baselines, comparisons, CIs, plots.
+
+    summary.csv has one row per number (tidy); report.html is one self-contained page (open it
+    in any browser, offline) with the tables, plots and a plain-language summary, which is
+    also printed here.
+    """
+    from .report import write_report
+
+    csv, page, rep = write_report(run_dir, out)
+    for paragraph in rep.paragraphs:
+        click.echo(click.wrap_text(paragraph, width=100))
+        click.echo()
+    click.echo(f"wrote {display_path(csv)} and {display_path(page)}")
+
+
+@cli.command()
 def templates() -> None:
     """List the built-in persona and chat templates."""
     from .prompts import builtin_templates

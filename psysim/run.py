@@ -361,6 +361,7 @@ def _manifest(exp: Experiment, participants, batches, dry_run, limit) -> dict[st
         "model_order": [m.name for m in cfg.models],
         "formats": {m.name: list(m.formats) for m in cfg.models},
         "conditions": [c.name for c in cfg.conditions],
+        "condition_types": {c.name: {"type": c.type, "format": c.format} for c in cfg.conditions},
         "versions": versions,
         "python": platform.python_version(),
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},

@@ -1,0 +1,782 @@
+"""``psysim report``: every metric, baseline and comparison of a run, with CIs, plots and a plain summary.
+
+:func:`build_report` turns a completed run folder into tables (pandas) and
+:func:`write_report` writes them as ``summary.csv`` (tidy: one row per number)
+and ``report.html`` (one self-contained page: inline CSS and SVG plots, no
+scripts, no network), beside the run's tables.
+
+Statistics, all seeded with the experiment's seed:
+
+* **Metric tables.** A condition's score is Psych-201's: the mean over each
+  study's responses, then the unweighted mean over studies. Its 95% CI is a
+  percentile bootstrap over participants, resampled within each study (so
+  every resample keeps every study), ``evaluation.bootstrap`` resamples.
+  Baselines are scored on exactly the responses the models' option measures
+  use, with the same resamples.
+* **Comparisons** (persona benefit, persona specificity) are paired over
+  participants: the mean of the per-participant difference, its bootstrap CI
+  and Cohen's d_z (:func:`psysim.metrics.compare_conditions`).
+* **Headroom recovered** is computed from the table's option NLLs,
+  ``(population − model) / (population − individual ceiling)``, with the
+  same resamples for its CI.
+* **Post-training misalignment** is Psych-201's Cohen's d per study,
+  averaged over studies (:func:`psysim.metrics.post_training_d`).
+
+A cell that cannot be computed is shown as "—" with a footnote saying why.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import io
+import math
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .files import display_path
+from .metrics import CONDITION_KEYS, compare_conditions, post_training_d, response_metrics
+from .store import SavedRun, open_run, write_atomic
+
+__all__ = ["Report", "build_report", "write_report"]
+
+MEASURES = ["nll", "option_nll", "accuracy", "brier", "pseudo_r2"]
+OPTION_MEASURES = ["option_nll", "accuracy", "brier", "pseudo_r2"]
+LABELS = {
+    "nll": "NLL",
+    "option_nll": "option NLL",
+    "accuracy": "accuracy",
+    "brier": "Brier",
+    "pseudo_r2": "pseudo-R²",
+}
+BASELINE_LABELS = {
+    "uniform": "uniform (chance)",
+    "population": "population frequency",
+    "profile": "profile-only model",
+    "individual": "individual ceiling",
+}
+
+
+# ----------------------------------------------------------------------------- bootstrap
+
+
+class StudyBootstrap:
+    """Percentile bootstrap of Psych-201's condition score, resampling participants within each study.
+
+    ``units`` lists every (experiment, participant) of the run; the resamples
+    are drawn once, so every series estimated with one instance (models,
+    baselines) is resampled identically: differences and ratios of series
+    get paired CIs.
+    """
+
+    def __init__(self, units, *, n_boot: int, seed: int):
+        import numpy as np
+
+        self.n_boot = n_boot
+        rng = np.random.default_rng(seed)
+        self.studies: dict[str, tuple[list[str], Any]] = {}
+        for exp in sorted(set(units["experiment"])):
+            pids = sorted(set(units.loc[units["experiment"] == exp, "participant"]))
+            self.studies[exp] = (pids, rng.integers(0, len(pids), size=(n_boot, len(pids))))
+
+    def draw(self, frame, measure: str):
+        """(point estimate, bootstrap array, participants) of ``measure`` over the rows of ``frame``."""
+        import numpy as np
+
+        values = frame[["experiment", "participant", measure]].dropna()
+        if not len(values):
+            return math.nan, None, 0
+        grouped = values.groupby(["experiment", "participant"])[measure].agg(["sum", "count"])
+        points, boots = [], []
+        for exp, (pids, idx) in self.studies.items():
+            if exp not in grouped.index.get_level_values(0):
+                continue
+            sub = grouped.loc[exp].reindex(pids, fill_value=0)
+            sums, counts = sub["sum"].to_numpy(float), sub["count"].to_numpy(float)
+            points.append(sums.sum() / counts.sum())
+            with np.errstate(invalid="ignore", divide="ignore"):
+                boots.append(sums[idx].sum(axis=1) / counts[idx].sum(axis=1))
+        n = int(values.groupby(["experiment", "participant"]).ngroups)
+        return float(np.mean(points)), np.nanmean(np.vstack(boots), axis=0), n
+
+
+def _ci(boot) -> tuple[float, float]:
+    import numpy as np
+
+    if boot is None or np.all(np.isnan(boot)):
+        return math.nan, math.nan
+    lo, hi = np.nanquantile(boot, [0.025, 0.975])
+    return float(lo), float(hi)
+
+
+# ----------------------------------------------------------------------------- the report
+
+
+@dataclass
+class Report:
+    """Everything ``report.html`` and ``summary.csv`` show, as data frames and text."""
+
+    run: SavedRun
+    metrics: Any  # model × format × condition × measure: estimate, CI, n, note
+    baselines: Any  # baseline × measure: estimate, CI, n, note
+    comparisons: Any  # persona benefit / specificity / headroom per model × format
+    post_training: Any  # per pair × study: d
+    studies: Any  # per model × format × condition × study
+    benefit: Any  # per-participant differences for the distribution plot
+    paragraphs: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def summary(self):
+        """The tidy ``summary.csv``: one row per number the report shows."""
+        import pandas as pd
+
+        frames = []
+        m = self.metrics.assign(section="model")
+        frames.append(m)
+        frames.append(self.baselines.assign(section="baseline"))
+        frames.append(self.comparisons.assign(section="comparison"))
+        if len(self.post_training):
+            frames.append(self.post_training.assign(section="post_training"))
+        columns = [
+            "section",
+            "model",
+            "format",
+            "condition",
+            "baseline",
+            "comparison",
+            "experiment",
+            "measure",
+            "estimate",
+            "ci_low",
+            "ci_high",
+            "n",
+            "note",
+        ]
+        out = pd.concat([f.reindex(columns=columns) for f in frames if len(f)], ignore_index=True)
+        return out[columns]
+
+
+def build_report(run: SavedRun | str | os.PathLike) -> Report:
+    """Compute every table, comparison and summary sentence of a completed run folder."""
+    import pandas as pd
+
+    if not isinstance(run, SavedRun):
+        run = open_run(run)
+    man = run.manifest
+    ev = man.get("evaluation", {})
+    seed, n_boot = int(man.get("seed", 0)), int(ev.get("bootstrap", 10_000))
+    trials = response_metrics(run.trials)
+    units = trials[["experiment", "participant"]].drop_duplicates()
+    boot = StudyBootstrap(units, n_boot=n_boot, seed=seed)
+    notes: list[str] = []
+
+    def note(text: str) -> str:
+        if text not in notes:
+            notes.append(text)
+        return text
+
+    # Responses without options have no option measures: say so once, per study.
+    no_options = sorted(set(trials.loc[trials["options"].isna(), "experiment"]))
+    option_note = (
+        note(
+            f"No options are known for {', '.join(no_options)}: option NLL, accuracy, Brier and pseudo-R² need each "
+            "trial's options (set data.options, or options: infer)."
+        )
+        if no_options
+        else None
+    )
+
+    rows, draws = [], {}
+    for key, group in trials.groupby(CONDITION_KEYS, sort=False):
+        for measure in MEASURES:
+            point, arr, n = boot.draw(group, measure)
+            draws[(*key, measure)] = (point, arr, n)
+            lo, hi = _ci(arr)
+            why = None
+            if math.isnan(point):
+                why = option_note if measure in OPTION_MEASURES else note("No scored responses.")
+            elif math.isnan(lo):
+                why = note("One participant per study: no confidence interval.")
+            rows.append(
+                dict(zip(CONDITION_KEYS, key, strict=True), measure=measure, estimate=point, ci_low=lo, ci_high=hi, n=n, note=why)
+            )
+    metrics = pd.DataFrame(rows)
+
+    # Baselines: on the responses the models' option measures use.
+    bl = run.baselines.copy()
+    bl_rows = []
+    for name in ev.get("baselines", ["uniform", "population", "profile", "individual"]):
+        frame = bl[bl["baseline"] == name]
+        if not len(frame):
+            reason = option_note or note(f"The {BASELINE_LABELS.get(name, name)} baseline has no predictions in this run.")
+            for measure in OPTION_MEASURES:
+                bl_rows.append(
+                    dict(baseline=name, measure=measure, estimate=math.nan, ci_low=math.nan, ci_high=math.nan, n=0, note=reason)
+                )
+            continue
+        scored = response_metrics(frame.assign(logprob=math.nan))
+        reasons = sorted({str(r) for r in frame["note"].dropna()})
+        empty = [r for r in reasons if not r.startswith("fell back")]
+        fallback = [r for r in reasons if r.startswith("fell back")]
+        for measure in OPTION_MEASURES:
+            point, arr, n = boot.draw(scored, measure)
+            draws[("baseline", name, measure)] = (point, arr, n)
+            lo, hi = _ci(arr)
+            why = None
+            if math.isnan(point):
+                why = note(f"{BASELINE_LABELS.get(name, name)}: cannot be fitted: {'; '.join(empty) or 'no predictions'}.")
+            elif empty:
+                missing = int(frame["option_probs"].isna().sum())
+                why = note(
+                    f"{BASELINE_LABELS.get(name, name)}: {missing} of {len(frame)} responses have no prediction "
+                    f"({'; '.join(empty)}); the estimate uses the others."
+                )
+            elif fallback:
+                share = frame["note"].fillna("").str.startswith("fell back").mean()
+                why = note(
+                    f"{BASELINE_LABELS.get(name, name)}: {share:.0%} of responses are predicted by population frequencies "
+                    "(their item is not shared by other participants, or its responses never vary)."
+                )
+            bl_rows.append(dict(baseline=name, measure=measure, estimate=point, ci_low=lo, ci_high=hi, n=n, note=why))
+    baselines = pd.DataFrame(bl_rows, columns=["baseline", "measure", "estimate", "ci_low", "ci_high", "n", "note"])
+
+    comparisons, benefit = _comparisons(run, trials, draws, seed, n_boot, note)
+    post = _post_training(run, trials, note)
+    studies = _study_table(trials)
+    report = Report(run, metrics, baselines, comparisons, post, studies, benefit, notes=notes)
+    report.paragraphs = _paragraphs(report)
+    return report
+
+
+def _condition_types(man) -> dict[str, dict[str, str]]:
+    types = man.get("condition_types")
+    if types:
+        return types
+    return {c: {"type": c, "format": "interview"} for c in man.get("conditions", [])}
+
+
+def _comparisons(run, trials, draws, seed, n_boot, note):
+    """Persona benefit, persona specificity (paired over participants) and headroom recovered, per model × format."""
+    import numpy as np
+    import pandas as pd
+
+    man = run.manifest
+    types = _condition_types(man)
+    by_type: dict[str, list[str]] = {}
+    for name, spec in types.items():
+        by_type.setdefault(spec["type"], []).append(name)
+    plain = by_type.get("no_persona", [None])[0]
+    shuffled = {types[c]["format"]: c for c in by_type.get("shuffled_persona", [])}
+    rows, benefit = [], []
+    present = set(man.get("conditions", []))
+    if plain is None or not by_type.get("persona"):
+        note(
+            "Persona benefit and headroom need a no_persona and a persona condition; this run has: "
+            + ", ".join(f"{c} ({types[c]['type']})" for c in present)
+            + "."
+        )
+    if not by_type.get("shuffled_persona") and by_type.get("persona"):
+        note("Persona specificity needs a shuffled_persona condition (someone else's profile); this run has none.")
+    base = ("uniform", "population", "individual")
+    pop, ceiling = draws.get(("baseline", "population", "option_nll")), draws.get(("baseline", "individual", "option_nll"))
+    for persona in by_type.get("persona", []):
+        pairs = []
+        if plain is not None:
+            pairs.append(("persona benefit", plain, persona))
+        fmt = types[persona]["format"]
+        if fmt in shuffled:
+            pairs.append(("persona specificity", shuffled[fmt], persona))
+        for label, before, after in pairs:
+            for measure in ("nll", "option_nll"):
+                table = compare_conditions(trials, before, after, measure=measure, seed=seed, n_boot=n_boot)
+                for r in table.itertuples(index=False):
+                    why = None
+                    if r.n < 2:
+                        why = note(f"{label} ({before} → {after}): fewer than two participants have both conditions.")
+                    rows.append(
+                        dict(
+                            comparison=label,
+                            model=r.model,
+                            format=r.format,
+                            condition=f"{after} − {before}",
+                            measure=measure,
+                            estimate=r.mean,
+                            ci_low=r.ci_low,
+                            ci_high=r.ci_high,
+                            d_z=r.d_z,
+                            n=r.n,
+                            note=why,
+                        )
+                    )
+            if label == "persona benefit":
+                parts = response_metrics(trials).groupby([*CONDITION_KEYS, "experiment", "participant"])["nll"].mean()
+                wide = parts.unstack("condition")
+                if before in wide and after in wide:
+                    diff = (wide[after] - wide[before]).dropna().reset_index(name="difference")
+                    benefit.append(diff.assign(persona=after))
+    # Headroom: the share of the population → individual-ceiling gap (option NLL) a condition closes.
+    if pop is not None and ceiling is not None and not math.isnan(pop[0]) and not math.isnan(ceiling[0]):
+        gap = pop[0] - ceiling[0]
+        for key in sorted({k[:3] for k in draws if k[0] != "baseline"}, key=str):
+            model = draws.get((*key, "option_nll"))
+            if model is None or math.isnan(model[0]):
+                continue
+            why = None
+            if gap <= 0:
+                estimate, lo, hi = math.nan, math.nan, math.nan
+                why = note(
+                    f"Headroom is undefined: the individual ceiling (option NLL {ceiling[0]:.3f}) is no better than the "
+                    f"population baseline ({pop[0]:.3f}), so these data show no individual-specific signal for a "
+                    "persona to recover."
+                )
+            else:
+                estimate = (pop[0] - model[0]) / gap
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    arr = (pop[1] - model[1]) / (pop[1] - ceiling[1])
+                lo, hi = _ci(arr)
+            rows.append(
+                dict(
+                    comparison="headroom recovered",
+                    model=key[0],
+                    format=key[1],
+                    condition=key[2],
+                    measure="option_nll",
+                    estimate=estimate,
+                    ci_low=lo,
+                    ci_high=hi,
+                    d_z=math.nan,
+                    n=model[2],
+                    note=why,
+                )
+            )
+    elif "population" in man.get("evaluation", {}).get("baselines", base):
+        note("Headroom recovered needs both the population and the individual-ceiling baselines (option NLL).")
+    columns = ["comparison", "model", "format", "condition", "measure", "estimate", "ci_low", "ci_high", "d_z", "n", "note"]
+    benefit_frame = (
+        pd.concat(benefit, ignore_index=True) if benefit else pd.DataFrame(columns=["model", "format", "persona", "difference"])
+    )
+    return pd.DataFrame(rows, columns=columns), benefit_frame
+
+
+def _post_training(run, trials, note):
+    """Cohen's d per study for every declared (base, post-trained) pair, and raw vs chat for the post-trained model."""
+    import pandas as pd
+
+    man = run.manifest
+    pairs = man.get("evaluation", {}).get("post_training", [])
+    types = _condition_types(man)
+    plain = next((c for c, t in types.items() if t["type"] == "no_persona"), None)
+    rows = []
+    if not pairs:
+        return pd.DataFrame(columns=["comparison", "model", "format", "experiment", "measure", "estimate", "n", "note"])
+    if plain is None:
+        note("Post-training misalignment compares models without a persona; this run has no no_persona condition.")
+        return pd.DataFrame(columns=["comparison", "model", "format", "experiment", "measure", "estimate", "n", "note"])
+    formats = man.get("formats", {})
+    for pair in pairs:
+        base, post = pair["base"], pair["post_trained"]
+        compared = [("post-training", base, "raw", post, "raw")]
+        if "chat" in formats.get(post, []):
+            compared.append(("chat vs raw", post, "raw", post, "chat"))
+        for label, m0, f0, m1, f1 in compared:
+            table = post_training_d(trials, m0, m1, fmt_base=f0, fmt_post=f1, condition=plain)
+            what = f"{m1} ({f1}) − {m0} ({f0})"
+            for r in table.itertuples(index=False):
+                rows.append(
+                    dict(
+                        comparison=label,
+                        model=what,
+                        format=f1,
+                        experiment=r.experiment,
+                        measure="d",
+                        estimate=r.d,
+                        base_nll=r.base_nll,
+                        post_nll=r.post_nll,
+                        n=r.responses,
+                        note=None,
+                    )
+                )
+            mean_d = table.attrs.get("mean_d", math.nan)
+            rows.append(
+                dict(
+                    comparison=label,
+                    model=what,
+                    format=f1,
+                    experiment="mean over studies",
+                    measure="d",
+                    estimate=mean_d,
+                    n=int(table["responses"].sum()) if len(table) else 0,
+                    note=None if len(table) else note(f"{what}: no study was scored by both."),
+                )
+            )
+    return pd.DataFrame(rows)
+
+
+def _study_table(trials):
+    """Per model × format × condition × study: responses, participants and the mean of each measure."""
+    grouped = trials.groupby([*CONDITION_KEYS, "experiment"], sort=False)
+    table = grouped[MEASURES].mean()
+    table.insert(0, "participants", grouped["participant"].nunique())
+    table.insert(1, "responses", grouped.size())
+    return table.reset_index()
+
+
+# ----------------------------------------------------------------------------- words
+
+
+def _fmt(x: float, digits: int = 3) -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _interval(lo: float, hi: float, digits: int = 3) -> str:
+    return f"95% CI [{_fmt(lo, digits)}, {_fmt(hi, digits)}]"
+
+
+def _percent_interval(lo: float, hi: float) -> str:
+    return "no CI" if math.isnan(lo) or math.isnan(hi) else f"95% CI [{lo:.0%}, {hi:.0%}]"
+
+
+def _direction(lo: float, hi: float, lower: str, higher: str, neither: str) -> str:
+    if math.isnan(lo) or math.isnan(hi):
+        return neither
+    if hi < 0:
+        return lower
+    if lo > 0:
+        return higher
+    return neither
+
+
+def _paragraphs(report: Report) -> list[str]:
+    """What the numbers show, in plain words; every claim follows from a CI in the tables."""
+    man = report.run.manifest
+    m = report.metrics
+    out = []
+    n = man.get("participants", 0)
+    studies = sorted(set(report.run.trials["experiment"]))
+    n_models, n_conditions = len(man.get("model_order", [])), len(man.get("conditions", []))
+    out.append(
+        ("DRY RUN: every number below comes from psysim's mock model, not a language model. " if man.get("dry_run") else "")
+        + f"This run scored {n} participants from {len(studies)} {'study' if len(studies) == 1 else 'studies'} "
+        f"({', '.join(studies)}) with {n_models} {'model' if n_models == 1 else 'models'} under "
+        f"{n_conditions} {'condition' if n_conditions == 1 else 'conditions'}. "
+        "NLL is the negative log-likelihood of each human response "
+        "in nats (lower is better); intervals are 95% bootstrap intervals over participants "
+        f"({man.get('evaluation', {}).get('bootstrap', 10_000):,} resamples, seed {man.get('seed')})."
+    )
+    comps = report.comparisons
+    types = _condition_types(man)
+    plain = next((c for c, t in types.items() if t["type"] == "no_persona"), None)
+    for (model, fmt), group in m.groupby(["model", "format"], sort=False):
+        sentences = []
+        if plain is not None:
+            row = group[(group["condition"] == plain) & (group["measure"] == "nll")]
+            acc = group[(group["condition"] == plain) & (group["measure"] == "accuracy")]
+            if len(row):
+                r = row.iloc[0]
+                s = (
+                    f"Without a persona, {model} ({fmt} format) assigned the human responses an NLL of "
+                    f"{_fmt(r.estimate)} ({_interval(r.ci_low, r.ci_high)})"
+                )
+                if len(acc) and not math.isnan(acc.iloc[0].estimate):
+                    s += f" and chose the human's option {acc.iloc[0].estimate:.0%} of the time"
+                sentences.append(s + ".")
+        for label in ("persona benefit", "persona specificity"):
+            sel = comps[
+                (comps["comparison"] == label)
+                & (comps["model"] == model)
+                & (comps["format"] == fmt)
+                & (comps["measure"] == "nll")
+            ]
+            for r in sel.itertuples(index=False):
+                after, before = r.condition.split(" − ")
+                if label == "persona benefit":
+                    verdict = _direction(
+                        r.ci_low,
+                        r.ci_high,
+                        "so the profile reliably helped",
+                        "so the profile reliably made predictions worse",
+                        "so there is no reliable benefit of the profile",
+                    )
+                    sentences.append(
+                        f"Conditioning on each participant's own profile ({after}) changed NLL by {_fmt(r.estimate, 4)} "
+                        f"({_interval(r.ci_low, r.ci_high, 4)}, d_z = {_fmt(r.d_z, 2)}, n = {r.n}), {verdict}."
+                    )
+                else:
+                    verdict = _direction(
+                        r.ci_low,
+                        r.ci_high,
+                        "a person's own profile predicts them better than someone else's",
+                        "someone else's profile predicts them better than their own",
+                        "a person's own profile predicts them no better than someone else's",
+                    )
+                    sentences.append(
+                        f"Against a shuffled profile ({before}), the own profile changed NLL by {_fmt(r.estimate, 4)} "
+                        f"({_interval(r.ci_low, r.ci_high, 4)}): {verdict}."
+                    )
+        head = comps[(comps["comparison"] == "headroom recovered") & (comps["model"] == model) & (comps["format"] == fmt)]
+        for r in head.itertuples(index=False):
+            if types.get(r.condition, {}).get("type") != "persona" or math.isnan(r.estimate):
+                continue
+            sentences.append(
+                f"With the profile ({r.condition}) it closes {r.estimate:.0%} "
+                f"({_percent_interval(r.ci_low, r.ci_high)}) of the gap "
+                "in option NLL between the population baseline and the individual ceiling."
+            )
+        if sentences:
+            out.append(" ".join(sentences))
+    bl = report.baselines.set_index(["baseline", "measure"])
+    if ("population", "option_nll") in bl.index and ("individual", "option_nll") in bl.index:
+        pop, ind = bl.loc[("population", "option_nll")], bl.loc[("individual", "option_nll")]
+        if not math.isnan(pop.estimate) and not math.isnan(ind.estimate):
+            better = [
+                f"{model} ({fmt})"
+                for (model, fmt), g in m[(m["measure"] == "option_nll") & (m["condition"] == plain)].groupby(["model", "format"])
+                for r in g.itertuples(index=False)
+                if r.ci_high < pop.ci_low
+            ]
+            s = (
+                f"Without any language model, the population's response frequencies reach an option NLL of {_fmt(pop.estimate)} "
+                f"and the participant's own other trials {_fmt(ind.estimate)}"
+            )
+            s += (
+                "; the individual ceiling is no better than the population, so these data hold little individual-specific signal."
+                if ind.estimate >= pop.estimate
+                else "."
+            )
+            if better:
+                s += f" Reliably better than the population baseline without a persona: {', '.join(better)}."
+            out.append(s)
+    post = report.post_training
+    if len(post):
+        for r in post[(post["experiment"] == "mean over studies")].itertuples(index=False):
+            if math.isnan(r.estimate):
+                continue
+            worse = "worse" if r.estimate > 0 else "better"
+            what = "post-training" if r.comparison == "post-training" else "chat formatting"
+            out.append(
+                f"{r.model}: Cohen's d of response NLL = {_fmt(r.estimate, 2)} averaged over studies: after {what} "
+                f"the model predicts people {worse} (Psych-201 reports positive d, less human-like, for post-trained models)."
+            )
+    return out
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def _svg(fig) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None})
+    plt.close(fig)
+    text = buf.getvalue()
+    return text[text.index("<svg") :]  # drop the XML prolog and DOCTYPE: the SVG is inlined in HTML
+
+
+def _plot_style():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    matplotlib.rcParams.update(
+        {
+            "svg.fonttype": "none",  # text stays text: crisp, searchable, small
+            "svg.hashsalt": "psysim",  # deterministic element ids
+            "font.size": 9,
+            "axes.spines.top": False,
+            "axes.spines.right": False,
+        }
+    )
+
+
+def plot_conditions(report: Report) -> str:
+    """NLL (left) and option NLL with the baselines (right) per model × format × condition, with 95% CIs."""
+    import matplotlib.pyplot as plt
+
+    m = report.metrics
+    measures = ["nll"] + (["option_nll"] if m.loc[m["measure"] == "option_nll", "estimate"].notna().any() else [])
+    fig, axes = plt.subplots(1, len(measures), figsize=(4.2 * len(measures) + 1, 3.2), squeeze=False)
+    groups = list(m.groupby(["model", "format"], sort=False).groups)
+    conditions = list(dict.fromkeys(m["condition"]))
+    width = 0.8 / max(len(conditions), 1)
+    colors = plt.get_cmap("tab10")
+    for ax, measure in zip(axes[0], measures, strict=True):
+        sub = m[m["measure"] == measure]
+        for j, cond in enumerate(conditions):
+            xs, ys, lo, hi = [], [], [], []
+            for i, key in enumerate(groups):
+                r = sub[(sub["model"] == key[0]) & (sub["format"] == key[1]) & (sub["condition"] == cond)]
+                if len(r) and not math.isnan(r.iloc[0].estimate):
+                    xs.append(i + (j - (len(conditions) - 1) / 2) * width)
+                    ys.append(r.iloc[0].estimate)
+                    lo.append(r.iloc[0].estimate - (r.iloc[0].ci_low if not math.isnan(r.iloc[0].ci_low) else r.iloc[0].estimate))
+                    hi.append(
+                        (r.iloc[0].ci_high if not math.isnan(r.iloc[0].ci_high) else r.iloc[0].estimate) - r.iloc[0].estimate
+                    )
+            ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o", color=colors(j), label=cond, capsize=3, markersize=5)
+        if measure == "option_nll":
+            bl = report.baselines[report.baselines["measure"] == "option_nll"]
+            styles = {"uniform": ":", "population": "--", "profile": "-.", "individual": (0, (1, 1))}
+            for r in bl.itertuples(index=False):
+                if not math.isnan(r.estimate):
+                    ax.axhline(r.estimate, color="0.35", linestyle=styles.get(r.baseline, "--"), linewidth=1)
+                    ax.annotate(
+                        BASELINE_LABELS.get(r.baseline, r.baseline),
+                        (1.0, r.estimate),
+                        xycoords=("axes fraction", "data"),
+                        xytext=(3, 0),
+                        textcoords="offset points",
+                        va="center",
+                        fontsize=7,
+                        color="0.3",
+                    )
+        ax.set_xticks(range(len(groups)), [f"{a}\n({b})" for a, b in groups], fontsize=8)
+        ax.set_ylabel(f"{LABELS[measure]} per response (nats, lower is better)")
+        ax.set_title(LABELS[measure])
+    axes[0][0].legend(fontsize=8, frameon=False)
+    return _svg(fig)
+
+
+def plot_benefit(report: Report) -> str | None:
+    """The distribution over participants of the persona benefit (cf. Psych-201, Figure 5)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    b = report.benefit
+    if not len(b):
+        return None
+    keys = list(b.groupby(["model", "format", "persona"], sort=False).groups)
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys) + 0.5, 2.8), squeeze=False, sharey=True)
+    comps = report.comparisons
+    for ax, (model, fmt, persona) in zip(axes[0], keys, strict=True):
+        d = b[(b["model"] == model) & (b["format"] == fmt) & (b["persona"] == persona)]["difference"].to_numpy(float)
+        lim = max(abs(d).max(), 1e-3)
+        ax.hist(d, bins=np.linspace(-lim, lim, 25), color="#4c78a8", edgecolor="white")
+        ax.axvline(0, color="0.2", linewidth=1)
+        c = comps[
+            (comps["comparison"] == "persona benefit")
+            & (comps["model"] == model)
+            & (comps["format"] == fmt)
+            & (comps["measure"] == "nll")
+            & (comps["condition"].str.startswith(f"{persona} − "))
+        ]
+        if len(c):
+            r = c.iloc[0]
+            ax.axvline(r.estimate, color="#e45756", linewidth=1.5, label=f"mean {r.estimate:+.4f}")
+            if not math.isnan(r.ci_low):
+                ax.axvspan(r.ci_low, r.ci_high, color="#e45756", alpha=0.15, label="95% CI")
+            ax.legend(fontsize=7, frameon=False)
+        share = (d < 0).mean() if len(d) else math.nan
+        ax.set_title(f"{model} ({fmt}): {persona}\n{share:.0%} of participants better predicted", fontsize=8)
+        ax.set_xlabel("NLL with persona − without (nats; < 0: persona helps)")
+    axes[0][0].set_ylabel("participants")
+    return _svg(fig)
+
+
+def plot_post_training(report: Report) -> str | None:
+    """Base vs post-trained NLL per study (lines join a study's two models), per declared pair."""
+    import matplotlib.pyplot as plt
+
+    p = report.post_training
+    if not len(p) or "base_nll" not in p:
+        return None
+    studies = p[p["experiment"] != "mean over studies"]
+    pairs = list(dict.fromkeys(studies["model"]))
+    if not pairs:
+        return None
+    fig, axes = plt.subplots(1, len(pairs), figsize=(3.4 * len(pairs) + 0.5, 3.0), squeeze=False)
+    for ax, what in zip(axes[0], pairs, strict=True):
+        sub = studies[studies["model"] == what]
+        for r in sub.itertuples(index=False):
+            ax.plot([0, 1], [r.base_nll, r.post_nll], marker="o", color="#e45756" if r.estimate > 0 else "#4c78a8")
+            ax.annotate(
+                f"{r.experiment}  d={r.estimate:+.2f}",
+                (1, r.post_nll),
+                xytext=(4, 0),
+                textcoords="offset points",
+                fontsize=7,
+                va="center",
+            )
+        later, earlier = what.split(" − ")
+        ax.set_xticks([0, 1], [earlier, later], fontsize=7)
+        ax.set_xlim(-0.3, 1.9)
+        ax.set_ylabel("NLL per response (nats)")
+        ax.set_title(what, fontsize=8)
+    return _svg(fig)
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _records(frame) -> list[dict[str, Any]]:
+    """Rows as dicts for the template, with missing notes as None (pandas may hold them as NaN)."""
+    rows = frame.to_dict("records")
+    for r in rows:
+        if not isinstance(r.get("note"), str):
+            r["note"] = None
+    return rows
+
+
+def _cell(r) -> dict[str, Any]:
+    return {k: r.get(k) for k in ("estimate", "ci_low", "ci_high", "note")}
+
+
+def write_report(run: str | os.PathLike | SavedRun, out: str | os.PathLike | None = None) -> tuple[Path, Path, Report]:
+    """Write ``summary.csv`` and ``report.html`` (into ``out``, default the run folder); return their paths and the report."""
+    from jinja2 import Environment, StrictUndefined
+
+    report = build_report(run)
+    folder = Path(out) if out is not None else report.run.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    csv = folder / "summary.csv"
+    write_atomic(csv, lambda tmp: report.summary().to_csv(tmp, index=False, float_format="%.6g"))
+    _plot_style()
+    figures = {
+        "conditions": plot_conditions(report),
+        "benefit": plot_benefit(report),
+        "post_training": plot_post_training(report),
+    }
+    env = Environment(autoescape=True, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["num"] = lambda x, d=3: _fmt(x, d)
+    env.globals["footnote"] = lambda text: report.notes.index(text) + 1 if text in report.notes else None
+    template = env.from_string(resources.files("psysim").joinpath("templates/report.html.j2").read_text("utf-8"))
+    page = template.render(
+        report=report,
+        man=report.run.manifest,
+        metrics=_metric_rows(report),
+        baselines=_baseline_rows(report),
+        comparisons=_records(report.comparisons),
+        post=_records(report.post_training),
+        studies=_records(report.studies),
+        figures=figures,
+        labels=LABELS,
+        baseline_labels=BASELINE_LABELS,
+        measures=MEASURES,
+        option_measures=OPTION_MEASURES,
+        generated=_dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        run_folder=display_path(report.run.folder),
+        escape=html.escape,
+    )
+    target = folder / "report.html"
+    write_atomic(target, lambda tmp: tmp.write_text(page, encoding="utf-8"))
+    return csv, target, report
+
+
+def _metric_rows(report: Report) -> list[dict[str, Any]]:
+    rows = []
+    for (model, fmt, cond), g in report.metrics.groupby(CONDITION_KEYS, sort=False):
+        cells = {r["measure"]: _cell(r) for r in _records(g)}
+        n = int(g["n"].max())
+        responses = int(report.run.trials.query("model == @model and format == @fmt and condition == @cond").shape[0])
+        rows.append({"model": model, "format": fmt, "condition": cond, "participants": n, "responses": responses, "cells": cells})
+    return rows
+
+
+def _baseline_rows(report: Report) -> list[dict[str, Any]]:
+    rows = []
+    for name, g in report.baselines.groupby("baseline", sort=False):
+        cells = {r["measure"]: _cell(r) for r in _records(g)}
+        rows.append({"baseline": name, "participants": int(g["n"].max()), "cells": cells})
+    return rows
