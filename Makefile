@@ -27,6 +27,7 @@ quickstart: setup
 	$(BIN)/psysim models pull smollm2-135m-instruct
 	$(BIN)/psysim validate experiments/quickstart.yaml
 	$(BIN)/psysim run experiments/quickstart.yaml
+	$(BIN)/psysim report runs/quickstart
 
 test: setup
 	$(BIN)/python -m pytest

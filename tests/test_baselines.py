@@ -116,3 +116,64 @@ def test_profile_model_learns_what_the_profile_determines():
     assert fitted.predict_proba(unseen) == PopulationFrequency().fit(table).predict_proba(unseen)
     with pytest.raises(ValueError, match="C must be > 0"):
         ProfileModel(C=0)
+
+
+def test_participant_folds_are_seeded_balanced_and_cover_everyone():
+    """k folds: every participant in exactly one, sizes differ by at most one, same seed same folds."""
+    from psysim.baselines import participant_folds
+
+    pids = [f"p{i}" for i in range(10)] * 2  # repeated rows of the same participants
+    folds = participant_folds(pids, 3, seed=5)
+    assert sorted(folds) == sorted(set(pids))
+    sizes = sorted(pd.Series(folds).value_counts().tolist())
+    assert sizes == [3, 3, 4]
+    assert participant_folds(pids, 3, seed=5) == folds
+    assert participant_folds(pids, 3, seed=6) != folds
+    assert participant_folds(pids, None, seed=5) == {f"p{i}": i for i in range(10)}  # leave one out
+    with pytest.raises(ValueError, match="3 folds need at least 3 participants, found 2"):
+        participant_folds(["a", "b"], 3, seed=0)
+    with pytest.raises(ValueError, match="expected at least 2 folds, found 1"):
+        participant_folds(["a", "b"], 1, seed=0)
+
+
+def test_k_fold_population_equals_fitting_on_the_other_folds_by_hand():
+    """With folds, a participant is predicted from the participants of the *other* folds only."""
+    from psysim.baselines import participant_folds
+
+    folds = participant_folds(TABLE["participant"], 2, seed=3)
+    out = cross_validate(TABLE, {"population": PopulationFrequency()}, folds=2, seed=3)
+    for pid in ("p1", "p2", "p3"):
+        train = TABLE[TABLE["participant"].map(folds) != folds[pid]]
+        rows = TABLE[TABLE["participant"] == pid]
+        expected = PopulationFrequency().fit(train).predict_proba(rows) if len(train) else None
+        got = out[out["participant"] == pid]["option_probs"].tolist()
+        if expected is None:
+            assert all(p is None for p in got)
+        else:
+            assert [list(p) for p in got] == [pytest.approx(e) for e in expected]
+
+
+def test_unfittable_baselines_say_why_instead_of_guessing():
+    """One participant: no population to learn from; one response: no other trials for the ceiling."""
+    one = TABLE[TABLE["participant"] == "p1"]
+    out = cross_validate(one)
+    pop = out[out["baseline"] == "population"]
+    assert pop["option_probs"].isna().all() and pop["correct"].isna().all()
+    assert set(pop["note"]) == {"no other participant in study s to learn from"}
+    assert out[out["baseline"] == "uniform"]["note"].isna().all()
+    single = TABLE[(TABLE["participant"] == "p2") & (TABLE["trial"] == 0)]
+    ceiling = cross_validate(pd.concat([single, TABLE[TABLE["participant"] == "p1"]]), {"individual": IndividualCeiling()})
+    p2 = ceiling[ceiling["participant"] == "p2"]
+    assert p2["option_probs"].isna().all()
+    assert p2["note"].tolist() == ["only one response: no other trials of this participant to learn from"]
+    assert ceiling[ceiling["participant"] == "p1"]["note"].isna().all()
+
+
+def test_profile_model_notes_its_population_fallback():
+    """Items without a regression (unseen, or no variation) are predicted by the population and say so."""
+    out = cross_validate(TABLE, {"profile": ProfileModel()})
+    notes = out.set_index(["participant", "trial"])["note"]
+    # p3's item z is nobody else's: population fallback; p3's item x is shared and varies (A, B, A): a regression.
+    assert notes[("p3", 1)].startswith("fell back to population frequencies")
+    assert pd.isna(notes[("p3", 0)])
+    assert out["option_probs"].notna().all()  # a fallback still predicts
