@@ -329,7 +329,7 @@ def _comparisons(run, trials, draws, seed, n_boot, note):
                 estimate, lo, hi = math.nan, math.nan, math.nan
                 why = note(
                     f"Headroom is undefined: the individual ceiling (option NLL {ceiling[0]:.3f}) is no better than the "
-                    f"population baseline ({pop[0]:.3f}), so these data show no individual-specific signal for a "
+                    f"population baseline ({pop[0]:.3f}): by this measure there is no individual-specific headroom for a "
                     "persona to recover."
                 )
             else:
@@ -542,7 +542,9 @@ def _paragraphs(report: Report) -> list[str]:
                 f"and the participant's own other trials {_fmt(ind.estimate)}"
             )
             s += (
-                "; the individual ceiling is no better than the population, so these data hold little individual-specific signal."
+                "; a participant's own response frequencies on their other trials predict them no better than the "
+                "population does on the same item, so by this measure there is no individual-specific headroom for a "
+                "persona to recover."
                 if ind.estimate >= pop.estimate
                 else "."
             )

@@ -327,7 +327,8 @@ def _inputs(exp: Experiment) -> dict[str, str]:
 
 def _manifest(exp: Experiment, participants, batches, dry_run, limit) -> dict[str, Any]:
     cfg = exp.config
-    config = {k: v for k, v in cfg.raw.items() if k != "output"}  # where results go does not change them
+    # Where results go and how the experiment is described do not change a single number.
+    config = {k: v for k, v in cfg.raw.items() if k not in ("output", "description")}
     inputs = _inputs(exp)
     versions = _versions()
     fingerprint = hashlib.sha256(
