@@ -100,6 +100,9 @@ class StudyBootstrap:
             with np.errstate(invalid="ignore", divide="ignore"):
                 boots.append(sums[idx].sum(axis=1) / counts[idx].sum(axis=1))
         n = int(values.groupby(["experiment", "participant"]).ngroups)
+        if grouped.groupby(level=0).size().max() < 2:
+            # One participant per study: every resample is that participant; a zero-width interval would lie.
+            return float(np.mean(points)), None, n
         return float(np.mean(points)), np.nanmean(np.vstack(boots), axis=0), n
 
 
@@ -198,6 +201,8 @@ def build_report(run: SavedRun | str | os.PathLike) -> Report:
             why = None
             if math.isnan(point):
                 why = option_note if measure in OPTION_MEASURES else note("No scored responses.")
+            elif measure in OPTION_MEASURES and option_note:
+                why = option_note  # the estimate covers only the studies whose options are known
             elif math.isnan(lo):
                 why = note("One participant per study: no confidence interval.")
             rows.append(
@@ -234,6 +239,8 @@ def build_report(run: SavedRun | str | os.PathLike) -> Report:
                     f"{BASELINE_LABELS.get(name, name)}: {missing} of {len(frame)} responses have no prediction "
                     f"({'; '.join(empty)}); the estimate uses the others."
                 )
+            elif math.isnan(lo):
+                why = note("One participant per study: no confidence interval.")
             elif fallback:
                 share = frame["note"].fillna("").str.startswith("fell back").mean()
                 why = note(
@@ -274,7 +281,7 @@ def _comparisons(run, trials, draws, seed, n_boot, note):
     present = set(man.get("conditions", []))
     if plain is None or not by_type.get("persona"):
         note(
-            "Persona benefit and headroom need a no_persona and a persona condition; this run has: "
+            "Persona benefit needs a no_persona and a persona condition; this run has: "
             + ", ".join(f"{c} ({types[c]['type']})" for c in present)
             + "."
         )
@@ -752,7 +759,7 @@ def write_report(run: str | os.PathLike | SavedRun, out: str | os.PathLike | Non
         baselines=_baseline_rows(report),
         comparisons=_records(report.comparisons),
         post=_records(report.post_training),
-        studies=_records(report.studies),
+        studies=_study_rows(report),
         figures=figures,
         labels=LABELS,
         baseline_labels=BASELINE_LABELS,
@@ -774,6 +781,20 @@ def _metric_rows(report: Report) -> list[dict[str, Any]]:
         n = int(g["n"].max())
         responses = int(report.run.trials.query("model == @model and format == @fmt and condition == @cond").shape[0])
         rows.append({"model": model, "format": fmt, "condition": cond, "participants": n, "responses": responses, "cells": cells})
+    return rows
+
+
+def _study_rows(report: Report) -> list[dict[str, Any]]:
+    """Per-study rows with one cell per measure; an option measure of a study without options is footnoted."""
+    missing = next((n for n in report.notes if n.startswith("No options are known for")), None)
+    rows = []
+    for r in _records(report.studies):
+        cells = {}
+        for m in MEASURES:
+            value = r[m]
+            empty = value is None or (isinstance(value, float) and math.isnan(value))
+            cells[m] = {"estimate": value, "note": missing if empty and m in OPTION_MEASURES else None}
+        rows.append({**r, "cells": cells})
     return rows
 
 
