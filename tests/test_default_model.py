@@ -137,7 +137,8 @@ def test_quickstart_run_through_the_cli(run_cli, backend, quickstart, tmp_path):
     assert set(trials["participant"]) == {first}
     lines = r.stdout.splitlines()
     assert lines[0].startswith(f"wrote 27 rows to {tmp_path / 'out' / 'trials.parquet'} (")
-    assert len(lines) == 1 + 2 + 3
+    assert len(lines) == 1 + 2 + 3 + 1  # the summary line, the table's 2 header lines and 3 rows, the report hint
+    assert lines[-1] == f"baselines, comparisons with CIs and plots: psysim report {tmp_path / 'out'}"
     assert lines[1].split() == ["responses", "nll", "option_nll", "accuracy", "pseudo_r2"]
     raw = trials[(trials["format"] == "raw") & (trials["condition"] == "no_persona")]
     record = next(json.loads(line) for line in THOMA.read_text("utf-8").splitlines() if json.loads(line)["participant"] == first)
