@@ -34,6 +34,7 @@ __all__ = [
     "EvaluationConfig",
     "ExperimentConfig",
     "ModelConfig",
+    "SimulationConfig",
     "experiment_schema",
     "load_config",
 ]
@@ -66,6 +67,11 @@ class DataConfig:
     options_sep: str = "|"
     templates: dict[str, Path] = field(default_factory=dict)
     separator: str = "\n"
+    #: A table of items joined to every trial (``data.items``), and the column it is joined by.
+    items: Path | None = None
+    items_key: str = "item"
+    #: ``long`` (one row per participant × trial) or ``wide`` (one row per participant, one column per item).
+    layout: str = "long"
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,10 @@ class CohortConfig:
     id_column: str = "participant"
     missing: tuple[str, ...] = DEFAULT_MISSING
     sample: int | None = None
+    #: ``error`` or ``drop``: what to do with participants who have a profile but no data, or data but no profile.
+    unmatched: str = "error"
+    #: ``cohort.generate`` as written (validated by the schema; drawn by :mod:`psysim.cohorts`).
+    generate: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -121,6 +131,16 @@ class EvaluationConfig:
 
 
 @dataclass(frozen=True)
+class SimulationConfig:
+    """``simulation:`` — closed-loop synthetic participants."""
+
+    n: int | None = None
+    temperature: float = 1.0
+    #: ``own``, ``resample``, a participant id, or ``None`` (own without cohort.generate, resample with it).
+    design: str | None = None
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     """A validated experiment file. Paths are absolute; ``raw`` is the parsed YAML."""
 
@@ -137,6 +157,7 @@ class ExperimentConfig:
     infer_options_max: int = 10
     save_every: int = 8
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
     description: str = ""
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
     sha256: str = ""
@@ -284,6 +305,15 @@ def _semantic_problems(data: dict[str, Any], at, resolve) -> list[Problem]:
                 problems.append(
                     at(("models", i, "adapter"), f"adapter folder not found: {m['adapter']!r} ({display_path(target)})")
                 )
+    items = d.get("items")
+    if isinstance(items, dict):
+        must_exist(("data", "items", "path"), items.get("path"), "item table")
+    if d.get("format") == "psych201":
+        for key in ("items", "layout"):
+            if key in d:
+                problems.append(at(("data", key), "not allowed when data.format is psych201 (it applies to trials data only)"))
+    if d.get("layout") == "wide" and "items" not in d:
+        problems.append(at(("data", "layout"), "a wide table needs data.items: the item table naming each item's column"))
     must_exist(("cohort", "schema"), c.get("schema"), "profile schema")
     must_exist(("cohort", "path"), c.get("path"), "cohort file")
     if d.get("format") == "trials" and "cohort" in data and "path" not in c:
@@ -382,6 +412,9 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
         options_sep=opts.get("sep", "|") if isinstance(opts, dict) else "|",
         templates={kind: resolve(value) for kind, value in d.get("templates", {}).items()},
         separator=d.get("separator", "\n"),
+        items=resolve(d["items"]["path"]) if "items" in d else None,
+        items_key=d.get("items", {}).get("key", "item"),
+        layout=d.get("layout", "long"),
     )
     c = data["cohort"]
     cohort_cfg = CohortConfig(
@@ -390,6 +423,8 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
         id_column=c.get("id", "participant"),
         missing=tuple(c.get("missing", DEFAULT_MISSING)),
         sample=c.get("sample"),
+        unmatched=c.get("unmatched", "error"),
+        generate=c.get("generate"),
     )
     models = [
         ModelConfig(
@@ -434,6 +469,11 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
             folds=None if ev.get("cross_validation", "leave_one_out") == "leave_one_out" else ev["cross_validation"],
             bootstrap=ev.get("bootstrap", 10_000),
             post_training=tuple((p["base"], p["post_trained"]) for p in ev.get("post_training", [])),
+        ),
+        simulation=SimulationConfig(
+            n=data.get("simulation", {}).get("n"),
+            temperature=float(data.get("simulation", {}).get("temperature", 1.0)),
+            design=data.get("simulation", {}).get("design"),
         ),
         description=data.get("description", ""),
         raw=data,
