@@ -180,6 +180,60 @@ def run(experiment: Path, out: Path | None, limit: int | None, dry_run: bool, qu
 
 
 @cli.command()
+@click.argument("experiment", type=EXPERIMENT)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Results folder (default: the experiment's output with -simulated appended).",
+)
+@click.option("--n", "n", type=int, help="Synthetic participants per model × condition (default: simulation.n).")
+@click.option("--dry-run", is_flag=True, help="Use the deterministic mock model for every model: checks the whole simulation.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--restart", is_flag=True, help="Discard a simulation saved in the results folder and start afresh.")
+def simulate(experiment: Path, out: Path | None, n: int | None, dry_run: bool, quiet: bool, restart: bool) -> None:
+    """Simulate synthetic participants trial by trial (closed loop) on a structured experiment.
+
+    At each trial the model's distribution over the options is recorded and a response is
+    sampled from it (simulation.temperature, seeded); the feedback follows the sampled choice
+    and the history grows. Writes simulated.parquet, transcripts.parquet and participants.parquet
+    (docs/results.md); saved per batch of participants, so an interrupted simulation resumes
+    with the same command. `psysim export` turns them into CSV, Parquet or Psych-201 JSONL.
+    """
+    from .experiment import load_experiment
+    from .simulate import simulate_experiment
+
+    if n is not None and n < 1:
+        raise click.BadParameter(f"expected at least 1, found {n}", param_hint="--n")
+    exp = load_experiment(experiment)
+    folder = out if out is not None else exp.config.output.with_name(exp.config.output.name + "-simulated")
+    try:
+        result = simulate_experiment(exp, out=folder, n=n, dry_run=dry_run, progress=not quiet, restart=restart)
+    except KeyboardInterrupt:
+        click.echo(
+            f"interrupted: every simulated batch is saved in {display_path(folder)}; run the same command again to resume",
+            err=True,
+        )
+        sys.exit(130)
+    sim = result.simulated
+    note = ""
+    if result.reused and result.reused == result.manifest.get("batches_total"):
+        note = ", already complete: nothing recomputed (--restart redoes it)"
+    elif result.reused:
+        note = f", resumed: {result.reused} saved batches reused"
+    click.echo(
+        f"simulated {result.transcripts.shape[0]} transcripts ({len(sim)} responses) into "
+        f"{display_path(result.out)} ({result.manifest.get('seconds', 0):.1f} s{note})"
+    )
+    if len(sim):
+        table = sim.groupby(["model", "condition"], sort=False).agg(
+            participants=("participant", "nunique"), responses=("response", "size")
+        )
+        shares = sim.groupby(["model", "condition"], sort=False)["response"].value_counts(normalize=True).unstack(fill_value=0)
+        click.echo(table.join(shares).to_string(float_format=lambda x: f"{x:.3f}"))
+    click.echo(f"export: psysim export {display_path(result.out)} --format csv|parquet|psych201")
+
+
+@cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option(
     "--out", type=click.Path(file_okay=False, path_type=Path), help="Where to write the report (default: the run folder)."

@@ -340,6 +340,7 @@ def _manifest(exp: Experiment, participants, batches, dry_run, limit) -> dict[st
     ).hexdigest()
     return {
         "psysim_run": FORMAT,
+        "kind": "scoring",
         "experiment": cfg.name,
         "config_path": display_path(cfg.path),
         "config_sha256": cfg.sha256,

@@ -45,8 +45,16 @@ def _bos(tokenizer) -> list[int]:
     return list(with_special[: len(with_special) - len(without)]) if with_special[-len(without) :] == without else []
 
 
-def encode(tokenizer, text: str, spans: Sequence[tuple[int, int]], add_special_tokens: bool = True) -> Encoded:
-    """Tokenise ``text`` and find each response's tokens by its character span (see module docstring)."""
+def encode(
+    tokenizer, text: str, spans: Sequence[tuple[int, int]], add_special_tokens: bool = True, piecewise: bool = False
+) -> Encoded:
+    """Tokenise ``text`` and find each response's tokens by its character span (see module docstring).
+
+    ``piecewise`` always tokenizes the pieces between response boundaries
+    separately, as closed-loop simulation reads them (:class:`psysim.backends.Session`).
+    """
+    if piecewise:
+        return _pieces(tokenizer, text, spans, add_special_tokens)
     enc = tokenizer(text, add_special_tokens=add_special_tokens, return_offsets_mapping=True)
     ids, offsets = list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
     ranges = []
@@ -61,6 +69,10 @@ def encode(tokenizer, text: str, spans: Sequence[tuple[int, int]], add_special_t
     if aligned:
         return _checked(Encoded(ids, ranges))
     # A token crosses a response boundary: tokenise the pieces between boundaries separately.
+    return _pieces(tokenizer, text, spans, add_special_tokens)
+
+
+def _pieces(tokenizer, text: str, spans: Sequence[tuple[int, int]], add_special_tokens: bool) -> Encoded:
     cuts = sorted({0, len(text), *(b for span in spans for b in span)})
     piece_ranges: dict[tuple[int, int], tuple[int, int]] = {}
     ids = _bos(tokenizer) if add_special_tokens else []

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -36,9 +37,23 @@ __all__ = ["FORMAT", "RunFolder", "open_run", "write_atomic"]
 #: wrote trials.parquet only at the end and had no fingerprint.
 FORMAT = 2
 MANIFEST = "manifest.json"
+_MAIN_PART = re.compile(r"\d{3}-\d{5}\.parquet")
+#: Tables of a complete run folder, by the manifest's ``kind``.
+TABLES = {
+    "scoring": ("trials", "participants", "baselines"),
+    "simulation": ("simulated", "participants", "transcripts"),
+}
 #: Identity entries that may differ between sessions of one run without changing any score.
 _VOLATILE = frozenset({"load_seconds", "path"})
-OUTPUTS = ("trials.parquet", "participants.parquet", "baselines.parquet", "summary.csv", "report.html")
+OUTPUTS = (
+    "trials.parquet",
+    "participants.parquet",
+    "baselines.parquet",
+    "simulated.parquet",
+    "transcripts.parquet",
+    "summary.csv",
+    "report.html",
+)
 
 
 def write_atomic(path: Path, write) -> None:
@@ -151,10 +166,11 @@ class RunFolder:
         return self.parts / f"{model_index:03d}-{batch:05d}.parquet"
 
     def saved_batches(self, model_index: int) -> set[int]:
-        """The batches of this model already saved."""
+        """The batches of this model (or other unit of work) already saved."""
         out = set()
         for path in self.parts.glob(f"{model_index:03d}-*.parquet"):
-            out.add(int(path.stem.split("-")[1]))
+            if _MAIN_PART.fullmatch(path.name):
+                out.add(int(path.stem.split("-")[1]))
         return out
 
     def record_model(self, name: str, identity: dict[str, Any]) -> None:
@@ -173,15 +189,24 @@ class RunFolder:
         self.manifest["models"][name] = identity
         self._save_manifest()
 
-    def save_batch(self, model_index: int, batch: int, frame) -> None:
-        """Write one scored batch (atomically); from now on it survives any crash."""
+    def save_batch(self, model_index: int, batch: int, frame, extra: dict[str, Any] | None = None) -> None:
+        """Write one scored batch (atomically); from now on it survives any crash.
+
+        ``extra`` holds further tables of the same batch by name (e.g. the
+        simulated transcripts); they are written first, so a batch counts as
+        saved only once all of its tables are.
+        """
+        for name, table in (extra or {}).items():
+            path = self.parts / f"{model_index:03d}-{batch:05d}.{name}.parquet"
+            write_atomic(path, lambda tmp, t=table: t.to_parquet(tmp, index=False))
         write_atomic(self._part(model_index, batch), lambda tmp: frame.to_parquet(tmp, index=False))
 
-    def saved_rows(self):
-        """Every saved row, concatenated (in no particular order)."""
+    def saved_rows(self, name: str | None = None):
+        """Every saved row (of the main table, or of the extra table ``name``), concatenated, in file order."""
         import pandas as pd
 
-        paths = sorted(self.parts.glob("*.parquet"))
+        main = sorted(p for p in self.parts.glob("*.parquet") if _MAIN_PART.fullmatch(p.name))
+        paths = main if name is None else [p.with_name(f"{p.stem}.{name}.parquet") for p in main]
         return pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True) if paths else None
 
     def begin_session(self, started: str, resumed_batches: int) -> None:
@@ -217,8 +242,13 @@ class SavedRun:
         self.manifest = manifest
         self._cache: dict[str, Any] = {}
 
+    @property
+    def kind(self) -> str:
+        """``scoring`` (psysim run) or ``simulation`` (psysim simulate)."""
+        return self.manifest.get("kind", "scoring")
+
     def table(self, name: str):
-        """``trials``, ``participants`` or ``baselines``, read once from its parquet file."""
+        """A table of the run (``trials``, ``participants``, ``baselines``; ``simulated``, ``transcripts``), read once."""
         import pandas as pd
 
         if name not in self._cache:
@@ -263,7 +293,8 @@ def open_run(folder: str | os.PathLike) -> SavedRun:
             f"{shown} holds an incomplete run ({saved} of {manifest.get('batches_total', '?')} batches saved)",
             [Problem(f"resume it with the same command: psysim run {config} --out {shown}")],
         )
-    missing = [name for name in ("trials.parquet", "participants.parquet", "baselines.parquet") if not (path / name).exists()]
+    tables = TABLES.get(manifest.get("kind", "scoring"), TABLES["scoring"])
+    missing = [f"{name}.parquet" for name in tables if not (path / f"{name}.parquet").exists()]
     if missing:
         raise PsysimError(
             f"{shown} is marked complete but lacks {', '.join(missing)}",

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Backend", "ResponseScore", "ScoreRequest", "ScoreResult", "get_backend"]
+__all__ = ["Backend", "ResponseScore", "ScoreRequest", "ScoreResult", "Session", "get_backend"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,33 @@ class ScoreResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+class Session(ABC):
+    """Closed-loop reading of one transcript as it is written, keeping the model's state between trials.
+
+    Text is *read* in pieces; :meth:`options` gives the log-probability of
+    each option after everything read so far; :meth:`respond` adds the chosen
+    response as its own piece. Text between two responses is tokenized as one
+    piece and every response as another, exactly as
+    :func:`psysim.scoring.encode` does with ``piecewise=True``, so scoring
+    the finished transcript gives back the numbers seen while simulating.
+    """
+
+    #: Tokens the model has processed so far (each token once, thanks to the cache).
+    tokens_read: int = 0
+
+    @abstractmethod
+    def read(self, text: str) -> None:
+        """Append context text (instructions, a trial, feedback)."""
+
+    @abstractmethod
+    def options(self, options: Sequence[str]) -> list[float]:
+        """log p(option | everything read so far) for each option (natural log, summed over its tokens)."""
+
+    @abstractmethod
+    def respond(self, text: str) -> None:
+        """Append the response given (its own piece)."""
+
+
 class Backend(ABC):
     """A language model that scores transcripts. Subclasses: ``hf`` (transformers) and ``mock``."""
 
@@ -77,6 +104,12 @@ class Backend(ABC):
     def chat_template(self) -> str | None:
         """The model's own chat template source, if it has one."""
         return None
+
+    def session(self, add_special_tokens: bool = True, key: Any = None) -> Session:
+        """A :class:`Session` for closed-loop simulation of one participant (``key`` names it in errors)."""
+        from ..errors import ModelError
+
+        raise ModelError(f"the {type(self).__name__} backend cannot simulate participants (no closed-loop sessions)")
 
 
 def get_backend(model, base, **overrides) -> Backend:

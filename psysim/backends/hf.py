@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelError, Problem
-from . import Backend, ResponseScore, ScoreRequest, ScoreResult
+from . import Backend, ResponseScore, ScoreRequest, ScoreResult, Session
 
 _DTYPES = ("float32", "bfloat16", "float16")
 
@@ -152,6 +152,9 @@ class HFBackend(Backend):
                     progress(done)
         return [results[k] for k in range(len(encoded))]
 
+    def session(self, add_special_tokens: bool = True, key: Any = None) -> HFSession:
+        return HFSession(self, add_special_tokens, key)
+
     def _score_chunk(self, chunk):
         """Score a batch; on out-of-memory, halve it and go on."""
         import torch
@@ -205,3 +208,87 @@ def _first_useful_line(exc: Exception) -> str:
         if "size mismatch" in line or "Missing key" in line or "Unexpected key" in line:
             return line
     return lines[0] if lines else type(exc).__name__
+
+
+class HFSession(Session):
+    """Closed-loop reading with a key/value cache: every token passes through the model once.
+
+    Text read between two responses is tokenized as one piece when the model
+    next has to predict (at :meth:`options`), so pieces break exactly at
+    response boundaries, as :func:`psysim.scoring.encode` with
+    ``piecewise=True`` tokenizes the finished transcript. Only the last
+    position is projected onto the vocabulary; multi-token options continue
+    from a copy of the cache.
+    """
+
+    def __init__(self, backend: HFBackend, add_special_tokens: bool, key: Any):
+        from ..scoring import _bos
+
+        self.backend = backend
+        self.key = key
+        self.text = ""  # read but not yet tokenized
+        self.pending: list[int] = _bos(backend.tokenizer) if add_special_tokens else []
+        self.cache = None
+        self.length = 0  # tokens in the cache
+        self.last_hidden = None
+        self.tokens_read = 0
+
+    def read(self, text: str) -> None:
+        self.text += text
+
+    def respond(self, text: str) -> None:
+        self._tokenize()
+        self.pending += self.backend.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _tokenize(self) -> None:
+        if self.text:
+            self.pending += self.backend.tokenizer(self.text, add_special_tokens=False)["input_ids"]
+            self.text = ""
+
+    def _feed(self) -> None:
+        import torch
+        from transformers import DynamicCache
+
+        from ..scoring import _kv_keyword
+
+        self._tokenize()
+        if not self.pending:
+            return
+        limit = self.backend.max_length
+        if limit and self.length + len(self.pending) > limit:
+            raise ModelError(
+                f"{self.key or 'the simulated transcript'} grew to {self.length + len(self.pending)} tokens, "
+                f"longer than the context of model {self.backend.name!r} ({limit} tokens)"
+            )
+        decoder = self.backend.model.get_decoder()
+        if self.cache is None:
+            self.cache = DynamicCache()
+        device = next(self.backend.model.parameters()).device
+        with torch.inference_mode():
+            out = decoder(
+                input_ids=torch.tensor([self.pending], device=device),
+                use_cache=True,
+                **{_kv_keyword(decoder): self.cache},
+            )
+        self.cache = out.past_key_values
+        self.last_hidden = out.last_hidden_state[0, -1:]
+        self.length += len(self.pending)
+        self.tokens_read += len(self.pending)
+        self.pending = []
+
+    def options(self, options) -> list[float]:
+        import torch
+
+        from ..scoring import _cache_layers, _option_logprobs, _project, option_token_ids
+
+        self._feed()
+        if self.last_hidden is None:
+            raise ModelError(f"{self.key or 'a simulated transcript'}: nothing was read before the first response")
+        model = self.backend.model
+        tokens = [option_token_ids(self.backend.tokenizer, o) for o in options]
+        empty = [o for o, t in zip(options, tokens, strict=True) if not t]
+        if empty:
+            raise ModelError(f"option {empty[0]!r} tokenizes to nothing")
+        with torch.inference_mode():
+            first = _project(model, self.last_hidden, None)[0]
+            return _option_logprobs(model, model.get_decoder(), _cache_layers(self.cache), 0, self.length, tokens, first)

@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from . import Backend, ResponseScore, ScoreRequest, ScoreResult
+from . import Backend, ResponseScore, ScoreRequest, ScoreResult, Session
 
 VOCAB = 256  # a character-level "vocabulary": a uniform model would give log(1/256) per character
 
@@ -69,3 +69,26 @@ class MockBackend(Backend):
 
     def identity(self) -> dict[str, Any]:
         return {"backend": "mock", "name": self.name, "vocab": VOCAB}
+
+    def session(self, add_special_tokens: bool = True, key: Any = None) -> Session:
+        return MockSession()
+
+
+class MockSession(Session):
+    """Closed-loop mock: the same numbers :meth:`MockBackend.score` gives for the finished transcript."""
+
+    def __init__(self):
+        self.text = ""
+        self.head: str | None = None  # fixed at the first response, as score() hashes the text before it
+
+    def read(self, text: str) -> None:
+        self.text += text
+        self.tokens_read += len(text)
+
+    def options(self, options) -> list[float]:
+        if self.head is None:
+            self.head = hashlib.blake2b(self.text.encode(), digest_size=8).hexdigest()
+        return [mock_logprob(self.text, o, self.head) for o in options]
+
+    def respond(self, text: str) -> None:
+        self.read(text)

@@ -1,0 +1,441 @@
+"""``psysim simulate``: synthetic participants, trial by trial, in closed loop.
+
+For every model × condition × synthetic participant the model reads the
+experiment as a participant would: the persona (per condition), the
+instructions, then one trial at a time. At each trial it gives a probability
+to every option; psysim samples the response from that distribution (with the
+experiment's temperature and a seeded generator per participant), renders the
+trial's feedback for the *sampled* choice (so outcome columns of the chosen and
+the forgone option are looked up as for a person), and the history grows.
+
+The model's key/value cache is kept between trials (:class:`psysim.backends.Session`),
+so every token is processed once: the cost per participant grows with the
+transcript's length, not its square (bench/bench_simulate.py measures it).
+Scoring the finished synthetic transcript with ``psysim run``'s method gives
+back exactly the option probabilities seen while simulating (tested).
+
+Who is simulated:
+
+* without ``cohort.generate``, each real participant (in cohort order, the
+  first ``simulation.n``) gets a synthetic *twin* with the same profile doing
+  the same trials (``design: own``);
+* with ``cohort.generate``, ``simulation.n`` profiles are drawn from the
+  spec (:mod:`psysim.cohorts`), each doing the trial sequence of a seeded
+  random real participant (``design: resample``) or of one named participant.
+
+Results go to a run folder (:mod:`psysim.store`) saved per batch of
+participants, so an interrupted simulation resumes without duplicating or
+losing anyone: ``simulated.parquet`` (one row per model × condition ×
+participant × trial), ``transcripts.parquet`` (every synthetic transcript,
+Psych-201 style) and ``participants.parquet`` (the synthetic profiles).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .backends import Backend, get_backend
+from .errors import ConfigError, PsysimError
+from .experiment import Experiment
+from .participants import Profile
+from .prompts import derangement, render_persona
+from .transcripts import CLOSE, OPEN
+
+__all__ = ["SIM_COLUMNS", "SimParticipant", "SimulationResult", "plan", "simulate_experiment", "simulate_participant"]
+
+#: Columns of simulated.parquet, in order (documented in docs/results.md).
+SIM_COLUMNS = [
+    "model",
+    "condition",
+    "participant",
+    "experiment",
+    "trial",
+    "trial_number",
+    "design_of",
+    "persona_of",
+    "item",
+    "options",
+    "option_logprobs",
+    "option_probs",
+    "sampling_probs",
+    "response",
+    "human_response",
+]
+TRANSCRIPT_COLUMNS = ["model", "condition", "participant", "experiment", "design_of", "persona_of", "text", "tokens_read"]
+
+
+@dataclass(frozen=True)
+class SimParticipant:
+    """One synthetic participant: id, profile, whose trial sequence they do, and where the profile came from."""
+
+    id: str
+    profile: Profile
+    design_of: str
+    #: The real participant whose profile this is (twin) or was resampled from; None when drawn field by field.
+    source: str | None
+    #: A twin: a real participant's own profile doing that participant's own trials (their responses are known).
+    twin: bool = False
+
+
+@dataclass
+class SimulationResult:
+    """What a simulation produced: its tables, where they were written, and the manifest."""
+
+    simulated: Any
+    transcripts: Any
+    participants: Any
+    out: Path
+    manifest: dict[str, Any]
+    #: Batches saved by an earlier session and reused (all of them when the folder was already complete).
+    reused: int = 0
+
+
+def _structured(exp: Experiment):
+    if exp.task is None:
+        raise ConfigError(
+            "psysim simulate needs a structured experiment (data.format: trials)",
+            [
+                exp.config.problem(
+                    ("data", "format"),
+                    "expected trials (a trial table and templates the model can answer trial by trial), "
+                    f"found {exp.config.data.format}: a Psych-201 transcript cannot be re-rendered for new responses",
+                )
+            ],
+        )
+    return exp.task
+
+
+def plan(exp: Experiment, n: int | None = None) -> list[SimParticipant]:
+    """The synthetic participants of the experiment (see the module docstring), ``n`` overriding ``simulation.n``."""
+    import numpy as np
+
+    cfg = exp.config
+    task = _structured(exp)
+    sim = cfg.simulation
+    n = n if n is not None else sim.n
+    if n is not None and n < 1:
+        raise ConfigError(f"the number of synthetic participants must be at least 1, found {n}")
+    designs = [p for p in exp.participants if p in task.trials]
+    generated = cfg.cohort.generate is not None
+    design = sim.design or ("resample" if generated else "own")
+    if design not in ("own", "resample") and design not in task.trials:
+        raise ConfigError(
+            "unknown simulation design",
+            [
+                cfg.problem(
+                    ("simulation", "design"),
+                    f"expected own, resample or a participant id of the trial table, found {design!r}",
+                )
+            ],
+        )
+    if not generated:
+        n = len(designs) if n is None else n
+        if n > len(designs):
+            raise ConfigError(
+                f"simulation.n is {n}, but the cohort has {len(designs)} participants",
+                [
+                    cfg.problem(
+                        ("simulation", "n") if sim.n is not None else ("cohort",),
+                        "twins of real participants are at most as many as the cohort; "
+                        "add cohort.generate to draw more synthetic profiles",
+                    )
+                ],
+            )
+        if design == "resample":
+            rng = np.random.default_rng([cfg.seed, 1])
+            picks = [designs[i] for i in rng.integers(0, len(designs), size=n)]
+        else:
+            picks = designs[:n] if design == "own" else [design] * n
+        return [SimParticipant(pid, exp.profile(pid), d, pid, twin=d == pid) for pid, d in zip(designs[:n], picks, strict=True)]
+
+    from .cohorts import check_spec, generate_profiles
+
+    problems = check_spec(cfg, exp.schema)
+    if problems:
+        raise ConfigError("cohort.generate cannot produce valid profiles", problems)
+    n = len(exp.participants) if n is None else n
+    profiles, sources = generate_profiles(cfg, exp.schema, exp.cohort, n, cfg.seed)
+    if design == "own":
+        raise ConfigError(
+            "generated participants have no trials of their own",
+            [cfg.problem(("simulation", "design"), "expected resample or a participant id with cohort.generate, found own")],
+        )
+    if design == "resample":
+        rng = np.random.default_rng([cfg.seed, 1])
+        picks = [designs[i] for i in rng.integers(0, len(designs), size=n)]
+    else:
+        picks = [design] * n
+    return [SimParticipant(p.participant, p, d, sources.get(p.participant)) for p, d in zip(profiles, picks, strict=True)]
+
+
+def _softmax(values, temperature: float = 1.0) -> list[float]:
+    if temperature == 0:
+        best = max(range(len(values)), key=lambda i: (values[i], -i))  # ties: the first option, as predicted_option
+        return [1.0 if i == best else 0.0 for i in range(len(values))]
+    scaled = [v / temperature for v in values]
+    top = max(scaled)
+    weights = [math.exp(v - top) for v in scaled]
+    total = math.fsum(weights)
+    return [w / total for w in weights]
+
+
+def simulate_participant(exp: Experiment, session, who: SimParticipant, persona: str, *, temperature: float, rng):
+    """Run one synthetic participant through the task in ``session``; returns (rows, transcript text, spans).
+
+    ``rows`` are dicts with the per-trial columns of :data:`SIM_COLUMNS` that
+    do not depend on the model or condition. The text is what the model read
+    (persona included), with every response in ``<<…>>``.
+    """
+    task = exp.task
+    trials = task.trials[who.design_of]
+    sep = task.config.separator
+    text = persona
+    if "instructions" in task.templates:
+        text += task.instructions(who.design_of) + sep
+    session.read(text)
+    rows, spans = [], []
+    for k, trial in enumerate(trials):
+        if not trial.options:
+            raise PsysimError(
+                f"trial {trial.number} of participant {who.design_of} has no options: a synthetic response is sampled "
+                "from the options (set data.options)"
+            )
+        before, _ = task.render_trial(trial, trial.options[0])  # the text before the response does not depend on it
+        session.read(before + OPEN)
+        text += before + OPEN
+        lps = session.options(list(trial.options))
+        probs = _softmax(lps)
+        sampling = _softmax(lps, temperature)
+        choice = trial.options[int(rng.choice(len(sampling), p=sampling))]
+        session.respond(choice)
+        spans.append((len(text), len(text) + len(choice)))
+        _, after = task.render_trial(trial, choice)  # feedback for the sampled choice
+        tail = CLOSE + after + (sep if k < len(trials) - 1 else "")
+        session.read(tail)
+        text += choice + tail
+        rows.append(
+            {
+                "trial": k,
+                "trial_number": trial.number,
+                "design_of": who.design_of,
+                "item": before.strip(),
+                "options": list(trial.options),
+                "option_logprobs": lps,
+                "option_probs": probs,
+                "sampling_probs": sampling,
+                "response": choice,
+                "human_response": trial.response if who.twin else None,
+            }
+        )
+    return rows, text, spans
+
+
+def simulate_experiment(
+    exp: Experiment,
+    *,
+    out: str | os.PathLike | None = None,
+    n: int | None = None,
+    dry_run: bool = False,
+    progress: bool = True,
+    backends: dict[str, Backend] | None = None,
+    restart: bool = False,
+) -> SimulationResult:
+    """Simulate every model × condition × synthetic participant into a resumable run folder (module docstring)."""
+    import numpy as np
+    import pandas as pd
+
+    from .run import _inputs, _now, _progress, _quiet_transformers, _versions, check_writable
+    from .store import FORMAT, RunFolder
+
+    cfg = exp.config
+    sim = cfg.simulation
+    folder = Path(out) if out is not None else cfg.output.with_name(cfg.output.name + "-simulated")
+    check_writable(folder)
+    people = plan(exp, n)
+    ids = [p.id for p in people]
+    shuffle = derangement(ids, cfg.seed) if any(c.type == "shuffled_persona" for c in cfg.conditions) else {}
+    by_id = {p.id: p for p in people}
+    size = cfg.save_every
+    batches = [people[i : i + size] for i in range(0, len(people), size)]
+    units = [(m, ci, c) for m in cfg.models for ci, c in enumerate(cfg.conditions)]
+    manifest = _manifest(exp, people, len(batches) * len(units), dry_run, n)
+    manifest.update(psysim_run=FORMAT, inputs=_inputs(exp), versions=_versions(), started=_now(time.time()))
+    manifest["fingerprint"] = _fingerprint(manifest)
+    started = time.time()
+    store = RunFolder.open(folder, manifest, restart=restart)
+    if store.complete:
+        return _load(folder, store.manifest)
+    todo = {u: [b for b in range(len(batches)) if b not in store.saved_batches(u)] for u in range(len(units))}
+    resumed = sum(len(batches) - len(t) for t in todo.values())
+    store.begin_session(_now(started), resumed)
+    try:
+        for model in cfg.models:
+            mine = [u for u, (m, _, _) in enumerate(units) if m is model and todo[u]]
+            if not mine:
+                continue
+            if backends and model.name in backends:
+                backend = backends[model.name]
+            elif dry_run:
+                from .backends.mock import MockBackend
+
+                backend = MockBackend(model.name)
+            else:
+                _quiet_transformers(progress)
+                backend = get_backend(model, cfg.folder)
+            store.record_model(model.name, backend.identity())
+            total = len(people) * len([u for u, (m, _, _) in enumerate(units) if m is model])
+            done = total - sum(len(batches[b]) for u in mine for b in todo[u])
+            bar = _progress(total, model.name, enabled=progress, initial=done)
+            for u in mine:
+                _, ci, cond = units[u]
+                for b in todo[u]:
+                    rows, transcripts = [], []
+                    for who in batches[b]:
+                        persona_of = (
+                            None
+                            if cond.type == "no_persona"
+                            else (shuffle[who.id] if cond.type == "shuffled_persona" else who.id)
+                        )
+                        persona = (
+                            render_persona(
+                                exp.persona_templates[cond.name],
+                                by_id[persona_of].profile,
+                                exp.schema,
+                                experiment=exp.task.experiment,
+                            )
+                            if persona_of
+                            else ""
+                        )
+                        index = ids.index(who.id)
+                        rng = np.random.default_rng([cfg.seed, model.index, ci, index])  # independent of batching and resume
+                        session = backend.session(add_special_tokens=True, key=f"participant {who.id} ({cond.name})")
+                        per_trial, text, _ = simulate_participant(
+                            exp, session, who, persona, temperature=sim.temperature, rng=rng
+                        )
+                        common = {
+                            "model": model.name,
+                            "condition": cond.name,
+                            "participant": who.id,
+                            "experiment": exp.task.experiment,
+                        }
+                        rows += [{**common, "persona_of": persona_of, **r} for r in per_trial]
+                        transcripts.append(
+                            {
+                                **common,
+                                "design_of": who.design_of,
+                                "persona_of": persona_of,
+                                "text": text,
+                                "tokens_read": session.tokens_read,
+                            }
+                        )
+                        done += 1
+                        if bar:
+                            bar.update_to(done)
+                    store.save_batch(
+                        u,
+                        b,
+                        pd.DataFrame(rows, columns=SIM_COLUMNS),
+                        extra={"transcripts": pd.DataFrame(transcripts, columns=TRANSCRIPT_COLUMNS)},
+                    )
+            if bar:
+                bar.close()
+            del backend
+        simulated = store.saved_rows()
+        transcripts = store.saved_rows("transcripts")
+        order = {(m.name, c.name): i for i, (m, _, c) in enumerate(units)}
+        rank = {pid: i for i, pid in enumerate(ids)}
+
+        def canonical(frame, by):
+            keys = frame.assign(
+                _u=[order[(a, b)] for a, b in zip(frame["model"], frame["condition"], strict=True)],
+                _p=frame["participant"].map(rank),
+            )
+            return keys.sort_values(["_u", "_p", *by], kind="stable").drop(columns=["_u", "_p"]).reset_index(drop=True)
+
+        simulated = canonical(simulated, ["trial"])[SIM_COLUMNS]
+        transcripts = canonical(transcripts, [])[TRANSCRIPT_COLUMNS]
+        store.write_table("simulated.parquet", simulated)
+        store.write_table("transcripts.parquet", transcripts)
+        store.write_table("participants.parquet", participant_profiles(exp, people))
+    finally:
+        store.end_session(time.time() - started)
+    store.finish({"finished": _now(time.time())})
+    return SimulationResult(
+        simulated, transcripts, pd.read_parquet(folder / "participants.parquet"), folder, store.manifest, resumed
+    )
+
+
+def participant_profiles(exp: Experiment, people: list[SimParticipant]):
+    """``participants.parquet`` of a simulation: id, design_of, source and ``profile.<field>`` columns (typed)."""
+    import pandas as pd
+
+    rows = []
+    for p in people:
+        row = {"participant": p.id, "design_of": p.design_of, "source": p.source}
+        row.update({f"profile.{f}": p.profile.values.get(f) for f in exp.schema.fields})
+        rows.append(row)
+    table = pd.DataFrame(rows, columns=["participant", "design_of", "source", *(f"profile.{f}" for f in exp.schema.fields)])
+    for f in exp.schema.fields:
+        values = [v for v in table[f"profile.{f}"] if v is not None and not (isinstance(v, float) and math.isnan(v))]
+        if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            table[f"profile.{f}"] = pd.array(list(table[f"profile.{f}"]), dtype="Int64")
+    return table
+
+
+def _manifest(exp: Experiment, people, batches_total: int, dry_run: bool, n: int | None) -> dict[str, Any]:
+    import platform
+
+    cfg = exp.config
+    config = {k: v for k, v in cfg.raw.items() if k not in ("output", "description")}
+    return {
+        "kind": "simulation",
+        "experiment": cfg.name,
+        "config_path": str(cfg.path),
+        "config_sha256": cfg.sha256,
+        "config": config,
+        "seed": cfg.seed,
+        "dry_run": dry_run,
+        "limit": n,
+        "participants": len(people),
+        "participant_ids": [p.id for p in people],
+        "save_every": cfg.save_every,
+        "batches_total": batches_total,
+        "simulation": {
+            "n": len(people),
+            "temperature": cfg.simulation.temperature,
+            "design": cfg.simulation.design or ("resample" if cfg.cohort.generate else "own"),
+            "generated": cfg.cohort.generate is not None,
+        },
+        "model_order": [m.name for m in cfg.models],
+        "conditions": [c.name for c in cfg.conditions],
+        "condition_types": {c.name: {"type": c.type, "format": c.format} for c in cfg.conditions},
+        "python": platform.python_version(),
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
+    }
+
+
+def _fingerprint(manifest: dict[str, Any]) -> str:
+    import hashlib
+    import json
+
+    key = {k: manifest[k] for k in ("kind", "config", "inputs", "limit", "dry_run")}
+    key["psysim"] = manifest["versions"]["psysim"]
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
+
+def _load(folder: Path, manifest: dict[str, Any]) -> SimulationResult:
+    import pandas as pd
+
+    return SimulationResult(
+        pd.read_parquet(folder / "simulated.parquet"),
+        pd.read_parquet(folder / "transcripts.parquet"),
+        pd.read_parquet(folder / "participants.parquet"),
+        folder,
+        manifest,
+        reused=manifest.get("batches_total", 0),
+    )

@@ -1,0 +1,233 @@
+"""Closed-loop simulation: sampling, feedback from the sampled choice, KV-cache exactness, seeds, resume.
+
+The central check: a synthetic transcript written by a tiny random-weight
+Llama (hf backend, key/value cache kept across trials) is scored again with
+the single-pass scoring method; every option probability recorded while
+simulating must come back within 1e-5. That shows the cache, the piecewise
+tokenization and the feedback loop are exact, not approximately right.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from pandas.testing import assert_frame_equal
+from test_run import error_of, save_tiny
+from test_trials import COHORT, FEEDBACK, INSTRUCTIONS, SCHEMA, TRIAL, TRIALS
+
+from psysim.simulate import SIM_COLUMNS, _softmax
+
+YAML = """\
+name: gambles
+seed: 1
+data:
+  format: trials
+  path: trials.csv
+  options: {column: options}
+  templates:
+    instructions: instructions.jinja
+    trial: trial.jinja
+    feedback: feedback.jinja
+cohort:
+  schema: schema.json
+  path: cohort.csv
+models:
+  - name: tiny
+    source: tiny-model
+conditions: [no_persona, persona, shuffled_persona]
+"""
+
+
+@pytest.fixture
+def gambles(tmp_path, monkeypatch):
+    """The structured two-participant gamble task of tests/test_trials.py, in tmp_path."""
+    monkeypatch.chdir(tmp_path)
+    files = {
+        "experiment.yaml": YAML,
+        "trials.csv": TRIALS,
+        "cohort.csv": COHORT,
+        "schema.json": json.dumps(SCHEMA),
+        "instructions.jinja": INSTRUCTIONS,
+        "trial.jinja": TRIAL,
+        "feedback.jinja": FEEDBACK,
+    }
+    for name, text in files.items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    return tmp_path
+
+
+def simulate(run_cli, *args):
+    r = run_cli("simulate", "experiment.yaml", "-q", *args)
+    assert r.exit_code == 0, r.stderr
+    out = args[args.index("--out") + 1]
+    return {name: pd.read_parquet(f"{out}/{name}.parquet") for name in ("simulated", "transcripts", "participants")}
+
+
+def test_dry_run_tables_and_feedback_follow_the_sampled_choice(gambles, run_cli):
+    """Twins of both participants × 3 conditions; each transcript's feedback pays the sampled option's payoff."""
+    t = simulate(run_cli, "--dry-run", "--out", "out")
+    sim, tr = t["simulated"], t["transcripts"]
+    assert list(sim.columns) == SIM_COLUMNS
+    assert len(sim) == 3 * (3 + 2) and len(tr) == 3 * 2
+    payoffs = {("1", 1): (1, 2), ("1", 2): (5, 6), ("1", 10): (3, 4), ("2", 1): (5, 6), ("2", 2): (7, 8)}
+    for row in tr.itertuples(index=False):
+        rows = sim[(sim["condition"] == row.condition) & (sim["participant"] == row.participant)]
+        wins = [int(x) for x in re.findall(r"You win (\d+) points", row.text)]
+        assert wins == [
+            payoffs[(row.participant, n)][0 if r == "A" else 1]
+            for n, r in zip(rows["trial_number"], rows["response"], strict=True)
+        ]
+        assert re.findall(r"<<(\w)>>", row.text) == rows["response"].tolist()
+    twins = sim[sim["condition"] == "no_persona"]
+    assert twins["human_response"].tolist() == ["A", "B", "B", "B", "A"]  # the real people's own answers beside
+    assert sim["design_of"].tolist() == sim["participant"].tolist()
+    for r in sim.itertuples(index=False):
+        assert math.fsum(r.option_probs) == pytest.approx(1.0, abs=1e-12)
+        assert list(r.option_probs) == pytest.approx(_softmax(list(r.option_logprobs)))
+    assert t["participants"]["participant"].tolist() == ["1", "2"]
+    assert t["participants"]["profile.gender"].tolist() == ["Female", "Male"]
+
+
+def test_sampling_is_the_documented_seeded_draw(gambles, run_cli):
+    """Each response is numpy's default_rng([seed, model, condition, participant]).choice over sampling_probs."""
+    t = simulate(run_cli, "--dry-run", "--out", "out")
+    sim = t["simulated"]
+    conditions = ["no_persona", "persona", "shuffled_persona"]
+    for (cond, pid), rows in sim.groupby(["condition", "participant"], sort=False):
+        rng = np.random.default_rng([1, 0, conditions.index(cond), ["1", "2"].index(pid)])
+        expected = [r.options[int(rng.choice(len(r.sampling_probs), p=list(r.sampling_probs)))] for r in rows.itertuples()]
+        assert rows["response"].tolist() == expected
+
+
+def test_temperature_zero_always_takes_the_most_probable_option(gambles, run_cli):
+    (gambles / "experiment.yaml").write_text(YAML + "simulation:\n  temperature: 0\n", encoding="utf-8")
+    sim = simulate(run_cli, "--dry-run", "--out", "out")["simulated"]
+    for r in sim.itertuples(index=False):
+        best = max(range(len(r.options)), key=lambda i: (r.option_logprobs[i], -i))
+        assert r.response == r.options[best]
+        assert list(r.sampling_probs) == [1.0 if i == best else 0.0 for i in range(len(r.options))]
+
+
+def test_temperature_scales_the_sampling_distribution(gambles, run_cli):
+    (gambles / "experiment.yaml").write_text(YAML + "simulation:\n  temperature: 2.5\n", encoding="utf-8")
+    sim = simulate(run_cli, "--dry-run", "--out", "out")["simulated"]
+    for r in sim.itertuples(index=False):
+        lp = np.array(r.option_logprobs) / 2.5
+        expected = np.exp(lp - lp.max()) / np.exp(lp - lp.max()).sum()
+        assert list(r.sampling_probs) == pytest.approx(expected.tolist(), abs=1e-12)
+
+
+def test_same_seed_same_synthetic_data_and_resume_after_interrupt(gambles, run_cli, monkeypatch):
+    """Two fresh simulations are identical; one interrupted after its first batch resumes to the same tables."""
+    from psysim.backends.mock import MockSession
+
+    (gambles / "experiment.yaml").write_text(YAML + "scoring:\n  save_every: 1\n", encoding="utf-8")
+    a = simulate(run_cli, "--dry-run", "--out", "a")
+    b = simulate(run_cli, "--dry-run", "--out", "b")
+    for name in a:
+        assert_frame_equal(a[name], b[name], check_exact=True)
+
+    real = MockSession.options
+    calls = []
+
+    def interrupted(self, options):
+        calls.append(1)
+        if len(calls) == 4:  # participant 1 has 3 trials: the interrupt lands in the second batch
+            raise KeyboardInterrupt
+        return real(self, options)
+
+    monkeypatch.setattr(MockSession, "options", interrupted)
+    r = run_cli("simulate", "experiment.yaml", "-q", "--dry-run", "--out", "c")
+    assert r.exit_code == 130
+    assert "interrupted: every simulated batch is saved in c; run the same command again to resume" in r.stderr
+    monkeypatch.setattr(MockSession, "options", real)
+    r = run_cli("simulate", "experiment.yaml", "-q", "--dry-run", "--out", "c")
+    assert r.exit_code == 0 and "resumed: 1 saved batches reused" in r.stdout
+    c = {name: pd.read_parquet(f"c/{name}.parquet") for name in a}
+    for name in a:
+        assert_frame_equal(a[name], c[name], check_exact=True)
+
+
+def test_hf_simulation_is_exact_against_single_pass_scoring(gambles, run_cli, hf):
+    """Tiny Llama in closed loop with its KV cache; rescoring each synthetic transcript gives the same options' logprobs."""
+    import torch
+
+    import psysim
+    from psysim.scoring import encode, option_token_ids, score_encoded
+
+    save_tiny(gambles / "tiny-model", hf)
+    t = simulate(run_cli, "--out", "out")
+    exp = psysim.load_experiment("experiment.yaml")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained("tiny-model").eval()
+    tok = AutoTokenizer.from_pretrained("tiny-model")
+    sim = t["simulated"]
+    checked = 0
+    for row in t["transcripts"].itertuples(index=False):
+        rows = sim[(sim["condition"] == row.condition) & (sim["participant"] == row.participant)]
+        spans = [m.span(1) for m in re.finditer(r"<<(.*?)>>", row.text)]
+        enc = encode(tok, row.text, spans, add_special_tokens=True, piecewise=True)
+        # The cache read every token once: everything before the last response, nothing twice.
+        assert row.tokens_read == enc.ranges[-1][0]
+        options = [[option_token_ids(tok, o) for o in opts] for opts in rows["options"]]
+        with torch.no_grad():
+            scores = score_encoded(model, [enc], [options])[0]
+        for (lp, _, opt_lp), r in zip(scores, rows.itertuples(index=False), strict=True):
+            assert list(r.option_logprobs) == pytest.approx(opt_lp, abs=1e-5)
+            assert lp == pytest.approx(r.option_logprobs[list(r.options).index(r.response)], abs=1e-5)
+            checked += 1
+    assert checked == len(sim) == 15
+    assert exp.config.simulation.temperature == 1.0
+
+
+def test_n_larger_than_the_cohort_needs_generate(gambles, run_cli):
+    r = run_cli("simulate", "experiment.yaml", "-q", "--dry-run", "--out", "out", "--n", "5")
+    assert r.exit_code == 2
+    message = error_of(r.stderr)
+    assert message.startswith("error: simulation.n is 5, but the cohort has 2 participants")
+    assert "add cohort.generate to draw more synthetic profiles" in message
+
+
+@pytest.mark.parametrize("n", ["0", "-3"])
+def test_n_must_be_positive(gambles, run_cli, n):
+    r = run_cli("simulate", "experiment.yaml", "-q", "--dry-run", "--out", "out", "--n", n)
+    assert r.exit_code == 2
+    assert f"Invalid value for --n: expected at least 1, found {n}" in r.stderr
+
+
+def test_negative_temperature_is_a_located_error(gambles, run_cli):
+    (gambles / "experiment.yaml").write_text(YAML + "simulation:\n  temperature: -0.5\n", encoding="utf-8")
+    r = run_cli("simulate", "experiment.yaml", "-q", "--dry-run", "--out", "out")
+    assert r.exit_code == 2
+    assert "experiment.yaml:19:16: simulation.temperature: expected a number ≥ 0, found a number -0.5" in r.stderr
+
+
+def test_psych201_data_cannot_be_simulated(toy, run_cli):
+    from test_run import DRY
+
+    toy.write_yaml(DRY)
+    r = run_cli("simulate", "experiment.yaml", "-q", "--dry-run", "--out", "out")
+    assert r.exit_code == 2
+    assert "error: psysim simulate needs a structured experiment (data.format: trials)" in r.stderr
+    assert "experiment.yaml:4:11: data.format: expected trials" in r.stderr
+
+
+def test_unknown_design_participant(gambles, run_cli):
+    (gambles / "experiment.yaml").write_text(YAML + "simulation:\n  design: '7'\n", encoding="utf-8")
+    r = run_cli("simulate", "experiment.yaml", "-q", "--dry-run", "--out", "out")
+    assert r.exit_code == 2
+    assert "simulation.design: expected own, resample or a participant id of the trial table, found '7'" in r.stderr
+
+
+def test_fixed_design_gives_everyone_the_same_trials(gambles, run_cli):
+    (gambles / "experiment.yaml").write_text(YAML + "simulation:\n  design: '2'\n", encoding="utf-8")
+    sim = simulate(run_cli, "--dry-run", "--out", "out")["simulated"]
+    assert set(sim["design_of"]) == {"2"}
+    assert sim.groupby(["condition", "participant"]).size().eq(2).all()
+    assert sim[sim["participant"] == "1"]["human_response"].isna().all()  # not participant 1's own trials
