@@ -255,6 +255,20 @@ def report(run_dir: Path, out: Path | None) -> None:
 
 
 @cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "psych201"]), required=True, help="What to write.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Where (default: RUN_DIR/export).")
+def export(run_dir: Path, fmt: str, out: Path | None) -> None:
+    """Export a run as tidy CSV or Parquet (one row per response, profiles joined), or a simulation's
+    synthetic transcripts as Psych-201 JSONL; always with data_dictionary.csv describing every column.
+    """
+    from .export import export_run
+
+    for path in export_run(run_dir, fmt, out):
+        click.echo(f"wrote {display_path(path)}")
+
+
+@cli.command()
 def templates() -> None:
     """List the built-in persona and chat templates."""
     from .prompts import builtin_templates

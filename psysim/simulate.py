@@ -66,7 +66,17 @@ SIM_COLUMNS = [
     "response",
     "human_response",
 ]
-TRANSCRIPT_COLUMNS = ["model", "condition", "participant", "experiment", "design_of", "persona_of", "text", "tokens_read"]
+TRANSCRIPT_COLUMNS = [
+    "model",
+    "condition",
+    "participant",
+    "experiment",
+    "design_of",
+    "persona_of",
+    "persona",
+    "text",
+    "tokens_read",
+]
 
 
 @dataclass(frozen=True)
@@ -329,6 +339,7 @@ def simulate_experiment(
                                 **common,
                                 "design_of": who.design_of,
                                 "persona_of": persona_of,
+                                "persona": persona,
                                 "text": text,
                                 "tokens_read": session.tokens_read,
                             }

@@ -1,0 +1,88 @@
+"""psysim export: tidy CSV and Parquet that read back exactly, Psych-201 JSONL that psysim reads back, a data dictionary."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from test_simulate import gambles, simulate  # noqa: F401 (gambles is a fixture)
+
+from psysim.transcripts import read_psych201
+
+
+def test_csv_and_parquet_of_a_simulation_read_back_equal(gambles, run_cli):  # noqa: F811
+    t = simulate(run_cli, "--dry-run", "--out", "out")
+    for fmt in ("csv", "parquet"):
+        r = run_cli("export", "out", "--format", fmt)
+        assert r.exit_code == 0, r.stderr
+        assert r.stdout.splitlines() == [f"wrote out/export/simulated.{fmt}", "wrote out/export/data_dictionary.csv"]
+    parquet = pd.read_parquet("out/export/simulated.parquet")
+    csv = pd.read_csv("out/export/simulated.csv", dtype={"participant": str, "design_of": str, "persona_of": str, "source": str})
+    sim = t["simulated"]
+    assert len(parquet) == len(csv) == len(sim)
+    assert parquet[sim.columns.tolist()].astype(str).equals(sim.astype(str))  # the simulation's rows, unchanged
+    for column in ("options", "option_probs", "option_logprobs", "sampling_probs"):
+        assert [json.loads(v) for v in csv[column]] == [list(v) for v in sim[column]]  # JSON lists: exact round trip
+    assert csv["response"].tolist() == sim["response"].tolist()
+    # profiles joined per participant; one probability column per option
+    profile = t["participants"].set_index("participant")
+    assert csv["profile.gender"].tolist() == [profile.at[p, "profile.gender"] for p in sim["participant"]]
+    assert csv["prob.A"].tolist() == pytest.approx([p[0] for p in sim["option_probs"]], abs=1e-15)
+    assert csv["prob.B"].tolist() == pytest.approx([p[1] for p in sim["option_probs"]], abs=1e-15)
+
+
+def test_psych201_export_is_read_back_by_psysim(gambles, run_cli):  # noqa: F811
+    """One JSONL per model × condition; text without the persona; profile fields as keys; read_psych201 parses it."""
+    t = simulate(run_cli, "--dry-run", "--out", "out")
+    r = run_cli("export", "out", "--format", "psych201")
+    assert r.exit_code == 0, r.stderr
+    tr = t["transcripts"]
+    for cond in ("no_persona", "persona", "shuffled_persona"):
+        records = read_psych201(f"out/export/tiny__{cond}.jsonl")
+        expected = tr[tr["condition"] == cond]
+        assert [rec.transcript.participant for rec in records] == expected["participant"].tolist()
+        for rec, row in zip(records, expected.itertuples(index=False), strict=True):
+            assert rec.transcript.text == row.text[len(row.persona) :]
+            sim = t["simulated"]
+            mine = sim[(sim["condition"] == cond) & (sim["participant"] == row.participant)]
+            assert [x.text for x in rec.transcript.responses] == mine["response"].tolist()
+    first = [json.loads(line) for line in open("out/export/tiny__persona.jsonl", encoding="utf-8")]
+    assert first[0]["age"] == 31.0 and first[0]["gender"] == "Female"
+    assert "age" not in first[1]  # p2's age is unknown: left out, never "nan"
+
+
+def test_data_dictionary_covers_every_column_of_every_file(gambles, run_cli):  # noqa: F811
+    simulate(run_cli, "--dry-run", "--out", "out")
+    for fmt in ("csv", "psych201"):
+        assert run_cli("export", "out", "--format", fmt).exit_code == 0
+    dictionary = pd.read_csv("out/export/data_dictionary.csv")
+    files = {"simulated.csv": list(pd.read_csv("out/export/simulated.csv").columns)}
+    files |= {f"tiny__{c}.jsonl": ["text", "experiment", "participant", "age", "gender"] for c in ("no_persona", "persona")}
+    for name, columns in files.items():
+        described = dictionary[dictionary["file"] == name]
+        assert set(columns) <= set(described["column"]), name
+        assert described["meaning"].str.len().gt(10).all()
+    row = dictionary[(dictionary["file"] == "simulated.csv") & (dictionary["column"] == "option_probs")].iloc[0]
+    assert row["type"] == "list of numbers"
+    assert row["meaning"].startswith("The model's probability of each option")
+
+
+def test_scoring_runs_export_as_tables_but_not_as_transcripts(toy, run_cli):
+    from test_run import DRY
+
+    toy.write_yaml(DRY)
+    assert run_cli("run", "experiment.yaml", "--dry-run", "-q", "--out", "out").exit_code == 0
+    r = run_cli("export", "out", "--format", "csv")
+    assert r.exit_code == 0, r.stderr
+    table = pd.read_csv("out/export/trials.csv")
+    assert len(table) == 36 and "profile.gender" in table and "prob.A" in table
+    r = run_cli("export", "out", "--format", "psych201")
+    assert r.exit_code == 2
+    assert "error: out is a scoring run: it holds scores of human transcripts, not new transcripts" in r.stderr
+
+
+def test_export_of_an_incomplete_or_missing_run(tmp_path, run_cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = run_cli("export", "nowhere", "--format", "csv")
+    assert r.exit_code == 2 and "error: run folder not found: nowhere" in r.stderr
