@@ -19,19 +19,26 @@ not outweigh a short one).
 
 from __future__ import annotations
 
+import itertools
 import math
 
 __all__ = [
     "CONDITION_KEYS",
     "compare_conditions",
     "condition_metrics",
+    "distribution_distance",
     "headroom_recovered",
+    "jensen_shannon",
+    "ordinal_values",
     "paired_bootstrap",
     "participant_metrics",
+    "population_comparison",
     "post_training_d",
     "predicted_option",
+    "proportions",
     "response_metrics",
     "study_metrics",
+    "wasserstein",
 ]
 
 #: The columns that identify one scored condition.
@@ -181,3 +188,111 @@ def headroom_recovered(model: float, population: float, ceiling: float) -> float
     """
     gap = population - ceiling
     return (population - model) / gap if gap > 0 else math.nan
+
+
+def proportions(responses, options) -> list[float]:
+    """The share of ``responses`` equal to each option (in the order of ``options``); NaN shares without responses."""
+    responses = list(responses)
+    if not responses:
+        return [math.nan] * len(options)
+    return [sum(r == o for r in responses) / len(responses) for o in options]
+
+
+def jensen_shannon(p, q) -> float:
+    """Jensen–Shannon divergence of two distributions over the same options, in bits (0: equal, 1: disjoint)."""
+    m = [(a + b) / 2 for a, b in zip(p, q, strict=True)]
+
+    def kl(x, y):
+        return math.fsum(a * math.log2(a / b) for a, b in zip(x, y, strict=True) if a > 0)
+
+    return (kl(p, m) + kl(q, m)) / 2
+
+
+def wasserstein(p, q, values) -> float:
+    """Wasserstein-1 (earth mover's) distance between two distributions over ordered numeric ``values``.
+
+    In the units of the scale (e.g. Likert points): the area between the two
+    cumulative distributions.
+    """
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    total, cp, cq = 0.0, 0.0, 0.0
+    for a, b in itertools.pairwise(order):
+        cp += p[a]
+        cq += q[a]
+        total += abs(cp - cq) * (values[b] - values[a])
+    return total
+
+
+def ordinal_values(options) -> list[float] | None:
+    """The options as numbers when every option is one (a rating scale: ordinal), else None (nominal)."""
+    try:
+        return [float(o) for o in options]
+    except (TypeError, ValueError):
+        return None
+
+
+def distribution_distance(p, q, options) -> tuple[str, float]:
+    """``("wasserstein", d)`` for numeric (ordinal) options, else ``("jsd", d)``."""
+    values = ordinal_values(options)
+    if values is not None:
+        return "wasserstein", wasserstein(p, q, values)
+    return "jsd", jensen_shannon(p, q)
+
+
+def population_comparison(synthetic, humans, *, seed: int, n_boot: int = 200, by: str | None = None, level=None):
+    """Synthetic vs human response distributions, item by item, beside the humans' own sampling noise.
+
+    ``synthetic`` has one row per model × condition × synthetic participant ×
+    trial (``simulated.parquet``), ``humans`` one row per human response
+    (``humans.parquet``); items are matched by experiment and item text.
+    Per model × condition × item: the response proportions of both, their
+    distance (:func:`distribution_distance`: Wasserstein-1 in scale points for
+    numeric rating options, else Jensen–Shannon divergence in bits), and the
+    *noise floor*: the mean distance between the humans' proportions and those
+    of ``n`` responses resampled from the humans (``n`` = the number of
+    synthetic responses; ``n_boot`` seeded resamples) — the distance a perfect
+    simulator would still show from sampling alone — with its 95th percentile.
+    ``by``/``level`` restrict both to participants whose ``profile.<by>`` equals
+    ``level`` (a subgroup).
+    """
+    import numpy as np
+    import pandas as pd
+
+    if by is not None:
+        synthetic = synthetic[synthetic[f"profile.{by}"].astype(str) == str(level)]
+        humans = humans[humans[f"profile.{by}"].astype(str) == str(level)]
+    rng = np.random.default_rng(seed)
+    human_items = {key: g for key, g in humans.groupby(["experiment", "item"], sort=False)}
+    rows = []
+    for (model, condition, exp, item), g in synthetic.groupby(["model", "condition", "experiment", "item"], sort=False):
+        h = human_items.get((exp, item))
+        if h is None or not len(h):
+            continue
+        options = list(g["options"].iloc[0])
+        p = proportions(g["response"], options)
+        q = proportions(h["response"], options)
+        measure, distance = distribution_distance(p, q, options)
+        human = h["response"].to_numpy()
+        floors = [
+            distribution_distance(proportions(human[rng.integers(0, len(human), size=len(g))], options), q, options)[1]
+            for _ in range(n_boot)
+        ]
+        rows.append(
+            {
+                "model": model,
+                "condition": condition,
+                "experiment": exp,
+                "item": item,
+                "options": options,
+                "synthetic": p,
+                "human": q,
+                "n_synthetic": len(g),
+                "n_human": len(h),
+                "measure": measure,
+                "distance": distance,
+                "floor": float(np.mean(floors)),
+                "floor_p95": float(np.quantile(floors, 0.95)),
+            }
+        )
+    columns = ["model", "condition", "experiment", "item", "options", "synthetic", "human", "n_synthetic", "n_human"]
+    return pd.DataFrame(rows, columns=[*columns, "measure", "distance", "floor", "floor_p95"])

@@ -733,10 +733,18 @@ def _cell(r) -> dict[str, Any]:
     return {k: r.get(k) for k in ("estimate", "ci_low", "ci_high", "note")}
 
 
-def write_report(run: str | os.PathLike | SavedRun, out: str | os.PathLike | None = None) -> tuple[Path, Path, Report]:
-    """Write ``summary.csv`` and ``report.html`` (into ``out``, default the run folder); return their paths and the report."""
+def write_report(run: str | os.PathLike | SavedRun, out: str | os.PathLike | None = None):
+    """Write ``summary.csv`` and ``report.html`` (into ``out``, default the run folder); return their paths and the report.
+
+    A simulation run (``psysim simulate``) gets the synthetic-vs-human report
+    (:func:`build_simulation_report`) instead.
+    """
     from jinja2 import Environment, StrictUndefined
 
+    if not isinstance(run, SavedRun):
+        run = open_run(run)
+    if run.kind == "simulation":
+        return _write_simulation_report(run, out)
     report = build_report(run)
     folder = Path(out) if out is not None else report.run.folder
     folder.mkdir(parents=True, exist_ok=True)
@@ -804,3 +812,183 @@ def _baseline_rows(report: Report) -> list[dict[str, Any]]:
         cells = {r["measure"]: _cell(r) for r in _records(g)}
         rows.append({"baseline": name, "participants": int(g["n"].max()), "cells": cells})
     return rows
+
+
+# ----------------------------------------------------------------------------- simulation runs
+
+
+@dataclass
+class SimulationReport:
+    """Does the synthetic cohort look like the real one? Tables and words for a ``psysim simulate`` run."""
+
+    run: SavedRun
+    items: Any  # per model × condition × item: proportions, distance, noise floor
+    summary: Any  # per model × condition × measure (× subgroup): mean distance vs mean floor
+    paragraphs: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _subgroups(humans, synthetic, max_levels: int = 6) -> list[tuple[str, str]]:
+    """(field, level) pairs for profile fields with 2..max_levels categorical levels shared by both cohorts."""
+    out = []
+    for column in [c for c in humans.columns if c.startswith("profile.") and c in synthetic.columns]:
+        values = humans[column].dropna()
+        if not len(values) or all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            continue  # numbers: no natural levels (bands would need a choice the user should make)
+        levels = sorted({str(v) for v in values})
+        if 2 <= len(levels) <= max_levels:
+            shared = set(synthetic[column].dropna().astype(str))
+            out += [(column[len("profile.") :], level) for level in levels if level in shared]
+    return out
+
+
+def build_simulation_report(run: SavedRun | str | os.PathLike) -> SimulationReport:
+    """Synthetic vs human response distributions per item, overall and per subgroup, with the human noise floor."""
+    import pandas as pd
+
+    from .metrics import population_comparison
+
+    if not isinstance(run, SavedRun):
+        run = open_run(run)
+    man = run.manifest
+    seed = int(man.get("seed", 0))
+    notes: list[str] = []
+    sim = run.table("simulated")
+    people = run.participants.drop(columns=[c for c in ("design_of",) if c in run.participants])
+    sim = sim.merge(people, on="participant", how="left")
+    humans_path = run.folder / "humans.parquet"
+    humans = pd.read_parquet(humans_path) if humans_path.exists() else None
+    if humans is None or not len(humans):
+        notes.append("No human responses are known for this experiment's trials: there is nothing to compare with.")
+        empty = pd.DataFrame()
+        rep = SimulationReport(run, empty, empty, notes=notes)
+        rep.paragraphs = _simulation_paragraphs(rep)
+        return rep
+    items = population_comparison(sim, humans, seed=seed)
+    rows = []
+
+    def summarise(table, group: str, level: str) -> None:
+        for (model, condition, measure), g in table.groupby(["model", "condition", "measure"], sort=False):
+            rows.append(
+                {
+                    "model": model,
+                    "condition": condition,
+                    "subgroup": group,
+                    "level": level,
+                    "measure": measure,
+                    "items": len(g),
+                    "distance": g["distance"].mean(),
+                    "floor": g["floor"].mean(),
+                    "ratio": g["distance"].mean() / g["floor"].mean() if g["floor"].mean() > 0 else math.nan,
+                    "beyond_noise": float((g["distance"] > g["floor_p95"]).mean()),
+                    "n_synthetic": int(g["n_synthetic"].sum()),
+                    "n_human": int(g["n_human"].sum()),
+                }
+            )
+
+    summarise(items, "everyone", "")
+    for by, level in _subgroups(humans, sim):
+        summarise(population_comparison(sim, humans, seed=seed, by=by, level=level), by, level)
+    summary = pd.DataFrame(rows)
+    unmatched = sorted(set(sim["item"]) - set(humans["item"]))
+    if unmatched:
+        notes.append(f"{len(unmatched)} simulated items have no human responses to compare with (not in the table).")
+    rep = SimulationReport(run, items, summary, notes=notes)
+    rep.paragraphs = _simulation_paragraphs(rep)
+    return rep
+
+
+def _simulation_paragraphs(rep: SimulationReport) -> list[str]:
+    man = rep.run.manifest
+    sim = man.get("simulation", {})
+    out = [
+        ("DRY RUN: every number below comes from psysim's mock model, not a language model. " if man.get("dry_run") else "")
+        + f"{sim.get('n', man.get('participants'))} synthetic participants per model and condition "
+        f"({'drawn from cohort.generate' if sim.get('generated') else 'twins of real participants'}; "
+        f"design: {sim.get('design')}; temperature {sim.get('temperature')}) did the experiment trial by trial. "
+        "Each item's synthetic response distribution is compared with the humans': Wasserstein-1 distance in scale "
+        "points for rating scales, Jensen–Shannon divergence (bits) otherwise. The noise floor is the distance the same "
+        "number of responses resampled from the humans themselves shows: a perfect simulator sits at the floor."
+    ]
+    if rep.summary is None or not len(rep.summary):
+        return out
+    overall = rep.summary[rep.summary["subgroup"] == "everyone"]
+    for r in overall.itertuples(index=False):
+        verdict = (
+            "indistinguishable from human sampling noise"
+            if r.beyond_noise <= 0.05
+            else f"beyond human sampling noise on {r.beyond_noise:.0%} of items"
+        )
+        times = f"{r.ratio:.1f}× the floor" if math.isfinite(r.ratio) else "a floor of 0: one human response per item"
+        out.append(
+            f"{r.model} ({r.condition}): mean {r.measure} {r.distance:.3f} over {r.items} items against a noise floor of "
+            f"{r.floor:.3f} ({times}), {verdict}."
+        )
+    groups = rep.summary[rep.summary["subgroup"] != "everyone"]
+    if len(groups):
+        worst = groups.assign(gap=groups["distance"] - groups["floor"]).sort_values("gap", ascending=False).iloc[0]
+        out.append(
+            f"By subgroup, the largest gap is for {worst.subgroup} = {worst.level} ({worst.model}, {worst.condition}): "
+            f"{worst.distance:.3f} against a floor of {worst.floor:.3f}."
+        )
+    return out
+
+
+def plot_items(rep: SimulationReport) -> str | None:
+    """Per item: the synthetic against the human mean response (rating scales) or share of each option (otherwise)."""
+    import matplotlib.pyplot as plt
+
+    from .metrics import ordinal_values
+
+    items = rep.items
+    if items is None or not len(items):
+        return None
+    keys = list(items.groupby(["model", "condition"], sort=False).groups)
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.3 * len(keys) + 0.6, 3.2), squeeze=False)
+    for ax, (model, condition) in zip(axes[0], keys, strict=True):
+        g = items[(items["model"] == model) & (items["condition"] == condition)]
+        xs, ys, label = [], [], "share of each option"
+        for r in g.itertuples(index=False):
+            values = ordinal_values(r.options)
+            if values is not None:
+                xs.append(sum(v * p for v, p in zip(values, r.human, strict=True)))
+                ys.append(sum(v * p for v, p in zip(values, r.synthetic, strict=True)))
+                label = "mean response"
+            else:
+                xs += list(r.human)
+                ys += list(r.synthetic)
+        ax.scatter(xs, ys, s=12, color="#4c78a8", alpha=0.8)
+        lo, hi = min(xs + ys), max(xs + ys)
+        ax.plot([lo, hi], [lo, hi], color="0.4", linewidth=1, linestyle="--")
+        ax.set_xlabel(f"human {label}")
+        ax.set_ylabel(f"synthetic {label}")
+        ax.set_title(f"{model}: {condition}", fontsize=8)
+    return _svg(fig)
+
+
+def _write_simulation_report(run: SavedRun, out):
+    from jinja2 import Environment, StrictUndefined
+
+    rep = build_simulation_report(run)
+    folder = Path(out) if out is not None else run.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    csv = folder / "summary.csv"
+    table = rep.summary if len(rep.summary) else rep.items
+    write_atomic(csv, lambda tmp: table.to_csv(tmp, index=False, float_format="%.6g"))
+    _plot_style()
+    env = Environment(autoescape=True, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["num"] = lambda x, d=3: _fmt(x, d)
+    env.filters["pct"] = lambda xs: " / ".join(f"{x:.2f}" for x in xs)
+    template = env.from_string(resources.files("psysim").joinpath("templates/simulation.html.j2").read_text("utf-8"))
+    page = template.render(
+        rep=rep,
+        man=run.manifest,
+        summary=_records(rep.summary) if len(rep.summary) else [],
+        items=_records(rep.items) if len(rep.items) else [],
+        figure=plot_items(rep),
+        run_folder=display_path(run.folder),
+        generated=_dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    )
+    target = folder / "report.html"
+    write_atomic(target, lambda tmp: tmp.write_text(page, encoding="utf-8"))
+    return csv, target, rep

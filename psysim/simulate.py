@@ -46,7 +46,15 @@ from .participants import Profile
 from .prompts import derangement, render_persona
 from .transcripts import CLOSE, OPEN
 
-__all__ = ["SIM_COLUMNS", "SimParticipant", "SimulationResult", "plan", "simulate_experiment", "simulate_participant"]
+__all__ = [
+    "SIM_COLUMNS",
+    "SimParticipant",
+    "SimulationResult",
+    "human_table",
+    "plan",
+    "simulate_experiment",
+    "simulate_participant",
+]
 
 #: Columns of simulated.parquet, in order (documented in docs/results.md).
 SIM_COLUMNS = [
@@ -373,11 +381,46 @@ def simulate_experiment(
         store.write_table("simulated.parquet", simulated)
         store.write_table("transcripts.parquet", transcripts)
         store.write_table("participants.parquet", participant_profiles(exp, people))
+        store.write_table("humans.parquet", human_table(exp))
     finally:
         store.end_session(time.time() - started)
     store.finish({"finished": _now(time.time())})
     return SimulationResult(
         simulated, transcripts, pd.read_parquet(folder / "participants.parquet"), folder, store.manifest, resumed
+    )
+
+
+def human_table(exp: Experiment):
+    """``humans.parquet``: every real response of the experiment's participants, item text and profile beside it.
+
+    What ``psysim report`` compares the synthetic cohort with (items matched by their text).
+    """
+    import pandas as pd
+
+    task = exp.task
+    fields = list(exp.schema.fields)
+    rows = []
+    for pid in exp.participants:
+        profile = exp.profile(pid).values
+        for k, trial in enumerate(task.trials.get(pid, [])):
+            if trial.response is None or not trial.options:
+                continue
+            before, _ = task.render_trial(trial, trial.options[0])
+            rows.append(
+                {
+                    "participant": pid,
+                    "experiment": task.experiment,
+                    "trial": k,
+                    "trial_number": trial.number,
+                    "item": before.strip(),
+                    "options": list(trial.options),
+                    "response": trial.response,
+                    **{f"profile.{f}": profile.get(f) for f in fields},
+                }
+            )
+    columns = ["participant", "experiment", "trial", "trial_number", "item", "options", "response"]
+    return pd.DataFrame(rows, columns=[*columns, *(f"profile.{f}" for f in fields)]).astype(
+        {f"profile.{f}": "object" for f in fields}
     )
 
 

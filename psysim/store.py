@@ -51,6 +51,7 @@ OUTPUTS = (
     "baselines.parquet",
     "simulated.parquet",
     "transcripts.parquet",
+    "humans.parquet",
     "summary.csv",
     "report.html",
 )
