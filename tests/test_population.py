@@ -1,0 +1,79 @@
+"""Synthetic vs human distributions: distances equal scipy's, the noise floor is the documented resampling, reports."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.spatial.distance import jensenshannon
+from scipy.stats import wasserstein_distance
+from test_simulate import gambles, simulate  # noqa: F401 (gambles is a fixture)
+
+from psysim.metrics import distribution_distance, jensen_shannon, population_comparison, proportions, wasserstein
+
+
+@pytest.mark.parametrize(
+    ("p", "q"),
+    [([0.1, 0.2, 0.7], [0.3, 0.3, 0.4]), ([1.0, 0.0, 0.0], [0.0, 0.0, 1.0]), ([0.2, 0.2, 0.2, 0.2, 0.2], [0.5, 0, 0, 0, 0.5])],
+)
+def test_distances_equal_scipy(p, q):
+    assert jensen_shannon(p, q) == pytest.approx(jensenshannon(p, q, base=2) ** 2, abs=1e-12)
+    values = list(range(1, len(p) + 1))
+    assert wasserstein(p, q, values) == pytest.approx(wasserstein_distance(values, values, p, q), abs=1e-12)
+    assert distribution_distance(p, q, [str(v) for v in values]) == ("wasserstein", pytest.approx(wasserstein(p, q, values)))
+    assert distribution_distance(p, q, [f"opt{v}" for v in values])[0] == "jsd"
+
+
+def test_wasserstein_uses_the_scale_values_in_order():
+    """Options '5','1','3' are points 5, 1, 3 of the scale, whatever their order in the list."""
+    p, q = [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]  # everyone '5' vs everyone '1'
+    assert distribution_distance(p, q, ["5", "1", "3"]) == ("wasserstein", pytest.approx(4.0))
+
+
+def test_population_comparison_by_hand():
+    """Two items; proportions, distance and the seeded bootstrap floor recomputed independently."""
+    options = ["1", "2", "3"]
+    sim = pd.DataFrame(
+        [("m", "c", "e", "q1", options, r) for r in ["1", "1", "2", "3"]]
+        + [("m", "c", "e", "q2", options, r) for r in ["3", "3"]],
+        columns=["model", "condition", "experiment", "item", "options", "response"],
+    )
+    humans = pd.DataFrame(
+        [("e", "q1", r) for r in ["1", "2", "2", "2", "3"]] + [("e", "q2", r) for r in ["1", "3", "3"]],
+        columns=["experiment", "item", "response"],
+    )
+    table = population_comparison(sim, humans, seed=3, n_boot=50)
+    rng = np.random.default_rng(3)
+    for row, item in zip(table.itertuples(index=False), ["q1", "q2"], strict=True):
+        s = sim[sim["item"] == item]["response"].tolist()
+        h = humans[humans["item"] == item]["response"].to_numpy()
+        p, q = proportions(s, options), proportions(h, options)
+        assert list(row.synthetic) == p and list(row.human) == q
+        assert row.measure == "wasserstein"
+        assert row.distance == pytest.approx(wasserstein_distance([1, 2, 3], [1, 2, 3], p, q), abs=1e-12)
+        floors = [wasserstein(proportions(h[rng.integers(0, len(h), size=len(s))], options), q, [1, 2, 3]) for _ in range(50)]
+        assert row.floor == pytest.approx(np.mean(floors), abs=1e-12)
+        assert row.floor_p95 == pytest.approx(np.quantile(floors, 0.95), abs=1e-12)
+        assert (row.n_synthetic, row.n_human) == (len(s), len(h))
+
+
+def test_simulation_report_compares_with_the_humans(gambles, run_cli):  # noqa: F811
+    """psysim report on a simulation: summary.csv per model × condition (+ subgroups) and a self-contained page."""
+    simulate(run_cli, "--dry-run", "--out", "out")
+    r = run_cli("report", "out")
+    assert r.exit_code == 0, r.stderr
+    assert "synthetic participants per model and condition (twins of real participants" in " ".join(r.stdout.split())
+    summary = pd.read_csv("out/summary.csv", keep_default_na=False)
+    overall = summary[summary["subgroup"] == "everyone"]
+    assert overall["condition"].tolist() == ["no_persona", "persona", "shuffled_persona"]
+    sim = pd.read_parquet("out/simulated.parquet")
+    humans = pd.read_parquet("out/humans.parquet")
+    assert len(humans) == 5 and set(humans["item"]) == set(sim["item"])
+    table = population_comparison(sim, humans, seed=1)
+    for row in overall.itertuples(index=False):
+        mine = table[table["condition"] == row.condition]
+        assert row.items == len(mine) == 5
+        assert row.distance == pytest.approx(mine["distance"].mean(), rel=1e-5)
+    assert set(summary.loc[summary["subgroup"] == "gender", "level"]) == {"Female", "Male"}
+    page = open("out/report.html", encoding="utf-8").read()
+    assert "Does the synthetic cohort look like the real one?" in page and "<svg" in page and "<script" not in page
