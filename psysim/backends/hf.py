@@ -270,7 +270,7 @@ class HFSession(Session):
                 use_cache=True,
                 **{_kv_keyword(decoder): self.cache},
             )
-        self.cache = out.past_key_values
+        # The cache object was updated in place (reading it back from the output is deprecated).
         self.last_hidden = out.last_hidden_state[0, -1:]
         self.length += len(self.pending)
         self.tokens_read += len(self.pending)
