@@ -191,6 +191,38 @@ def plan(exp: Experiment, n: int | None = None) -> list[SimParticipant]:
     return [SimParticipant(p.participant, p, d, sources.get(p.participant)) for p, d in zip(profiles, picks, strict=True)]
 
 
+def check_feedback(exp: Experiment, designs) -> None:
+    """Render every trial of every design participant with every option, before any model loads.
+
+    A person can choose any option, so the templates (feedback above all, e.g.
+    ``row['payoff_' ~ response]``) must work for each: an outcome column missing
+    for one option is an error now, located, not a crash hours into a run.
+    """
+    from .errors import Problem, TemplateError
+
+    task = exp.task
+    problems: list[Problem] = []
+    for pid in dict.fromkeys(designs):
+        for trial in task.trials[pid]:
+            for option in trial.options or ():
+                try:
+                    task.render_trial(trial, option)
+                except PsysimError as exc:
+                    problems += [
+                        Problem(
+                            f"with response {option!r}: {p.message}", file=p.file, where=p.where, line=p.line, column=p.column
+                        )
+                        for p in exc.problems
+                    ] or [Problem(f"with response {option!r}: {exc.message}", where=f"participant {pid}, trial {trial.number}")]
+                    break
+            if len(problems) >= 5:
+                break  # a few located examples are enough to act on
+        if len(problems) >= 5:
+            break
+    if problems:
+        raise TemplateError("the templates cannot render every option a synthetic participant may choose", problems)
+
+
 def _softmax(values, temperature: float = 1.0) -> list[float]:
     if temperature == 0:
         best = max(range(len(values)), key=lambda i: (values[i], -i))  # ties: the first option, as predicted_option
@@ -275,6 +307,7 @@ def simulate_experiment(
     folder = Path(out) if out is not None else cfg.output.with_name(cfg.output.name + "-simulated")
     check_writable(folder)
     people = plan(exp, n)
+    check_feedback(exp, [p.design_of for p in people])
     ids = [p.id for p in people]
     shuffle = derangement(ids, cfg.seed) if any(c.type == "shuffled_persona" for c in cfg.conditions) else {}
     by_id = {p.id: p for p in people}

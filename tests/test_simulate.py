@@ -231,3 +231,19 @@ def test_fixed_design_gives_everyone_the_same_trials(gambles, run_cli):
     assert set(sim["design_of"]) == {"2"}
     assert sim.groupby(["condition", "participant"]).size().eq(2).all()
     assert sim[sim["participant"] == "1"]["human_response"].isna().all()  # not participant 1's own trials
+
+
+def test_feedback_for_an_option_nobody_chose_is_checked_before_the_model_loads(gambles, run_cli):
+    """Humans only chose A, so loading renders fine; a synthetic participant may choose B, whose payoff column is missing."""
+    only_a = "participant,trial,stimulus,options,response,payoff_A\n1,1,red,A|B,A,1\n1,2,gold,A|B,A,5\n2,1,green,A|B,A,5\n"
+    (gambles / "trials.csv").write_text(only_a, encoding="utf-8")
+    assert run_cli("validate", "experiment.yaml").exit_code == 0  # scoring the humans is fine
+    r = run_cli("simulate", "experiment.yaml", "-q", "--dry-run", "--out", "out")
+    assert r.exit_code == 2
+    message = error_of(r.stderr)
+    assert message.startswith("error: the templates cannot render every option a synthetic participant may choose")
+    assert (
+        "feedback.jinja:1: participant 1, trial 1 (trials.csv line 2): with response 'B': the trial table has no column 'payoff_B'"
+        in message
+    )
+    assert not (gambles / "out" / "manifest.json").exists()
