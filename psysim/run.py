@@ -301,7 +301,7 @@ def _versions() -> dict[str, str | None]:
     from importlib import metadata
 
     out = {}
-    for pkg in ("psysim", "torch", "transformers", "peft", "pandas", "pyarrow", "jsonschema", "Jinja2"):
+    for pkg in ("psysim", "torch", "transformers", "peft", "numpy", "pandas", "scikit-learn", "pyarrow", "jsonschema", "Jinja2"):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:

@@ -243,7 +243,49 @@ def test_feedback_for_an_option_nobody_chose_is_checked_before_the_model_loads(g
     message = error_of(r.stderr)
     assert message.startswith("error: the templates cannot render every option a synthetic participant may choose")
     assert (
-        "feedback.jinja:1: participant 1, trial 1 (trials.csv line 2): with response 'B': the trial table has no column 'payoff_B'"
-        in message
+        "feedback.jinja:1: participant 1, trial 1 (trials.csv line 2): "
+        "with response 'B': the trial table has no column 'payoff_B'" in message
     )
+    assert not (gambles / "out" / "manifest.json").exists()
+
+
+GENERATE = """\
+  generate:
+    fields:
+      age: {distribution: normal, mean: 40, sd: 12, min: 18, max: 90, decimals: 0}
+      gender: {distribution: categorical, weights: {Female: 0.6, Male: 0.4}}
+"""
+
+
+def test_generated_cohort_does_resampled_designs_with_its_own_personas(gambles, run_cli):
+    """cohort.generate: n drawn profiles (psysim.cohorts), each doing a seeded random real participant's trials."""
+    import psysim
+    from psysim.cohorts import generate_profiles
+
+    yaml = YAML.replace("  path: cohort.csv\n", "  path: cohort.csv\n" + GENERATE) + "simulation:\n  n: 6\n"
+    (gambles / "experiment.yaml").write_text(yaml, encoding="utf-8")
+    t = simulate(run_cli, "--dry-run", "--out", "out")
+    exp = psysim.load_experiment("experiment.yaml")
+    profiles, _ = generate_profiles(exp.config, exp.schema, exp.cohort, 6, 1)
+    people = t["participants"]
+    assert people["participant"].tolist() == [p.participant for p in profiles] == [f"s{i:04d}" for i in range(1, 7)]
+    assert people["profile.gender"].tolist() == [p.values["gender"] for p in profiles]
+    picks = np.random.default_rng([1, 1]).integers(0, 2, size=6)
+    assert people["design_of"].tolist() == [["1", "2"][i] for i in picks]
+    sim = t["simulated"]
+    assert sim["human_response"].isna().all()  # nobody's own trials: no human answer belongs beside theirs
+    persona = t["transcripts"]
+    persona = persona[persona["condition"] == "persona"]
+    for row, p in zip(persona.itertuples(index=False), profiles, strict=True):
+        assert f"Interviewee: {p.text['gender']}" in row.persona and row.text.startswith(row.persona)
+    assert run_cli("report", "out").exit_code == 0
+
+
+def test_generated_cohort_that_cannot_be_valid_stops_before_the_model(gambles, run_cli):
+    bad = GENERATE.replace("{Female: 0.6, Male: 0.4}", "{Female: 0.6, Robot: 0.4}")
+    yaml = YAML.replace("  path: cohort.csv\n", "  path: cohort.csv\n" + bad) + "simulation:\n  n: 6\n"
+    (gambles / "experiment.yaml").write_text(yaml, encoding="utf-8")
+    r = run_cli("simulate", "experiment.yaml", "-q", "--dry-run", "--out", "out")
+    assert r.exit_code == 2
+    assert "cohort.generate.fields.gender" in r.stderr and "Robot" in r.stderr
     assert not (gambles / "out" / "manifest.json").exists()
