@@ -23,7 +23,7 @@ from jsonschema import Draft202012Validator
 
 from . import _jsonschema
 from .errors import ConfigError, Problem, raise_if
-from .files import display_path, read_text
+from .files import TABLE_SUFFIXES, TRIAL_TABLE_SUFFIXES, display_path, read_text, table_suffix
 
 __all__ = [
     "CONDITION_TYPES",
@@ -287,12 +287,17 @@ def _semantic_problems(data: dict[str, Any], at, resolve) -> list[Problem]:
     templates = d.get("templates")
     for kind, value in templates.items() if isinstance(templates, dict) else ():
         must_exist(("data", "templates", kind), value, f"{kind} template")
-    suffixes = {"psych201": (".jsonl",), "trials": (".csv", ".parquet")}.get(d.get("format"))
-    if suffixes and isinstance(d.get("path"), str) and Path(d["path"]).suffix.lower() not in suffixes:
+    suffixes = {"psych201": (".jsonl",), "trials": TRIAL_TABLE_SUFFIXES}.get(d.get("format"))
+    if suffixes and isinstance(d.get("path"), str) and table_suffix(d["path"]) not in suffixes:
         found = Path(d["path"]).name
-        problems.append(
-            at(("data", "path"), f"expected a {' or '.join(suffixes)} file for format {d['format']}, found {found!r}")
-        )
+        problems.append(at(("data", "path"), f"expected a {_either(suffixes)} file for format {d['format']}, found {found!r}"))
+    # Table suffixes are checked here too, so that a wrong one points at its line of the YAML file.
+    for yaml_path, value, allowed in (
+        (("data", "items", "path"), d["items"].get("path") if isinstance(d.get("items"), dict) else None, TRIAL_TABLE_SUFFIXES),
+        (("cohort", "path"), c.get("path"), TABLE_SUFFIXES),
+    ):
+        if isinstance(value, str) and value and table_suffix(value) not in allowed:
+            problems.append(at(yaml_path, f"expected a {_either(allowed)} file, found {Path(value).name!r}"))
     if d.get("format") == "trials" and d.get("options") == "infer":
         problems.append(
             at(("data", "options"), "options: infer applies to psych201 data; for trials give a list or {column, sep}")
@@ -352,6 +357,11 @@ def _semantic_problems(data: dict[str, Any], at, resolve) -> list[Problem]:
                 )
             )
     return problems
+
+
+def _either(suffixes: tuple[str, ...]) -> str:
+    """``.a``, ``.b or .c``: a list of suffixes in words."""
+    return " or ".join(suffixes) if len(suffixes) < 3 else ", ".join(suffixes[:-1]) + " or " + suffixes[-1]
 
 
 def load_config(path: str | os.PathLike) -> ExperimentConfig:

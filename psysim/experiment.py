@@ -85,26 +85,67 @@ class Summary:
     output: str
     experiments: list[str] = field(default_factory=list)
     cohort_size: int = 0
+    #: Trials of the participants (responses included); equals ``responses`` for Psych-201 data.
+    trials: int = 0
+    #: Participants with at least one trial without a human response.
+    missing_in: int = 0
+    #: ``cohort.unmatched: drop``: (profiles without data, data without a profile) dropped; None under ``error``.
+    dropped: tuple[int, int] | None = None
+    #: Where profiles and data come from (for the dropped line).
+    sources: tuple[str, str] = ("", "")
+    #: Per field, the values an ``"invalid": "missing"`` field treated as unknown.
+    invalid_fields: dict[str, int] = field(default_factory=dict)
 
     def __str__(self) -> str:
         lo, med, hi = self.responses_per_participant
-        known = ", ".join(f"{k} {v}" for k, v in self.profile_fields.items()) or "none"
+        known = (
+            ", ".join(
+                f"{k} {v}" + (f" ({n} invalid, treated as unknown)" if (n := self.invalid_fields.get(k)) else "")
+                for k, v in self.profile_fields.items()
+            )
+            or "none"
+        )
         rows = [
             ("experiment", f"{self.name} ({', '.join(self.experiments)})"),
             ("data", self.data),
             (
                 "participants",
                 f"{self.participants}"
-                + (f" (a seeded sample of {self.cohort_size})" if self.cohort_size > self.participants else "")
-                + (f" ({self.scorable} with every response known)" if self.scorable != self.participants else ""),
+                + (f" (a seeded sample of {self.cohort_size})" if self.cohort_size > self.participants else ""),
             ),
-            ("responses", f"{self.responses} (per participant: median {med:g}, min {lo}, max {hi})"),
+        ]
+        if self.dropped is not None:
+            no_data, no_profile = self.dropped
+            rows.append(
+                (
+                    "dropped",
+                    f"{no_data} with a profile but no data in {self.sources[1]}, "
+                    f"{no_profile} with data but no profile in {self.sources[0]} (cohort.unmatched: drop)",
+                )
+            )
+        rows.append(("responses", f"{self.responses} (per participant: median {med:g}, min {lo}, max {hi})"))
+        if self.responses < self.trials:
+            rows.append(("missing", self._missing()))
+        rows += [
             ("profiles", f"known fields: {known}"),
             ("conditions", ", ".join(self.conditions)),
             ("models", ", ".join(self.models)),
             ("output", self.output),
         ]
         return "\n".join(f"  {k:<13}{v}" for k, v in rows)
+
+    def _missing(self) -> str:
+        n = self.trials - self.responses
+        if not self.responses:
+            return f"no human response on any of the {self.trials} trials: nothing to score (simulation only)"
+        text = (
+            f"{n} of {self.trials} trials {'has' if n == 1 else 'have'} no human response "
+            f"({self.missing_in} participant{'s' if self.missing_in != 1 else ''}); "
+            "they are left out of the transcripts: not shown to the models, not scored"
+        )
+        if none := self.participants - self.scorable:
+            text += f"; {none} participant{'s have' if none != 1 else ' has'} no response at all (simulation only)"
+        return text
 
 
 class Experiment:
@@ -119,6 +160,8 @@ class Experiment:
         self.task: StructuredTask | None = None
         self.inferred_options: dict[str, tuple[str, ...]] = {}
         self.transcripts: dict[str, Transcript] = {}
+        #: With ``cohort.unmatched: drop``: ids with a profile but no data, and with data but no profile.
+        self.dropped: tuple[list[str], list[str]] = ([], [])
         self.cohort = self._load_data()
         self.participants: list[str] = list(self.cohort.profiles)
         problems += self._match_participants()
@@ -128,6 +171,10 @@ class Experiment:
             # A seeded sample, in cohort order: the same file and seed always give the same people.
             keep = set(random.Random(config.seed).sample(range(len(self.participants)), config.cohort.sample))
             self.participants = [p for i, p in enumerate(self.participants) if i in keep]
+        if self.task:
+            # Rendered only for the participants in the experiment: a sample of a large
+            # questionnaire renders its few hundred transcripts, not tens of thousands.
+            self._render_transcripts()
         self.persona_templates = self._load_persona_templates()
         self.chat_templates = self._load_chat_templates()
         self.shuffle: dict[str, str] = self._derange()
@@ -165,15 +212,29 @@ class Experiment:
                 )
         else:
             self.task = StructuredTask(c.data, c.data.experiment or c.name, c.cohort.missing)
-            problems = []
-            for pid in self.task.trials:
-                if self.task.complete(pid):
-                    try:
-                        self.transcripts[pid] = self.task.transcript(pid)
-                    except PsysimError as exc:
-                        problems += exc.problems
-            raise_if(problems, TemplateError, "cannot render the trial table into transcripts")
+            if c.cohort.path == c.data.path and self.task.wide:
+                # The wide table is its own cohort file: its response columns are not profile
+                # fields, and without a participant column its rows number both alike.
+                row_numbers = self.task.row_numbers and c.cohort.id_column == "participant"
+                return load_cohort(
+                    c.cohort.path,
+                    self.schema,
+                    id_column=None if row_numbers else c.cohort.id_column,
+                    missing=c.cohort.missing,
+                    exclude=[*self.task.response_columns, c.data.participant_column],
+                )
         return load_cohort(c.cohort.path, self.schema, id_column=c.cohort.id_column, missing=c.cohort.missing)
+
+    def _render_transcripts(self) -> None:
+        """Each participant's transcript from the trial table: the trials with a human response."""
+        problems = []
+        for pid in self.participants:
+            if self.task.n_responses(pid):
+                try:
+                    self.transcripts[pid] = self.task.transcript(pid)
+                except PsysimError as exc:
+                    problems += exc.problems
+        raise_if(problems, TemplateError, "cannot render the trial table into transcripts")
 
     def _infer_options(self) -> None:
         """``options: infer``: per experiment, its distinct responses become every response's options, if few."""
@@ -188,11 +249,28 @@ class Experiment:
                 self.transcripts[pid] = replace(tr, responses=tuple(replace(r, options=options) for r in tr.responses))
 
     def _match_participants(self) -> list[Problem]:
+        """Problems of participants with a profile but no data or data but no profile; ``drop`` keeps those with both."""
         shown = display_path(self.config.data.path)
         if self.task:
-            data_where = {pid: trials[0].where for pid, trials in self.task.trials.items()}
+            data_where = self.task.where
         else:
             data_where = {pid: Location(shown, line=int(t.source.rsplit(":", 1)[-1])) for pid, t in self.transcripts.items()}
+        if self.config.cohort.unmatched == "drop":
+            no_data = [pid for pid in self.participants if pid not in data_where]
+            no_profile = [pid for pid in data_where if pid not in self.cohort.profiles]
+            self.dropped = (no_data, no_profile)
+            self.participants = [pid for pid in self.participants if pid in data_where]
+            for pid in no_profile:
+                self.transcripts.pop(pid, None)
+            if self.participants:
+                return []
+            return [
+                Problem(
+                    f"no participant has both a profile in {self.cohort.source} and data in {shown} "
+                    f"(cohort.unmatched: drop dropped {len(no_data)} profiles and {len(no_profile)} participants' data); "
+                    f"profile ids are e.g. {_examples(list(self.cohort.profiles))}, data ids e.g. {_examples(list(data_where))}"
+                )
+            ]
         problems = [
             self.cohort.where[pid].problem(f"has a profile but no transcript in {shown}", f"participant {pid}")
             for pid in self.participants
@@ -363,7 +441,7 @@ class Experiment:
         """The participant's transcript (human responses)."""
         self.profile(participant)
         if participant not in self.transcripts:
-            raise DataError(f"participant {participant} has trials without a human response, so there is no transcript to score")
+            raise DataError(f"participant {participant} has no human response on any trial, so there is no transcript to score")
         return self.transcripts[participant]
 
     def render(
@@ -417,12 +495,15 @@ class Experiment:
 
     def summary(self) -> Summary:
         """Counts for ``psysim validate``."""
-        chosen = set(self.participants)
         if self.task:
-            counts_all = [len(v) for k, v in self.task.trials.items() if k in chosen]
+            counts_all = [self.task.n_responses(p) for p in self.participants]
+            trials = sum(self.task.n_trials(p) for p in self.participants)
+            missing_in = sum(not self.task.complete(p) for p in self.participants)
         else:
-            counts_all = [len(t.responses) for k, t in self.transcripts.items() if k in chosen]
+            counts_all = [len(self.transcripts[p].responses) for p in self.participants]
+            trials, missing_in = sum(counts_all), 0
         known = {name: sum(name in self.cohort[p].values for p in self.participants) for name in self.schema.fields}
+        invalid = {name: sum(name in self.cohort[p].invalid for p in self.participants) for name in self.schema.fields}
         conds = [
             c.name
             + (f" ({Path(c.format).stem})" if c.type != "no_persona" else "")
@@ -431,8 +512,14 @@ class Experiment:
         ]
         models = [f"{m.name} ({', '.join(m.formats)}{'; ' + m.backend if m.backend != 'hf' else ''})" for m in self.config.models]
         experiments = sorted({self._experiment_of(p) for p in self.participants})
-        kind = "Psych-201 JSONL" if self.config.data.format == "psych201" else "trial table"
-        data = f"{display_path(self.config.data.path)} ({kind})"
+        d = self.config.data
+        kind = "Psych-201 JSONL" if d.format == "psych201" else "trial table"
+        if d.format == "trials" and d.layout == "wide":
+            n_items = len(self.task.response_columns)
+            kind = f"wide trial table: one row per participant, {n_items} items of {display_path(d.items)}"
+        elif d.format == "trials" and d.items is not None:
+            kind += f", joined with the item table {display_path(d.items)} by {d.items_key}"
+        data = f"{display_path(d.path)} ({kind})"
         return Summary(
             name=self.config.name,
             config=display_path(self.config.path),
@@ -447,7 +534,16 @@ class Experiment:
             models=models,
             output=display_path(self.config.output),
             experiments=experiments,
+            trials=trials,
+            missing_in=missing_in,
+            dropped=tuple(len(ids) for ids in self.dropped) if self.config.cohort.unmatched == "drop" else None,
+            sources=(self.cohort.source, display_path(d.path)),
+            invalid_fields={k: v for k, v in invalid.items() if v},
         )
+
+
+def _examples(ids: list[str], most: int = 5) -> str:
+    return ", ".join(ids[:most]) + (", ..." if len(ids) > most else "") if ids else "none"
 
 
 def chat_template_for(model: ModelConfig, base: Path) -> ChatTemplate:

@@ -11,7 +11,10 @@ Values are typed *explicitly* against the schema (a CSV cell ``"31"`` for a
 ``number`` field becomes ``31.0``; ``"3l"`` stays a string and fails
 validation with a located message). Missing values (``""``, ``"N/A"``, NaN,
 null, ...) are removed before validation, so a participant who lacks a field
-simply has no such field: it never reaches a persona as "N/A" or "nan".
+simply has no such field: it never reaches a persona as "N/A" or "nan". A
+field annotated ``"invalid": "missing"`` treats a value its schema rejects
+(an age of 999999 against ``"maximum": 100``) the same way, and the profile
+records which values it left out.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +45,7 @@ _ANNOTATION_KEYS = {
     "value_labels": "Mapping from stored values to the words a persona uses, e.g. {'1': 'male', '2': 'female'}",
     "format": "Python format spec for numbers, e.g. '.0f' (default: the value exactly as in the data file)",
     "persona": "false to keep the field out of personas (it is still validated and exported)",
+    "invalid": "'error' (default): a value the field's schema rejects is an error; 'missing': it is treated as unknown",
 }
 _ANNOTATION_SCHEMA = {
     "type": "object",
@@ -54,8 +59,11 @@ _ANNOTATION_SCHEMA = {
         "value_labels": {"type": "object", "additionalProperties": {"type": "string"}},
         "format": {"type": "string"},
         "persona": {"type": "boolean"},
+        "invalid": {"enum": ["error", "missing"]},
     },
 }
+#: Validated records remembered per schema (then forgotten all at once, to bound memory).
+_MEMO_SIZE = 100_000
 _INT_RE = re.compile(r"^[+-]?\d+(\.0*)?$")
 _FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
@@ -83,6 +91,8 @@ class FieldSpec:
     value_labels: dict[str, str] = field(default_factory=dict)
     number_format: str | None = None
     in_persona: bool = True
+    #: ``error`` or ``missing``: what a value that breaks this field's schema does (``x-psysim.invalid``).
+    invalid: str = "error"
 
 
 @dataclass(frozen=True)
@@ -92,11 +102,14 @@ class Profile:
     ``values`` holds the typed values that passed the schema; ``text`` the words a
     persona shows for each (the value exactly as in the data file, a value label,
     or a formatted number). Fields the participant lacks are absent from both.
+    ``invalid`` holds the values of ``"invalid": "missing"`` fields that the
+    schema rejected and that were therefore treated as unknown, as in the file.
     """
 
     participant: str
     values: dict[str, Any]
     text: dict[str, str]
+    invalid: dict[str, Any] = field(default_factory=dict)
 
     def __contains__(self, name: str) -> bool:
         return name in self.values
@@ -145,12 +158,17 @@ class ProfileSchema:
                 value_labels=dict(ann.get("value_labels", {})),
                 number_format=ann.get("format"),
                 in_persona=ann.get("persona", True),
+                invalid=ann.get("invalid", "error"),
             )
         raise_if(problems, DataError, f"invalid profile schema {shown}")
         self.schema = schema
         self.path = path
         self.shown = shown
         self._validator = Draft202012Validator(schema)
+        self._memo: dict[tuple, tuple[dict, dict, dict, list]] = {}
+        # A required field cannot be unknown, so its invalid value stays an error (the clearer message).
+        required = set(schema.get("required", [])) if isinstance(schema.get("required"), list) else set()
+        self._lenient = {name for name, spec in self.fields.items() if spec.invalid == "missing" and name not in required}
 
     @classmethod
     def load(cls, path: str | Path) -> ProfileSchema:
@@ -207,16 +225,46 @@ class ProfileSchema:
         self, participant: str, record: dict[str, Any], missing: tuple[str, ...], *, location: Location | None = None
     ) -> tuple[Profile, list[Problem]]:
         """Type, clean and validate one participant's record; returns the profile and its problems."""
+        try:
+            # Types are part of the key: 1, 1.0 and True are equal (and hash alike) in Python.
+            key = (tuple((k, type(v), v) for k, v in record.items()), missing)
+            hash(key)
+        except TypeError:  # a JSONL record with a list or object value
+            key = None
+        if key is not None and key in self._memo:
+            # Large cohorts repeat the same record many times (a questionnaire's 20,000 rows hold
+            # half as many distinct profiles); validation is the expensive part of loading them.
+            typed, text, invalid, found = self._memo[key]
+            typed, text, invalid = dict(typed), dict(text), dict(invalid)
+        else:
+            typed, text, invalid, found = self._check(record, missing)
+            if key is not None:
+                if len(self._memo) >= _MEMO_SIZE:
+                    self._memo.clear()
+                self._memo[key] = (dict(typed), dict(text), dict(invalid), found)
+        problems = []
+        location = location or Location(self.shown)
+        for path, message in found:
+            field_part = f", field {path[0]}" if path else ""
+            problems.append(location.problem(message, f"participant {participant}{field_part}"))
+        return Profile(participant, typed, text, invalid), problems
+
+    def _check(self, record: dict[str, Any], missing: tuple[str, ...]):
+        """Typed values, display texts, invalid values treated as unknown, and ``(path, message)`` problems of a record."""
         missing_set = frozenset(missing)
         raw = {k: v for k, v in record.items() if not is_missing(v, missing_set)}
         typed = {k: self._typed(k, v) for k, v in raw.items()}
-        problems = []
-        location = location or Location(self.shown)
-        for path, message in _jsonschema.iter_described(self._validator, typed):
-            field_part = f", field {path[0]}" if path else ""
-            problems.append(location.problem(message, f"participant {participant}{field_part}"))
+        found = list(_jsonschema.iter_described(self._validator, typed))
+        lenient = {path[0] for path, _ in found if path and path[0] in self._lenient}
+        invalid = {}
+        if lenient:
+            # The field's own constraints failed: the value is unknown, as if missing; the rest of
+            # the record is validated again without it (so that `required` still applies).
+            invalid = {k: raw.pop(k) for k in self.fields if k in lenient}
+            typed = {k: v for k, v in typed.items() if k not in lenient}
+            found = list(_jsonschema.iter_described(self._validator, typed))
         text = {k: self._display(k, raw[k], typed[k]) for k in typed if k in self.fields}
-        return Profile(participant, typed, text), problems
+        return typed, text, invalid, found
 
 
 @dataclass
@@ -275,11 +323,25 @@ def load_cohort(
     path: str | Path,
     schema: ProfileSchema,
     *,
-    id_column: str = "participant",
+    id_column: str | None = "participant",
     missing: tuple[str, ...] = ("", "N/A", "NA", "n/a", "nan", "NaN", "None", "null"),
+    exclude: Collection[str] = (),
 ) -> Cohort:
-    """Read profiles from CSV, JSONL or Parquet (one row per participant) and validate each."""
+    """Read profiles from CSV/TSV, JSONL or Parquet (one row per participant) and validate each.
+
+    ``id_column=None`` numbers participants by data row instead: ``"1"`` for the
+    first row after the header, and so on (blank lines are not rows). Columns
+    in ``exclude`` (e.g. the response columns of a wide trial table that is
+    also the cohort file) are not profile fields.
+    """
     table = read_table(path, what="cohort file")
+    skip = set(exclude)
+    if id_column is None:
+        records = [
+            (str(i + 1), {k: v for k, v in row.items() if k not in skip}, table.location(i)) for i, row in enumerate(table.rows)
+        ]
+        return cohort_from_records(schema, records, missing, table.path)
+    skip.add(id_column)
     if id_column not in table.columns:
         raise DataError(
             f"cohort file has no id column: {table.path}",
@@ -305,6 +367,6 @@ def load_cohort(
             problems.append(loc.problem(f"duplicate participant id {pid!r} (first on {first_seen[pid]})"))
             continue
         first_seen[pid] = loc
-        records.append((pid, {k: v for k, v in row.items() if k != id_column}, loc))
+        records.append((pid, {k: v for k, v in row.items() if k not in skip}, loc))
     raise_if(problems, DataError, f"invalid cohort file {table.path}")
     return cohort_from_records(schema, records, missing, table.path)

@@ -197,7 +197,7 @@ def test_bad_annotation_key_with_its_path():
     err = schema_error({"type": "object", "properties": {"age": {"type": "number", "x-psysim": {"questoin": "Age?"}}}})
     assert err.problems == (
         Problem(
-            "unknown key 'questoin' (did you mean 'question'?); expected one of: first_person, format, label, persona, "
+            "unknown key 'questoin' (did you mean 'question'?); expected one of: first_person, format, invalid, label, persona, "
             "question, third_person, units, value_labels",
             file="<profile schema>",
             where="properties.age.x-psysim.questoin",

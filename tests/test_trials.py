@@ -534,30 +534,70 @@ def test_feedback_output_with_delimiter(gambles):
 # -- missing responses ------------------------------------------------------------
 
 
-def test_missing_response_loaded_but_not_scorable(gambles):
+def test_missing_response_trial_left_out_of_the_transcript(gambles):
     gambles.write("trials.csv", TRIALS.replace("2,2,pink,A|B,A", "2,2,pink,A|B,"))
     exp = gambles.load()
     summary = exp.summary()
-    assert (summary.participants, summary.scorable, summary.responses) == (2, 1, 5)
-    assert summary.responses_per_participant == (2, 2.5, 3)
-    assert "  participants 2 (1 with every response known)" in str(summary).splitlines()
+    assert (summary.participants, summary.scorable, summary.responses, summary.trials) == (2, 2, 4, 5)
+    assert summary.responses_per_participant == (1, 2, 3)
+    lines = str(summary).splitlines()
+    assert "  participants 2" in lines
+    assert (
+        "  missing      1 of 5 trials has no human response (1 participant); they are left out of the transcripts: "
+        "not shown to the models, not scored"
+    ) in lines
     assert exp.transcript("1").text == TEXT_1
+    # The trial without a response is not shown; the instructions still count the trials the participant had.
+    assert (
+        exp.transcript("2").text
+        == "You will play 2 rounds. Options: A or B.\nRound 1: the green card. You choose <<B>>. You win 6 points."
+    )
     assert [t.response for t in exp.task.trials["2"]] == ["B", None]
     assert exp.task.complete("2") is False
+    assert (exp.task.n_trials("2"), exp.task.n_responses("2")) == (2, 1)
+    assert [p.participant for p in exp.prompts("no_persona")] == ["1", "2"]
+
+
+def test_trial_left_out_keeps_the_numbering_of_later_trials(gambles):
+    gambles.write("trials.csv", TRIALS.replace("1,1,red,A|B,A", "1,1,red,A|B,"))
+    t = gambles.load().transcript("1")
+    assert t.text == TEXT_1.replace("Round 1: the red card. You choose <<A>>. You win 1 points.\n", "")
+    assert [(r.index, r.text, r.data["trial"]) for r in t.responses] == [(0, "B", "2"), (1, "B", "10")]
+
+
+def test_participant_without_any_response(gambles):
+    gambles.write("trials.csv", TRIALS.replace("2,1,green,A|B,B", "2,1,green,A|B,").replace("2,2,pink,A|B,A", "2,2,pink,A|B,"))
+    exp = gambles.load()
+    summary = exp.summary()
+    assert (summary.participants, summary.scorable, summary.responses, summary.trials) == (2, 1, 3, 5)
+    assert (
+        "  missing      2 of 5 trials have no human response (1 participant); they are left out of the transcripts: "
+        "not shown to the models, not scored; 1 participant has no response at all (simulation only)"
+    ) in str(summary).splitlines()
     with pytest.raises(DataError) as info:
         exp.render("2", "no_persona")
-    assert str(info.value) == "participant 2 has trials without a human response, so there is no transcript to score"
+    assert str(info.value) == "participant 2 has no human response on any trial, so there is no transcript to score"
     assert [p.participant for p in exp.prompts("no_persona")] == ["1"]
     with pytest.raises(DataError) as info:
         exp.task.transcript("2")
-    assert info.value.message == "participant 2 has trials without a human response: it can be simulated but not scored"
-    assert info.value.problems == (Problem("no human response", file="trials.csv", line=6, where="participant 2, trial 2"),)
-    assert str(info.value.problems[0]) == "trials.csv:6: participant 2, trial 2: no human response"
+    assert info.value.message == "participant 2 has no trial with a human response: it can be simulated but not scored"
+    assert info.value.problems == (Problem("no human response on any trial", file="trials.csv", line=4, where="participant 2"),)
+    assert str(info.value.problems[0]) == "trials.csv:4: participant 2: no human response on any trial"
+
+
+def test_no_response_column_is_simulation_only(gambles):
+    gambles.write("trials.csv", "\n".join(",".join(line.split(",")[:4] + line.split(",")[5:]) for line in TRIALS.splitlines()))
+    summary = gambles.load().summary()
+    assert (summary.scorable, summary.responses, summary.trials) == (0, 0, 5)
+    assert (
+        "  missing      no human response on any of the 5 trials: nothing to score (simulation only)" in str(summary).splitlines()
+    )
 
 
 def test_missing_response_values_follow_cohort_missing(gambles):
     gambles.write("trials.csv", TRIALS.replace("2,2,pink,A|B,A", "2,2,pink,A|B,N/A"))
-    assert gambles.load().summary().scorable == 1
+    summary = gambles.load().summary()
+    assert (summary.responses, summary.trials, summary.missing_in) == (4, 5, 1)
 
 
 def test_simulated_responses_render(gambles):
