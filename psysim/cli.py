@@ -269,6 +269,41 @@ def export(run_dir: Path, fmt: str, out: Path | None) -> None:
 
 
 @cli.command()
+@click.argument("experiment", type=EXPERIMENT)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the adapter, split and checkpoints (default: the experiment's output with -finetuned appended).",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--restart", is_flag=True, help="Discard checkpoints in the folder and train afresh.")
+def finetune(experiment: Path, out: Path | None, quiet: bool, restart: bool) -> None:
+    """Train a LoRA adapter on the training participants' responses (loss on responses only); early stopping on
+    validation NLL; resumable. Writes adapter/ (with its card), split.json and the curve; evaluate the held-out
+    people with `psysim run` and cohort.split: {file: .../split.json, part: test}.
+    """
+    from .experiment import load_experiment
+    from .finetune import finetune_experiment
+
+    exp = load_experiment(experiment)
+    try:
+        result = finetune_experiment(exp, out=out, progress=not quiet, restart=restart)
+    except KeyboardInterrupt:
+        click.echo("interrupted: the last checkpoint is saved; run the same command again to resume", err=True)
+        sys.exit(130)
+    test = result.card["test_nll"]
+    click.echo(
+        f"adapter: {display_path(result.adapter)} (card: psysim_card.json, README.md); split: {display_path(result.split)}"
+    )
+    for c in result.card["curve"]:
+        loss = "" if c["train_loss"] is None else f"  training loss {c['train_loss']:.4f}"
+        click.echo(f"  epoch {c['epoch']}: validation NLL {c['validation_nll']:.4f}{loss}")
+    click.echo(
+        f"held-out participants ({test['participants']}): NLL {test['base']:.4f} (base) -> {test['fine_tuned']:.4f} (fine-tuned)"
+    )
+
+
+@cli.command()
 def templates() -> None:
     """List the built-in persona and chat templates."""
     from .prompts import builtin_templates

@@ -33,6 +33,7 @@ __all__ = [
     "DataConfig",
     "EvaluationConfig",
     "ExperimentConfig",
+    "FinetuneConfig",
     "ModelConfig",
     "SimulationConfig",
     "experiment_schema",
@@ -87,6 +88,8 @@ class CohortConfig:
     unmatched: str = "error"
     #: ``cohort.generate`` as written (validated by the schema; drawn by :mod:`psysim.cohorts`).
     generate: dict[str, Any] | None = None
+    #: ``(split.json path, part)``: keep only that part of a fine-tuning split.
+    split: tuple[Path, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,25 @@ class EvaluationConfig:
 
 
 @dataclass(frozen=True)
+class FinetuneConfig:
+    """``finetune:`` — LoRA fine-tuning on the training participants (``psysim finetune``)."""
+
+    model: str | None = None
+    condition: str | None = None
+    split: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+    target_modules: str | tuple[str, ...] = "all-linear"
+    rslora: bool = False
+    learning_rate: float = 2e-4
+    epochs: int = 3
+    batch_size: int = 4
+    max_length: int = 2048
+    patience: int = 1
+
+
+@dataclass(frozen=True)
 class SimulationConfig:
     """``simulation:`` — closed-loop synthetic participants."""
 
@@ -158,6 +180,7 @@ class ExperimentConfig:
     save_every: int = 8
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     description: str = ""
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
     sha256: str = ""
@@ -319,6 +342,33 @@ def _semantic_problems(data: dict[str, Any], at, resolve) -> list[Problem]:
                 problems.append(at(("data", key), "not allowed when data.format is psych201 (it applies to trials data only)"))
     if d.get("layout") == "wide" and "items" not in d:
         problems.append(at(("data", "layout"), "a wide table needs data.items: the item table naming each item's column"))
+    split = c.get("split")
+    if isinstance(split, dict):
+        must_exist(("cohort", "split", "file"), split.get("file"), "split file (written by psysim finetune)")
+    ft = section("finetune")
+    if isinstance(ft.get("model"), str) and isinstance(data.get("models"), list):
+        names = [m.get("name") for m in data["models"] if isinstance(m, dict)]
+        if ft["model"] not in names:
+            problems.append(
+                at(
+                    ("finetune", "model"),
+                    f"expected the name of a model in models: ({', '.join(map(str, names))}), found {ft['model']!r}",
+                )
+            )
+    if isinstance(ft.get("condition"), str) and isinstance(data.get("conditions"), list):
+        names = [x if isinstance(x, str) else x.get("name") for x in data["conditions"] if isinstance(x, (str, dict))]
+        if ft["condition"] not in names:
+            problems.append(
+                at(
+                    ("finetune", "condition"),
+                    f"expected a condition of conditions: ({', '.join(map(str, names))}), found {ft['condition']!r}",
+                )
+            )
+    fractions = ft.get("split")
+    if isinstance(fractions, dict) and all(isinstance(fractions.get(k), (int, float)) for k in ("train", "validation", "test")):
+        total = fractions["train"] + fractions["validation"] + fractions["test"]
+        if abs(total - 1) > 1e-9:
+            problems.append(at(("finetune", "split"), f"expected fractions that add up to 1, found {total:g}"))
     must_exist(("cohort", "schema"), c.get("schema"), "profile schema")
     must_exist(("cohort", "path"), c.get("path"), "cohort file")
     if d.get("format") == "trials" and "cohort" in data and "path" not in c:
@@ -362,6 +412,27 @@ def _semantic_problems(data: dict[str, Any], at, resolve) -> list[Problem]:
 def _either(suffixes: tuple[str, ...]) -> str:
     """``.a``, ``.b or .c``: a list of suffixes in words."""
     return " or ".join(suffixes) if len(suffixes) < 3 else ", ".join(suffixes[:-1]) + " or " + suffixes[-1]
+
+
+def _finetune(f: dict[str, Any]) -> FinetuneConfig:
+    lora = f.get("lora", {})
+    split = f.get("split")
+    targets = lora.get("target_modules", "all-linear")
+    return FinetuneConfig(
+        model=f.get("model"),
+        condition=f.get("condition"),
+        split=(split["train"], split["validation"], split["test"]) if split else (0.7, 0.15, 0.15),
+        rank=lora.get("rank", 8),
+        alpha=float(lora.get("alpha", 16.0)),
+        dropout=float(lora.get("dropout", 0.05)),
+        target_modules=targets if isinstance(targets, str) else tuple(targets),
+        rslora=lora.get("rslora", False),
+        learning_rate=float(f.get("learning_rate", 2e-4)),
+        epochs=f.get("epochs", 3),
+        batch_size=f.get("batch_size", 4),
+        max_length=f.get("max_length", 2048),
+        patience=f.get("patience", 1),
+    )
 
 
 def load_config(path: str | os.PathLike) -> ExperimentConfig:
@@ -435,6 +506,7 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
         sample=c.get("sample"),
         unmatched=c.get("unmatched", "error"),
         generate=c.get("generate"),
+        split=(resolve(c["split"]["file"]), c["split"]["part"]) if "split" in c else None,
     )
     models = [
         ModelConfig(
@@ -485,6 +557,7 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
             temperature=float(data.get("simulation", {}).get("temperature", 1.0)),
             design=data.get("simulation", {}).get("design"),
         ),
+        finetune=_finetune(data.get("finetune", {})),
         description=data.get("description", ""),
         raw=data,
         sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),

@@ -171,6 +171,8 @@ class Experiment:
             # A seeded sample, in cohort order: the same file and seed always give the same people.
             keep = set(random.Random(config.seed).sample(range(len(self.participants)), config.cohort.sample))
             self.participants = [p for i, p in enumerate(self.participants) if i in keep]
+        if config.cohort.split is not None:
+            self.participants = self._split_part(*config.cohort.split)
         if self.task:
             # Rendered only for the participants in the experiment: a sample of a large
             # questionnaire renders its few hundred transcripts, not tens of thousands.
@@ -181,6 +183,42 @@ class Experiment:
         self._check_rendering()
 
     # -- loading -----------------------------------------------------------
+    def _split_part(self, path: Path, part: str) -> list[str]:
+        """``cohort.split``: the participants of one part of a split.json (psysim finetune), in cohort order."""
+        import json
+
+        from .files import read_text
+
+        shown = display_path(path)
+        try:
+            data = json.loads(read_text(path, error=DataError, what="split file"))
+        except json.JSONDecodeError as exc:
+            raise DataError(
+                f"split file is not valid JSON: {shown}",
+                [Problem(f"invalid JSON: {exc.msg}", file=shown, line=exc.lineno, column=exc.colno)],
+            ) from None
+        ids = data.get(part) if isinstance(data, dict) else None
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise DataError(
+                f"invalid split file {shown}",
+                [
+                    Problem(
+                        f"expected a JSON object whose {part!r} is a list of participant ids (as psysim finetune writes)",
+                        file=shown,
+                    )
+                ],
+            )
+        unknown = [i for i in ids if i not in self.cohort.profiles]
+        if unknown:
+            raise DataError(
+                f"the split file {shown} names participants this experiment does not have",
+                [Problem(f"{part}: unknown participant ids, e.g. {', '.join(unknown[:5])} ({len(unknown)} in all)", file=shown)],
+            )
+        if not ids:
+            raise DataError(f"the {part!r} part of {shown} is empty: no participant to evaluate")
+        chosen = set(ids)
+        return [p for p in self.participants if p in chosen]
+
     def _load_data(self) -> Cohort:
         c = self.config
         if c.data.format == "psych201":

@@ -1,0 +1,381 @@
+"""``psysim finetune``: a LoRA adapter trained on people's trial-by-trial behaviour, measured on held-out people.
+
+Centaur showed that fine-tuning a model on human trial-by-trial data, with the
+loss only on the human responses, makes it a better predictor of people it
+never saw. This module does that on the user's own experiment:
+
+1. **Split by participant** (seeded): train / validation / test fractions from
+   ``finetune.split``; written to ``split.json`` so that ``psysim run`` with
+   ``cohort.split: {file: …/split.json, part: test}`` evaluates exactly the
+   held-out people.
+2. **Data**: each training participant's prompt under ``finetune.condition``
+   (raw format; persona conditions train with the persona), tokenized as
+   scoring tokenizes it (:func:`psysim.scoring.encode`); labels are ``-100``
+   everywhere except the tokens of human responses, so the loss is the NLL of
+   the responses only. Transcripts longer than ``max_length`` lose their
+   oldest trials (persona and instructions kept).
+3. **Training**: peft LoRA (rank, alpha, dropout, target modules — all linear
+   layers by default —, rsLoRA) with AdamW; per epoch the training
+   participants are shuffled with ``numpy.random.default_rng([seed, epoch])``;
+   loss = mean NLL per response token of the batch; gradients clipped at 1.
+   After every epoch the validation NLL (Psych-201's: mean over responses of
+   the response's summed NLL) decides early stopping (``patience``).
+4. **Resumable and deterministic**: a checkpoint (adapter, optimizer, torch
+   RNG, curve) after every epoch and every ``CHECKPOINT_STEPS`` steps; the
+   same command resumes from the last one, and on CPU the same seed gives the
+   same adapter.
+5. **The adapter** (the best epoch's) is saved in ``adapter/`` with a card
+   (``psysim_card.json`` and ``README.md``): base model and its hash, data and
+   split, hyperparameters, the training curve, and the test NLL of the base
+   model and of the fine-tuned one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, Problem, PsysimError
+from .experiment import Experiment
+from .files import display_path
+from .store import write_atomic
+
+__all__ = ["CHECKPOINT_STEPS", "FinetuneResult", "finetune_experiment", "make_split", "training_example"]
+
+#: Optimisation steps between mid-epoch checkpoints.
+CHECKPOINT_STEPS = 25
+
+
+class FinetuneResult:
+    """Where the adapter, split and card were written, and the card itself."""
+
+    def __init__(self, out: Path, card: dict[str, Any]):
+        self.out = out
+        self.adapter = out / "adapter"
+        self.split = out / "split.json"
+        self.card = card
+
+
+def make_split(exp: Experiment, participants: list[str]) -> dict[str, list[str]]:
+    """Seeded split of participants into train / validation / test (cohort order kept within each part)."""
+    import numpy as np
+
+    cfg = exp.config
+    train_f, val_f, _ = cfg.finetune.split
+    n = len(participants)
+    order = np.random.default_rng([cfg.seed, 7]).permutation(n)
+    n_train = round(train_f * n)
+    n_val = round(val_f * n)
+    part = {}
+    for pos, i in enumerate(order):
+        part[participants[i]] = "train" if pos < n_train else "validation" if pos < n_train + n_val else "test"
+    split = {k: [p for p in participants if part[p] == k] for k in ("train", "validation", "test")}
+    empty = [k for k, ids in split.items() if not ids]
+    if empty:
+        raise ConfigError(
+            f"the split leaves no {' and no '.join(empty)} participants ({n} participants in all)",
+            [
+                cfg.problem(
+                    ("finetune", "split") if "split" in cfg.raw.get("finetune", {}) else ("finetune",),
+                    f"expected fractions that give every part at least one of the {n} participants, found "
+                    f"train {len(split['train'])}, validation {len(split['validation'])}, test {len(split['test'])}",
+                )
+            ],
+        )
+    return split
+
+
+def training_example(tokenizer, text: str, spans, add_special_tokens: bool = True) -> tuple[list[int], list[int]]:
+    """``(input_ids, labels)``: labels are the response tokens' ids and -100 everywhere else (loss on responses only)."""
+    from .scoring import encode
+
+    enc = encode(tokenizer, text, spans, add_special_tokens)
+    labels = [-100] * len(enc.ids)
+    for start, end in enc.ranges:
+        labels[start:end] = enc.ids[start:end]
+    return enc.ids, labels
+
+
+def batch_loss(model, batch: list[tuple[list[int], list[int]]], pad_id: int):
+    """Mean NLL per response token over a batch (right-padded; padding and non-responses are ignored)."""
+    import torch
+
+    device = next(model.parameters()).device
+    length = max(len(ids) for ids, _ in batch)
+    input_ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), length), -100, dtype=torch.long)
+    mask = torch.zeros((len(batch), length), dtype=torch.long)
+    for b, (ids, lab) in enumerate(batch):
+        input_ids[b, : len(ids)] = torch.tensor(ids)
+        labels[b, : len(lab)] = torch.tensor(lab)
+        mask[b, : len(ids)] = 1
+    logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits.float()
+    # Token t is predicted at position t - 1: shift, then cross-entropy only where a label is a response token.
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1).to(device), ignore_index=-100
+    )
+
+
+def _nll(backend, prompts) -> float:
+    """Psych-201's NLL: the mean over responses of each response's summed NLL, scored as psysim run scores."""
+    from .backends import ScoreRequest
+
+    requests = [ScoreRequest(key=p.participant, text=p.text, spans=p.spans) for p in prompts]
+    scores = [r.logprob for result in backend.score(requests) for r in result.responses]
+    return -math.fsum(scores) / len(scores) if scores else math.nan
+
+
+def _fitting_prompt(exp, backend, pid, condition, limit):
+    """The participant's raw prompt, oldest trials dropped until it fits ``limit`` tokens; error if one trial does not."""
+
+    def length(p):
+        return backend.count_tokens(p.text, p.spans, True)
+
+    prompt = exp.render(pid, condition)
+    if length(prompt) <= limit:
+        return prompt
+    n = len(prompt.responses)
+    lo, hi = 1, n - 1  # the fewest dropped trials that fit (token count grows with kept trials)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if length(exp.render(pid, condition, drop_oldest=mid)) <= limit:
+            hi = mid
+        else:
+            lo = mid + 1
+    prompt = exp.render(pid, condition, drop_oldest=lo) if n > 1 else prompt
+    if length(prompt) > limit:
+        raise ConfigError(
+            f"finetune.max_length ({limit} tokens) is too short for participant {pid}",
+            [
+                exp.config.problem(
+                    ("finetune", "max_length"),
+                    f"expected room for the persona, the instructions and at least one trial, which take "
+                    f"{length(prompt)} tokens; found {limit}",
+                )
+            ],
+        )
+    return prompt
+
+
+def finetune_experiment(
+    exp: Experiment, *, out: str | os.PathLike | None = None, progress: bool = True, restart: bool = False, backend=None
+) -> FinetuneResult:
+    """Train the adapter (module docstring); resumes from the last checkpoint in ``out`` unless ``restart``."""
+    import numpy as np
+    import torch
+
+    from .backends import get_backend
+    from .run import _inputs, _now, _quiet_transformers, _versions, check_writable
+
+    cfg = exp.config
+    ft = cfg.finetune
+    folder = Path(out) if out is not None else cfg.output.with_name(cfg.output.name + "-finetuned")
+    check_writable(folder)
+    model_cfg = exp.model(ft.model)
+    condition = exp.condition(ft.condition or cfg.conditions[0].name)
+    if model_cfg.backend != "hf":
+        raise ConfigError(
+            "fine-tuning needs a real model", [cfg.problem(("models", model_cfg.index, "backend"), "expected hf, found mock")]
+        )
+    participants = [p for p in exp.participants if p in exp.transcripts]
+    split = make_split(exp, participants)
+    fingerprint = {
+        "config": {k: v for k, v in cfg.raw.items() if k not in ("output", "description")},
+        "inputs": _inputs(exp),
+        "psysim": _versions()["psysim"],
+    }
+    state_path = folder / "state.json"
+    if restart:
+        import shutil
+
+        for name in ("checkpoint", "adapter"):
+            shutil.rmtree(folder / name, ignore_errors=True)
+        state_path.unlink(missing_ok=True)
+    state = json.loads(state_path.read_text("utf-8")) if state_path.exists() else None
+    if state is not None and state.get("fingerprint") != fingerprint:
+        raise PsysimError(
+            f"the folder {display_path(folder)} holds fine-tuning of a different configuration",
+            [Problem("choose another folder with --out, or rerun with --restart to discard it")],
+        )
+    if state is not None and state.get("status") == "complete":
+        return FinetuneResult(folder, json.loads((folder / "adapter" / "psysim_card.json").read_text("utf-8")))
+
+    _quiet_transformers(progress)
+    backend = backend or get_backend(model_cfg, cfg.folder)
+    if getattr(backend, "model", None) is None:
+        raise ConfigError("fine-tuning needs a transformers model (the hf backend)")
+    tok = backend.tokenizer
+    prompts = {
+        part: [_fitting_prompt(exp, backend, pid, condition.name, ft.max_length) for pid in ids] for part, ids in split.items()
+    }
+    examples = [training_example(tok, p.text, p.spans) for p in prompts["train"]]
+
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+    torch.manual_seed(cfg.seed)
+    base_test_nll = state["base_test_nll"] if state else _nll(backend, prompts["test"])
+    base_val_nll = state["curve"][0]["validation_nll"] if state else _nll(backend, prompts["validation"])
+    lora = LoraConfig(
+        r=ft.rank,
+        lora_alpha=ft.alpha,
+        lora_dropout=ft.dropout,
+        target_modules=ft.target_modules if isinstance(ft.target_modules, str) else list(ft.target_modules),
+        use_rslora=ft.rslora,
+        task_type="CAUSAL_LM",
+    )
+    base_model = backend.model
+    model = get_peft_model(base_model, lora)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=ft.learning_rate)
+    curve = state["curve"] if state else [{"epoch": 0, "train_loss": None, "validation_nll": base_val_nll}]
+    epoch, step = (state["epoch"], state["step"]) if state else (1, 0)
+    best, bad_epochs = (state["best"], state["bad_epochs"]) if state else (base_val_nll, 0)
+    if state and (folder / "checkpoint").exists():
+        ck = torch.load(folder / "checkpoint" / "training.pt", weights_only=False)
+        set_peft_model_state_dict(model, ck["adapter"])
+        optimizer.load_state_dict(ck["optimizer"])
+        torch.set_rng_state(ck["rng"])
+    backend.model = model  # scoring (validation) goes through the adapter from now on
+    started = time.time()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        per_epoch = math.ceil(len(examples) / ft.batch_size)
+        bar = tqdm(total=ft.epochs * per_epoch, initial=(epoch - 1) * per_epoch + step, desc="finetune", unit="step")
+
+    def save_state(status: str, losses) -> None:
+        folder.joinpath("checkpoint").mkdir(parents=True, exist_ok=True)
+        torch.save(
+            {"adapter": get_peft_model_state_dict(model), "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()},
+            folder / "checkpoint" / "training.pt.tmp",
+        )
+        os.replace(folder / "checkpoint" / "training.pt.tmp", folder / "checkpoint" / "training.pt")
+        data = {
+            "fingerprint": fingerprint,
+            "status": status,
+            "epoch": epoch,
+            "step": step,
+            "epoch_losses": losses,
+            "curve": curve,
+            "best": best,
+            "bad_epochs": bad_epochs,
+            "base_test_nll": base_test_nll,
+        }
+        write_atomic(state_path, lambda tmp: tmp.write_text(json.dumps(data, indent=2), encoding="utf-8"))
+
+    losses = state.get("epoch_losses", []) if state else []
+    while epoch <= ft.epochs and bad_epochs < ft.patience:
+        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(examples))
+        batches = [order[i : i + ft.batch_size] for i in range(0, len(order), ft.batch_size)]
+        model.train()
+        while step < len(batches):
+            loss = batch_loss(model, [examples[i] for i in batches[step]], backend.pad_id)
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+            optimizer.step()
+            losses.append(loss.item())
+            step += 1
+            if bar:
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+            if step % CHECKPOINT_STEPS == 0 and step < len(batches):
+                save_state("running", losses)
+        model.eval()
+        val = _nll(backend, prompts["validation"])
+        curve.append({"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else None, "validation_nll": val})
+        if val < best:
+            best, bad_epochs = val, 0
+            model.save_pretrained(folder / "adapter")  # the best epoch's adapter
+        else:
+            bad_epochs += 1
+        epoch, step, losses = epoch + 1, 0, []
+        save_state("running", losses)
+    if bar:
+        bar.close()
+    if not (folder / "adapter").exists():
+        model.save_pretrained(folder / "adapter")  # no epoch beat the base model: keep the last, and say so in the card
+    # Test NLL with the best adapter, exactly as psysim run will compute it.
+    from peft.utils import load_peft_weights
+
+    set_peft_model_state_dict(model, load_peft_weights(str(folder / "adapter")))
+    model.eval()
+    tuned_test_nll = _nll(backend, prompts["test"])
+    write_atomic(folder / "split.json", lambda tmp: tmp.write_text(json.dumps(split, indent=2), encoding="utf-8"))
+    card = {
+        "psysim_adapter": 1,
+        "base_model": {"name": model_cfg.name, **backend.identity()},
+        "experiment": cfg.name,
+        "config_path": display_path(cfg.path),
+        "config_sha256": cfg.sha256,
+        "inputs": fingerprint["inputs"],
+        "condition": condition.name,
+        "split": {k: len(v) for k, v in split.items()},
+        "split_file": "split.json",
+        "hyperparameters": {
+            "rank": ft.rank,
+            "alpha": ft.alpha,
+            "dropout": ft.dropout,
+            "target_modules": ft.target_modules,
+            "rslora": ft.rslora,
+            "learning_rate": ft.learning_rate,
+            "epochs": ft.epochs,
+            "batch_size": ft.batch_size,
+            "max_length": ft.max_length,
+            "patience": ft.patience,
+            "seed": cfg.seed,
+        },
+        "curve": curve,
+        "best_validation_nll": best,
+        "test_nll": {"base": base_test_nll, "fine_tuned": tuned_test_nll, "participants": len(split["test"])},
+        "versions": _versions(),
+        "finished": _now(time.time()),
+        "seconds_last_session": round(time.time() - started, 1),
+    }
+    adapter = folder / "adapter"
+    write_atomic(
+        adapter / "psysim_card.json", lambda tmp: tmp.write_text(json.dumps(card, indent=2, default=str), encoding="utf-8")
+    )
+    write_atomic(adapter / "README.md", lambda tmp: tmp.write_text(_card_text(card), encoding="utf-8"))
+    save_state("complete", [])
+    return FinetuneResult(folder, card)
+
+
+def _card_text(card: dict[str, Any]) -> str:
+    hp = card["hyperparameters"]
+    rows = "\n".join(
+        "| {} | {} | {:.4f} |".format(
+            c["epoch"], "" if c["train_loss"] is None else f"{c['train_loss']:.4f}", c["validation_nll"]
+        )
+        for c in card["curve"]
+    )
+    test = card["test_nll"]
+    return f"""# LoRA adapter for {card["base_model"]["name"]} (psysim finetune)
+
+Trained by psysim on the human responses of experiment `{card["experiment"]}` ({card["config_path"]},
+sha256 {card["config_sha256"]}), condition `{card["condition"]}`, loss on the response tokens only.
+
+- Base model: {card["base_model"].get("source", card["base_model"]["name"])}, sha256 {card["base_model"].get("sha256")}
+- Split by participant (`{card["split_file"]}` in the run folder): train {card["split"]["train"]},
+  validation {card["split"]["validation"]}, test {card["split"]["test"]}
+- LoRA: rank {hp["rank"]}, alpha {hp["alpha"]}, dropout {hp["dropout"]}, target modules {hp["target_modules"]},
+  rsLoRA {hp["rslora"]}; AdamW, learning rate {hp["learning_rate"]}, batch size {hp["batch_size"]},
+  at most {hp["epochs"]} epochs (early stopping, patience {hp["patience"]}), max length {hp["max_length"]}, seed {hp["seed"]}
+
+## Training curve (validation NLL: mean over responses of each response's NLL, nats)
+
+| epoch | training loss (per response token) | validation NLL |
+|---|---|---|
+{rows}
+
+## Held-out participants ({test["participants"]})
+
+| model | test NLL |
+|---|---|
+| base | {test["base"]:.4f} |
+| fine-tuned | {test["fine_tuned"]:.4f} |
+"""

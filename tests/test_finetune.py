@@ -1,0 +1,181 @@
+"""psysim finetune: loss on responses only, a split by participant, determinism, resume, and held-out evaluation.
+
+A tiny random-weight Llama (tests/models_tiny.py) is fine-tuned on 12 real
+participants of the shipped thoma2025riskychoice study; the adapter's card,
+`psysim run` on the held-out participants, and a reference computation of the
+loss must agree exactly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+
+import pandas as pd
+import pytest
+from test_run import error_of, save_tiny
+
+THOMA = "participants/thoma2025riskychoice"
+
+YAML = """\
+name: ft
+seed: 3
+data:
+  format: psych201
+  path: {repo}/{thoma}/prompts.jsonl
+  options: infer
+cohort:
+  schema: {repo}/{thoma}/schema.json
+  sample: 20
+models:
+  - name: tiny
+    source: tiny-model
+conditions: [no_persona]
+finetune:
+  epochs: 2
+  batch_size: 4
+  learning_rate: 0.001
+  split: {{train: 0.6, validation: 0.2, test: 0.2}}
+"""
+
+
+@pytest.fixture
+def ft(tmp_path, monkeypatch, hf):
+    from conftest import REPO
+
+    monkeypatch.chdir(tmp_path)
+    save_tiny(tmp_path / "tiny-model", hf)
+    (tmp_path / "experiment.yaml").write_text(YAML.format(repo=REPO, thoma=THOMA), encoding="utf-8")
+    return tmp_path
+
+
+def digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_loss_is_the_mean_nll_of_response_tokens_only(ft, hf):
+    """batch_loss equals the reference NLL per response token; text after the last response changes nothing."""
+    import torch
+
+    import psysim
+    from psysim.finetune import batch_loss, training_example
+    from psysim.scoring import reference_scores
+
+    exp = psysim.load_experiment("experiment.yaml")
+    tok = hf.tokenizer()
+    model = hf.model(len(tok))
+    prompts = [exp.render(pid, "no_persona") for pid in exp.participants[:3]]
+    examples = [training_example(tok, p.text, p.spans) for p in prompts]
+    for (ids, labels), p in zip(examples, prompts, strict=True):
+        kept = [t for t, label in zip(ids, labels, strict=True) if label != -100]
+        assert tok.decode(kept) == "".join(p.responses)  # the labels are exactly the response tokens
+    with torch.no_grad():
+        loss = float(batch_loss(model, examples, tok.pad_token_id))
+        ref = [reference_scores(model, tok, p.text, p.spans) for p in prompts]
+    total = -math.fsum(lp for r in ref for lp, _ in r)
+    tokens = sum(n for r in ref for _, n in r)
+    assert loss == pytest.approx(total / tokens, abs=1e-5)
+    # A non-response token after the last response is neither a target nor context for any response.
+    changed = [training_example(tok, p.text + " Thank you for taking part!", p.spans) for p in prompts]
+    with torch.no_grad():
+        assert float(batch_loss(model, changed, tok.pad_token_id)) == pytest.approx(loss, abs=1e-6)
+
+
+def test_finetune_then_run_on_held_out_people(ft, run_cli):
+    """Split, card, curve; psysim run with cohort.split reproduces the card's held-out NLLs exactly."""
+    r = run_cli("finetune", "experiment.yaml", "--out", "out", "-q")
+    assert r.exit_code == 0, r.stderr
+    split = json.loads((ft / "out" / "split.json").read_text("utf-8"))
+    assert [len(split[k]) for k in ("train", "validation", "test")] == [12, 4, 4]
+    assert not set(split["train"]) & set(split["test"]) and not set(split["validation"]) & set(split["test"])
+    card = json.loads((ft / "out" / "adapter" / "psysim_card.json").read_text("utf-8"))
+    assert [c["epoch"] for c in card["curve"]] == [0, 1, 2]
+    assert card["split"] == {"train": 12, "validation": 4, "test": 4}
+    assert card["base_model"]["sha256"] and card["hyperparameters"]["rank"] == 8
+    assert card["best_validation_nll"] == min(c["validation_nll"] for c in card["curve"])
+    assert "| fine-tuned |" in (ft / "out" / "adapter" / "README.md").read_text("utf-8")
+    assert f"held-out participants (4): NLL {card['test_nll']['base']:.4f} (base)" in r.stdout
+
+    evaluation = (
+        (ft / "experiment.yaml")
+        .read_text("utf-8")
+        .split("models:")[0]
+        .replace("  sample: 20\n", "  sample: 20\n  split: {file: out/split.json, part: test}\n")
+    )
+    evaluation += (
+        "models:\n  - name: base\n    source: tiny-model\n  - name: tuned\n    source: tiny-model\n    adapter: out/adapter\n"
+    )
+    evaluation += "conditions: [no_persona]\n"
+    (ft / "eval.yaml").write_text(evaluation, encoding="utf-8")
+    r = run_cli("run", "eval.yaml", "--out", "evalrun", "-q")
+    assert r.exit_code == 0, r.stderr
+    trials = pd.read_parquet(ft / "evalrun" / "trials.parquet")
+    assert sorted(set(trials["participant"])) == sorted(split["test"])
+    nll = (-trials.groupby("model")["logprob"].mean()).to_dict()
+    assert nll["base"] == pytest.approx(card["test_nll"]["base"], abs=1e-9)
+    assert nll["tuned"] == pytest.approx(card["test_nll"]["fine_tuned"], abs=1e-9)
+
+
+def test_same_seed_same_adapter_and_resume_after_interrupt(ft, run_cli, monkeypatch):
+    """Two runs give byte-identical adapters; one interrupted mid-epoch resumes to the same adapter."""
+    import psysim.finetune as finetune
+
+    assert run_cli("finetune", "experiment.yaml", "--out", "a", "-q").exit_code == 0
+    assert run_cli("finetune", "experiment.yaml", "--out", "b", "-q").exit_code == 0
+    weights = "adapter/adapter_model.safetensors"
+    assert digest(ft / "a" / weights) == digest(ft / "b" / weights)
+
+    monkeypatch.setattr(finetune, "CHECKPOINT_STEPS", 1)
+    real = finetune.batch_loss
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:  # epoch 2, second step (3 steps per epoch)
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(finetune, "batch_loss", interrupted)
+    r = run_cli("finetune", "experiment.yaml", "--out", "c", "-q")
+    assert r.exit_code == 130 and "run the same command again to resume" in r.stderr
+    state = json.loads((ft / "c" / "state.json").read_text("utf-8"))
+    assert (state["epoch"], state["step"]) == (2, 1)
+    monkeypatch.setattr(finetune, "batch_loss", real)
+    assert run_cli("finetune", "experiment.yaml", "--out", "c", "-q").exit_code == 0
+    assert digest(ft / "c" / weights) == digest(ft / "a" / weights)
+    a = json.loads((ft / "a" / "adapter" / "psysim_card.json").read_text("utf-8"))
+    c = json.loads((ft / "c" / "adapter" / "psysim_card.json").read_text("utf-8"))
+    assert a["curve"] == c["curve"] and a["test_nll"] == c["test_nll"]
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "message"),
+    [
+        ("learning_rate: 0.001", "learning_rate: 0", "finetune.learning_rate: expected a number > 0, found an integer 0"),
+        ("learning_rate: 0.001", "learning_rate: -0.1", "finetune.learning_rate: expected a number > 0, found a number -0.1"),
+        (
+            "{train: 0.6, validation: 0.2, test: 0.2}",
+            "{train: 0.8, validation: 0.2, test: 0.0}",
+            "error: the split leaves no test participants (20 participants in all)",
+        ),
+        (
+            "{train: 0.6, validation: 0.2, test: 0.2}",
+            "{train: 0.6, validation: 0.2, test: 0.1}",
+            "finetune.split: expected fractions that add up to 1, found 0.9",
+        ),
+        (
+            "batch_size: 4",
+            "batch_size: 4\n  max_length: 16",
+            "finetune.max_length: expected room for the persona, the instructions",
+        ),
+    ],
+    ids=["lr-zero", "lr-negative", "no-test", "fractions", "max-length"],
+)
+def test_bad_settings_stop_before_training(ft, run_cli, old, new, message):
+    text = (ft / "experiment.yaml").read_text("utf-8").replace(old, new)
+    (ft / "experiment.yaml").write_text(text, encoding="utf-8")
+    r = run_cli("finetune", "experiment.yaml", "--out", "out", "-q")
+    assert r.exit_code == 2
+    assert message in error_of(r.stderr)
+    assert not (ft / "out" / "checkpoint").exists()
