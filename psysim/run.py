@@ -182,20 +182,24 @@ def run_experiment(
     return RunResult(trials, folder, store.manifest, resumed=resumed > 0)
 
 
+def backend_for(model, base: Path, backends: dict[str, Backend] | None, dry_run: bool, progress: bool) -> Backend:
+    """The backend of one model entry: a ready one by name, the mock for a dry run, else loaded (once per model)."""
+    if backends and model.name in backends:
+        return backends[model.name]
+    if dry_run:
+        from .backends.mock import MockBackend
+
+        return MockBackend(model.name)
+    _quiet_transformers(progress)
+    return get_backend(model, base)
+
+
 def _score_model(exp, model, batches, todo, store: RunFolder, backends, dry_run, progress) -> None:
     """Load one model and score its unsaved batches, saving each as soon as it is scored."""
     import pandas as pd
 
     cfg = exp.config
-    if backends and model.name in backends:
-        backend = backends[model.name]
-    elif dry_run:
-        from .backends.mock import MockBackend
-
-        backend = MockBackend(model.name)
-    else:
-        _quiet_transformers(progress)
-        backend = get_backend(model, cfg.folder)
+    backend = backend_for(model, cfg.folder, backends, dry_run, progress)
     store.record_model(model.name, backend.identity())
     per_participant = len(model.formats) * len(cfg.conditions)
     total = per_participant * sum(len(b) for b in batches)

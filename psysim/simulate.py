@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .backends import Backend, get_backend
+from .backends import Backend
 from .errors import ConfigError, PsysimError
 from .experiment import Experiment
 from .participants import Profile
@@ -299,7 +299,7 @@ def simulate_experiment(
     import numpy as np
     import pandas as pd
 
-    from .run import _inputs, _now, _progress, _quiet_transformers, _versions, check_writable
+    from .run import _inputs, _now, _progress, _versions, backend_for, check_writable
     from .store import FORMAT, RunFolder
 
     cfg = exp.config
@@ -329,15 +329,7 @@ def simulate_experiment(
             mine = [u for u, (m, _, _) in enumerate(units) if m is model and todo[u]]
             if not mine:
                 continue
-            if backends and model.name in backends:
-                backend = backends[model.name]
-            elif dry_run:
-                from .backends.mock import MockBackend
-
-                backend = MockBackend(model.name)
-            else:
-                _quiet_transformers(progress)
-                backend = get_backend(model, cfg.folder)
+            backend = backend_for(model, cfg.folder, backends, dry_run, progress)
             store.record_model(model.name, backend.identity())
             total = len(people) * len([u for u, (m, _, _) in enumerate(units) if m is model])
             done = total - sum(len(batches[b]) for u in mine for b in todo[u])
