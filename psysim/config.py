@@ -385,27 +385,20 @@ def _semantic_problems(data: dict[str, Any], at, resolve) -> list[Problem]:
                 problems.append(at(where, f"duplicate {label} name {name!r} (also {key}[{seen[name]}])"))
             seen.setdefault(name, i)
     model_names = {m.get("name") for m in models if isinstance(m, dict)} if isinstance(models, list) else set()
-    pairs = section("evaluation").get("post_training")
-    for i, pair in enumerate(pairs if isinstance(pairs, list) else ()):
-        if not isinstance(pair, dict):
-            continue
-        for role in ("base", "post_trained"):
-            name = pair.get(role)
-            if isinstance(name, str) and name not in model_names:
-                known = ", ".join(sorted(str(n) for n in model_names if isinstance(n, str))) or "none"
-                problems.append(
-                    at(
-                        ("evaluation", "post_training", i, role),
-                        f"expected the name of a model in models: ({known}), found {name!r}",
-                    )
-                )
-        if isinstance(pair.get("base"), str) and pair.get("base") == pair.get("post_trained"):
-            problems.append(
-                at(
-                    ("evaluation", "post_training", i, "post_trained"),
-                    f"expected a model other than the base, found {pair['base']!r} twice",
-                )
-            )
+    for key, other in (("post_training", "post_trained"), ("fine_tuning", "fine_tuned")):
+        pairs = section("evaluation").get(key)
+        for i, pair in enumerate(pairs if isinstance(pairs, list) else ()):
+            if not isinstance(pair, dict):
+                continue
+            for role in ("base", other):
+                name = pair.get(role)
+                if isinstance(name, str) and name not in model_names:
+                    known = ", ".join(sorted(str(n) for n in model_names if isinstance(n, str))) or "none"
+                    message = f"expected the name of a model in models: ({known}), found {name!r}"
+                    problems.append(at(("evaluation", key, i, role), message))
+            if isinstance(pair.get("base"), str) and pair.get("base") == pair.get(other):
+                message = f"expected a model other than the base, found {pair['base']!r} twice"
+                problems.append(at(("evaluation", key, i, other), message))
     return problems
 
 

@@ -25,6 +25,7 @@ import math
 __all__ = [
     "CONDITION_KEYS",
     "compare_conditions",
+    "compare_models",
     "condition_metrics",
     "distribution_distance",
     "headroom_recovered",
@@ -296,3 +297,24 @@ def population_comparison(synthetic, humans, *, seed: int, n_boot: int = 200, by
         )
     columns = ["model", "condition", "experiment", "item", "options", "synthetic", "human", "n_synthetic", "n_human"]
     return pd.DataFrame(rows, columns=[*columns, "measure", "distance", "floor", "floor_p95"])
+
+
+def compare_models(trials, before: str, after: str, *, measure: str = "nll", seed: int, n_boot: int = 10_000):
+    """Paired comparison of two models per format × condition: ``after − before`` of a measure, over participants.
+
+    E.g. a base model and the same model with a fine-tuned adapter, on the same
+    (held-out) participants: the mean per-participant difference, its
+    percentile bootstrap CI and d_z (:func:`paired_bootstrap`).
+    """
+    import pandas as pd
+
+    parts = participant_metrics(trials)
+    rows = []
+    for (fmt, condition), group in parts.groupby(["format", "condition"], sort=False):
+        wide = group.pivot_table(index=["experiment", "participant"], columns="model", values=measure)
+        if before not in wide or after not in wide:
+            continue
+        paired = wide[[before, after]].dropna()
+        stats = paired_bootstrap(paired[before], paired[after], seed=seed, n_boot=n_boot)
+        rows.append({"format": fmt, "condition": condition, "measure": measure, "before": before, "after": after, **stats})
+    return pd.DataFrame(rows)

@@ -361,6 +361,28 @@ def _comparisons(run, trials, draws, seed, n_boot, note):
             )
     elif "population" in man.get("evaluation", {}).get("baselines", base):
         note("Headroom recovered needs both the population and the individual-ceiling baselines (option NLL).")
+    # Fine-tuning: the same participants scored by a base model and its fine-tuned version, paired.
+    from .metrics import compare_models
+
+    for pair in man.get("evaluation", {}).get("fine_tuning", []):
+        for measure in ("nll", "accuracy"):
+            table = compare_models(trials, pair["base"], pair["fine_tuned"], measure=measure, seed=seed, n_boot=n_boot)
+            for r in table.itertuples(index=False):
+                rows.append(
+                    dict(
+                        comparison="fine-tuning",
+                        model=f"{pair['fine_tuned']} − {pair['base']}",
+                        format=r.format,
+                        condition=r.condition,
+                        measure=measure,
+                        estimate=r.mean,
+                        ci_low=r.ci_low,
+                        ci_high=r.ci_high,
+                        d_z=r.d_z,
+                        n=r.n,
+                        note=None if r.n >= 2 else note("fine-tuning: fewer than two participants scored by both models."),
+                    )
+                )
     columns = ["comparison", "model", "format", "condition", "measure", "estimate", "ci_low", "ci_high", "d_z", "n", "note"]
     benefit_frame = (
         pd.concat(benefit, ignore_index=True) if benefit else pd.DataFrame(columns=["model", "format", "persona", "difference"])
@@ -558,6 +580,19 @@ def _paragraphs(report: Report) -> list[str]:
             if better:
                 s += f" Reliably better than the population baseline without a persona: {', '.join(better)}."
             out.append(s)
+    tuned = comps[(comps["comparison"] == "fine-tuning") & (comps["measure"] == "nll")]
+    for r in tuned.itertuples(index=False):
+        verdict = _direction(
+            r.ci_low,
+            r.ci_high,
+            "fine-tuning reliably improved the prediction of these people",
+            "fine-tuning reliably made it worse",
+            "no reliable difference",
+        )
+        out.append(
+            f"Fine-tuning ({r.model}, {r.format}, {r.condition}) changed NLL by {_fmt(r.estimate, 4)} "
+            f"({_interval(r.ci_low, r.ci_high, 4)}, d_z = {_fmt(r.d_z, 2)}, n = {r.n}): {verdict}."
+        )
     post = report.post_training
     if len(post):
         for r in post[(post["experiment"] == "mean over studies")].itertuples(index=False):

@@ -363,6 +363,7 @@ def _manifest(exp: Experiment, participants, batches, dry_run, limit) -> dict[st
             "cross_validation": cfg.evaluation.folds or "leave_one_out",
             "bootstrap": cfg.evaluation.bootstrap,
             "post_training": [{"base": b, "post_trained": p} for b, p in cfg.evaluation.post_training],
+            "fine_tuning": [{"base": b, "fine_tuned": t} for b, t in cfg.evaluation.fine_tuning],
         },
         "model_order": [m.name for m in cfg.models],
         "formats": {m.name: list(m.formats) for m in cfg.models},

@@ -106,7 +106,7 @@ def test_finetune_then_run_on_held_out_people(ft, run_cli):
     evaluation += (
         "models:\n  - name: base\n    source: tiny-model\n  - name: tuned\n    source: tiny-model\n    adapter: out/adapter\n"
     )
-    evaluation += "conditions: [no_persona]\n"
+    evaluation += "conditions: [no_persona]\nevaluation:\n  fine_tuning: [{base: base, fine_tuned: tuned}]\n"
     (ft / "eval.yaml").write_text(evaluation, encoding="utf-8")
     r = run_cli("run", "eval.yaml", "--out", "evalrun", "-q")
     assert r.exit_code == 0, r.stderr
@@ -115,6 +115,14 @@ def test_finetune_then_run_on_held_out_people(ft, run_cli):
     nll = (-trials.groupby("model")["logprob"].mean()).to_dict()
     assert nll["base"] == pytest.approx(card["test_nll"]["base"], abs=1e-9)
     assert nll["tuned"] == pytest.approx(card["test_nll"]["fine_tuned"], abs=1e-9)
+    # The report compares the two paired over the held-out participants.
+    from psysim.report import build_report
+
+    comps = build_report(ft / "evalrun").comparisons
+    row = comps[(comps["comparison"] == "fine-tuning") & (comps["measure"] == "nll")].iloc[0]
+    per_person = -trials.groupby(["model", "participant"])["logprob"].mean()
+    assert row["model"] == "tuned − base" and row["n"] == 4
+    assert row["estimate"] == pytest.approx((per_person["tuned"] - per_person["base"]).mean(), abs=1e-12)
 
 
 def test_same_seed_same_adapter_and_resume_after_interrupt(ft, run_cli, monkeypatch):

@@ -148,3 +148,19 @@ def test_headroom_recovered():
     assert headroom_recovered(model=1.5, population=2.0, ceiling=1.0) == pytest.approx(0.5)
     assert headroom_recovered(model=2.0, population=2.0, ceiling=1.0) == 0.0
     assert math.isnan(headroom_recovered(model=1.0, population=1.0, ceiling=1.2))
+
+
+def test_compare_models_is_the_paired_difference_of_participant_means():
+    """Fine-tuned minus base, per participant (mean NLL over their responses), bootstrapped as paired_bootstrap does."""
+    from psysim.metrics import compare_models, paired_bootstrap
+
+    tuned = TRIALS.assign(model="tuned", logprob=TRIALS["logprob"] + pd.Series([0.1, 0.3, -0.2, 0.05]))
+    both = pd.concat([TRIALS, tuned], ignore_index=True)
+    table = compare_models(both, "m", "tuned", measure="nll", seed=4, n_boot=500)
+    assert len(table) == 1
+    r = table.iloc[0]
+    # per participant: p1 mean change (-0.1 - 0.3) / 2 = -0.2; p2: +0.2; q1: -0.05 (NLL = -logprob)
+    assert r["mean"] == pytest.approx((-0.2 + 0.2 - 0.05) / 3, abs=1e-12)
+    expected = paired_bootstrap([0.0, 0.0, 0.0], [-0.2, 0.2, -0.05], seed=4, n_boot=500)
+    assert (r["ci_low"], r["ci_high"]) == (pytest.approx(expected["ci_low"]), pytest.approx(expected["ci_high"]))
+    assert r["n"] == 3 and (r["before"], r["after"]) == ("m", "tuned")
