@@ -131,6 +131,8 @@ class EvaluationConfig:
     bootstrap: int = 10_000
     #: (base, post_trained) model names.
     post_training: tuple[tuple[str, str], ...] = ()
+    #: (base, fine_tuned) model names.
+    fine_tuning: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -544,6 +546,7 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
             folds=None if ev.get("cross_validation", "leave_one_out") == "leave_one_out" else ev["cross_validation"],
             bootstrap=ev.get("bootstrap", 10_000),
             post_training=tuple((p["base"], p["post_trained"]) for p in ev.get("post_training", [])),
+            fine_tuning=tuple((p["base"], p["fine_tuned"]) for p in ev.get("fine_tuning", [])),
         ),
         simulation=SimulationConfig(
             n=data.get("simulation", {}).get("n"),
