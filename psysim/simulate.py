@@ -296,19 +296,18 @@ def simulate_experiment(
     restart: bool = False,
 ) -> SimulationResult:
     """Simulate every model × condition × synthetic participant into a resumable run folder (module docstring)."""
-    import numpy as np
     import pandas as pd
 
     from .run import _inputs, _now, _progress, _versions, backend_for, check_writable
     from .store import FORMAT, RunFolder
 
     cfg = exp.config
-    sim = cfg.simulation
     folder = Path(out) if out is not None else cfg.output.with_name(cfg.output.name + "-simulated")
     check_writable(folder)
     people = plan(exp, n)
     check_feedback(exp, [p.design_of for p in people])
     ids = [p.id for p in people]
+    rank = {pid: i for i, pid in enumerate(ids)}
     shuffle = derangement(ids, cfg.seed) if any(c.type == "shuffled_persona" for c in cfg.conditions) else {}
     by_id = {p.id: p for p in people}
     size = cfg.save_every
@@ -339,44 +338,9 @@ def simulate_experiment(
                 for b in todo[u]:
                     rows, transcripts = [], []
                     for who in batches[b]:
-                        persona_of = (
-                            None
-                            if cond.type == "no_persona"
-                            else (shuffle[who.id] if cond.type == "shuffled_persona" else who.id)
-                        )
-                        persona = (
-                            render_persona(
-                                exp.persona_templates[cond.name],
-                                by_id[persona_of].profile,
-                                exp.schema,
-                                experiment=exp.task.experiment,
-                            )
-                            if persona_of
-                            else ""
-                        )
-                        index = ids.index(who.id)
-                        rng = np.random.default_rng([cfg.seed, model.index, ci, index])  # independent of batching and resume
-                        session = backend.session(add_special_tokens=True, key=f"participant {who.id} ({cond.name})")
-                        per_trial, text, _ = simulate_participant(
-                            exp, session, who, persona, temperature=sim.temperature, rng=rng
-                        )
-                        common = {
-                            "model": model.name,
-                            "condition": cond.name,
-                            "participant": who.id,
-                            "experiment": exp.task.experiment,
-                        }
-                        rows += [{**common, "persona_of": persona_of, **r} for r in per_trial]
-                        transcripts.append(
-                            {
-                                **common,
-                                "design_of": who.design_of,
-                                "persona_of": persona_of,
-                                "persona": persona,
-                                "text": text,
-                                "tokens_read": session.tokens_read,
-                            }
-                        )
+                        r, t = _one(exp, backend, model, ci, cond, who, by_id, shuffle, rank[who.id])
+                        rows += r
+                        transcripts.append(t)
                         done += 1
                         if bar:
                             bar.update_to(done)
@@ -392,7 +356,6 @@ def simulate_experiment(
         simulated = store.saved_rows()
         transcripts = store.saved_rows("transcripts")
         order = {(m.name, c.name): i for i, (m, _, c) in enumerate(units)}
-        rank = {pid: i for i, pid in enumerate(ids)}
 
         def canonical(frame, by):
             keys = frame.assign(
@@ -447,6 +410,34 @@ def human_table(exp: Experiment):
     return pd.DataFrame(rows, columns=[*columns, *(f"profile.{f}" for f in fields)]).astype(
         {f"profile.{f}": "object" for f in fields}
     )
+
+
+def _one(exp: Experiment, backend, model, ci: int, cond, who: SimParticipant, by_id, shuffle, index: int):
+    """Simulate one participant under one model and condition: (rows of simulated.parquet, row of transcripts.parquet)."""
+    import numpy as np
+
+    cfg = exp.config
+    if cond.type == "no_persona":
+        persona_of, persona = None, ""
+    else:
+        persona_of = shuffle[who.id] if cond.type == "shuffled_persona" else who.id
+        template = exp.persona_templates[cond.name]
+        persona = render_persona(template, by_id[persona_of].profile, exp.schema, experiment=exp.task.experiment)
+    # One generator per (model, condition, participant): the same draws however the work is batched or resumed.
+    rng = np.random.default_rng([cfg.seed, model.index, ci, index])
+    session = backend.session(add_special_tokens=True, key=f"participant {who.id} ({cond.name})")
+    per_trial, text, _ = simulate_participant(exp, session, who, persona, temperature=cfg.simulation.temperature, rng=rng)
+    common = {"model": model.name, "condition": cond.name, "participant": who.id, "experiment": exp.task.experiment}
+    rows = [{**common, "persona_of": persona_of, **r} for r in per_trial]
+    transcript = {
+        **common,
+        "design_of": who.design_of,
+        "persona_of": persona_of,
+        "persona": persona,
+        "text": text,
+        "tokens_read": session.tokens_read,
+    }
+    return rows, transcript
 
 
 def participant_profiles(exp: Experiment, people: list[SimParticipant]):
