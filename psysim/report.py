@@ -30,6 +30,7 @@ from __future__ import annotations
 import datetime as _dt
 import html
 import io
+import itertools
 import math
 import os
 from dataclasses import dataclass, field
@@ -863,13 +864,58 @@ class SimulationReport:
     notes: list[str] = field(default_factory=list)
 
 
+def _numeric(values) -> bool:
+    return len(values) > 0 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
+def add_bands(humans, synthetic, bands: int = 3) -> list[str]:
+    """For numeric profile fields with many values (age, income), add ``profile.<field> band`` columns to both frames.
+
+    Bands are the humans' tertiles (``bands`` quantile bands), labelled by their
+    range, e.g. ``age 18–29``; the same cut points apply to the synthetic
+    participants. Returns the new subgroup names.
+    """
+    import numpy as np
+
+    names = []
+    for column in [c for c in humans.columns if c.startswith("profile.") and c in synthetic.columns]:
+        values = humans[column].dropna().tolist()
+        if not _numeric(values) or len(set(values)) < 10:
+            continue
+        cuts = sorted(set(np.quantile(np.array(values, dtype=float), np.linspace(0, 1, bands + 1)).tolist()))
+        if len(cuts) < 3:
+            continue
+        labels = [f"{_fmt_cut(a)}–{_fmt_cut(b)}" for a, b in itertools.pairwise(cuts)]
+
+        def band(v, cuts=cuts, labels=labels):
+            if v is None or (isinstance(v, float) and math.isnan(v)):
+                return None
+            for label, hi in zip(labels, cuts[1:], strict=True):
+                if float(v) <= hi:
+                    return label
+            return None  # above the humans' range: in no band
+
+        name = f"{column[len('profile.') :]} band"
+        humans[f"profile.{name}"] = [band(v) for v in humans[column]]
+        synthetic[f"profile.{name}"] = [band(v) for v in synthetic[column]]
+        names.append(name)
+    return names
+
+
+def _fmt_cut(x: float) -> str:
+    return f"{x:g}"
+
+
 def _subgroups(humans, synthetic, max_levels: int = 6) -> list[tuple[str, str]]:
-    """(field, level) pairs for profile fields with 2..max_levels categorical levels shared by both cohorts."""
+    """(field, level) pairs for profile fields with 2..max_levels categorical levels shared by both cohorts.
+
+    Numeric fields count through their bands (:func:`add_bands`), not their raw values.
+    """
     out = []
     for column in [c for c in humans.columns if c.startswith("profile.") and c in synthetic.columns]:
-        values = humans[column].dropna()
-        if not len(values) or all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            continue  # numbers: no natural levels (bands would need a choice the user should make)
+        values = humans[column].dropna().tolist()
+        if not values or _numeric(values):
+            continue
         levels = sorted({str(v) for v in values})
         if 2 <= len(levels) <= max_levels:
             shared = set(synthetic[column].dropna().astype(str))
@@ -922,6 +968,7 @@ def build_simulation_report(run: SavedRun | str | os.PathLike) -> SimulationRepo
             )
 
     summarise(items, "everyone", "")
+    add_bands(humans, sim)
     for by, level in _subgroups(humans, sim):
         summarise(population_comparison(sim, humans, seed=seed, by=by, level=level), by, level)
     summary = pd.DataFrame(rows)

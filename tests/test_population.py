@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -77,3 +79,20 @@ def test_simulation_report_compares_with_the_humans(gambles, run_cli):  # noqa: 
     assert set(summary.loc[summary["subgroup"] == "gender", "level"]) == {"Female", "Male"}
     page = open("out/report.html", encoding="utf-8").read()
     assert "Does the synthetic cohort look like the real one?" in page and "<svg" in page and "<script" not in page
+
+
+def test_numeric_profile_fields_become_tertile_bands_of_the_humans():
+    """Ages 20..49 (30 people): cut at the humans' tertiles; synthetic participants get the same cut points."""
+    from psysim.report import _subgroups, add_bands
+
+    humans = pd.DataFrame({"profile.age": list(range(20, 50)), "profile.sex": ["f", "m"] * 15})
+    synthetic = pd.DataFrame({"profile.age": [20, 35, 49, 80, None], "profile.sex": ["f", "m", "f", "m", "f"]})
+    assert add_bands(humans, synthetic) == ["age band"]
+    cuts = np.quantile(np.arange(20, 50), [0, 1 / 3, 2 / 3, 1])
+    labels = [f"{a:g}–{b:g}" for a, b in itertools.pairwise(cuts)]
+    bands = [None if pd.isna(b) else b for b in synthetic["profile.age band"]]
+    assert bands == [labels[0], labels[1], labels[2], None, None]  # 80: above the humans
+    assert humans["profile.age band"].value_counts().tolist() == [10, 10, 10]
+    groups = _subgroups(humans, synthetic)
+    assert ("sex", "f") in groups and ("age band", labels[1]) in groups
+    assert not [g for g in groups if g[0] == "age"]  # raw numbers are never levels
