@@ -67,8 +67,8 @@ def test_unknown_top_level_key_suggests_the_right_one(toy, run_cli):
         r,
         "invalid experiment file experiment.yaml (1 problem)",
         "  - experiment.yaml:13:1: condtions: unknown key 'condtions' (did you mean 'conditions'?); "
-        "expected one of: cohort, conditions, data, description, evaluation, models, name, output, persona, scoring, seed, "
-        "simulation",
+        "expected one of: cohort, conditions, data, description, evaluation, finetune, models, name, output, persona, scoring, "
+        "seed, simulation",
     )
 
 
@@ -158,8 +158,8 @@ def test_all_problems_of_the_yaml_are_reported_at_once(toy, run_cli):
         r,
         "invalid experiment file experiment.yaml (3 problems)",
         "  - experiment.yaml:2:1: nmae: unknown key 'nmae' (did you mean 'name'?); "
-        "expected one of: cohort, conditions, data, description, evaluation, models, name, output, persona, scoring, seed, "
-        "simulation",
+        "expected one of: cohort, conditions, data, description, evaluation, finetune, models, name, output, persona, scoring, "
+        "seed, simulation",
         "  - experiment.yaml:3:7: seed: expected a number ≥ 0, found an integer -1",
         '  - experiment.yaml:5:11: data.format: expected one of "psych201", "trials"; found a string "psych101" '
         "(did you mean 'psych201'?)",
