@@ -969,8 +969,10 @@ def build_simulation_report(run: SavedRun | str | os.PathLike) -> SimulationRepo
 
     summarise(items, "everyone", "")
     add_bands(humans, sim)
+    labels = man.get("value_labels", {})
     for by, level in _subgroups(humans, sim):
-        summarise(population_comparison(sim, humans, seed=seed, by=by, level=level), by, level)
+        shown = f"{level} ({labels[by][level]})" if level in labels.get(by, {}) else level
+        summarise(population_comparison(sim, humans, seed=seed, by=by, level=level), by, shown)
     summary = pd.DataFrame(rows)
     unmatched = sorted(set(sim["item"]) - set(humans["item"]))
     if unmatched:

@@ -482,6 +482,8 @@ def _manifest(exp: Experiment, people, batches_total: int, dry_run: bool, n: int
             "generated": cfg.cohort.generate is not None,
         },
         "model_order": [m.name for m in cfg.models],
+        # The words the schema gives coded values (e.g. Sex "1" = "Female"), so the report can name subgroups.
+        "value_labels": {name: dict(spec.value_labels) for name, spec in exp.schema.fields.items() if spec.value_labels},
         "conditions": [c.name for c in cfg.conditions],
         "condition_types": {c.name: {"type": c.type, "format": c.format} for c in cfg.conditions},
         "python": platform.python_version(),

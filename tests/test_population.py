@@ -96,3 +96,15 @@ def test_numeric_profile_fields_become_tertile_bands_of_the_humans():
     groups = _subgroups(humans, synthetic)
     assert ("sex", "f") in groups and ("age band", labels[1]) in groups
     assert not [g for g in groups if g[0] == "age"]  # raw numbers are never levels
+
+
+def test_subgroups_are_named_with_the_schemas_value_labels(gambles, run_cli):  # noqa: F811
+    import json
+
+    schema = json.loads((gambles / "schema.json").read_text("utf-8"))
+    schema["properties"]["gender"]["x-psysim"] = {"value_labels": {"Female": "woman", "Male": "man"}}
+    (gambles / "schema.json").write_text(json.dumps(schema), encoding="utf-8")
+    simulate(run_cli, "--dry-run", "--out", "out")
+    assert run_cli("report", "out").exit_code == 0
+    summary = pd.read_csv("out/summary.csv", keep_default_na=False)
+    assert set(summary.loc[summary["subgroup"] == "gender", "level"]) == {"Female (woman)", "Male (man)"}
