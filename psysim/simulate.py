@@ -23,6 +23,9 @@ Who is simulated:
   spec (:mod:`psysim.cohorts`), each doing the trial sequence of a seeded
   random real participant (``design: resample``) or of one named participant.
 
+Simulation reads the raw format (the transcript as text, as Psych-201's main
+analysis does); a model's ``chat`` format is not simulated.
+
 Results go to a run folder (:mod:`psysim.store`) saved per batch of
 participants, so an interrupted simulation resumes without duplicating or
 losing anyone: ``simulated.parquet`` (one row per model × condition ×
@@ -138,6 +141,17 @@ def plan(exp: Experiment, n: int | None = None) -> list[SimParticipant]:
     n = n if n is not None else sim.n
     if n is not None and n < 1:
         raise ConfigError(f"the number of synthetic participants must be at least 1, found {n}")
+    chat_only = [m for m in cfg.models if "raw" not in m.formats]
+    if chat_only:
+        raise ConfigError(
+            "psysim simulate reads the experiment as raw text",
+            [
+                cfg.problem(
+                    ("models", m.index, "formats"), f"expected raw among the formats of {m.name!r}, found {list(m.formats)}"
+                )
+                for m in chat_only
+            ],
+        )
     designs = [p for p in exp.participants if p in task.trials]
     generated = cfg.cohort.generate is not None
     design = sim.design or ("resample" if generated else "own")

@@ -289,3 +289,12 @@ def test_generated_cohort_that_cannot_be_valid_stops_before_the_model(gambles, r
     assert r.exit_code == 2
     assert "cohort.generate.fields.gender" in r.stderr and "Robot" in r.stderr
     assert not (gambles / "out" / "manifest.json").exists()
+
+
+def test_chat_only_models_are_refused_not_silently_simulated_raw(gambles, run_cli):
+    yaml = YAML.replace("    source: tiny-model\n", "    source: tiny-model\n    formats: [chat]\n    chat_template: chatml\n")
+    (gambles / "experiment.yaml").write_text(yaml, encoding="utf-8")
+    r = run_cli("simulate", "experiment.yaml", "-q", "--dry-run", "--out", "out")
+    assert r.exit_code == 2
+    assert "error: psysim simulate reads the experiment as raw text" in r.stderr
+    assert "models[0].formats: expected raw among the formats of 'tiny', found ['chat']" in r.stderr
