@@ -22,7 +22,9 @@ def cli() -> None:
     """Simulate cohorts of human participants with language models, and measure how human-like they are.
 
     Experiments are YAML files (see docs/experiment-file.md); `psysim validate` checks one,
-    `psysim render` shows what a model reads, `psysim run` scores it.
+    `psysim render` shows what a model reads, `psysim run` scores it against the humans,
+    `psysim report` writes its statistics and plots, `psysim simulate` makes synthetic
+    participants, `psysim export` writes them out, and `psysim finetune` trains an adapter.
     """
 
 
