@@ -28,7 +28,6 @@ A cell that cannot be computed is shown as "—" with a footnote saying why.
 from __future__ import annotations
 
 import datetime as _dt
-import html
 import io
 import itertools
 import math
@@ -288,7 +287,6 @@ def _comparisons(run, trials, draws, seed, n_boot, note):
         )
     if not by_type.get("shuffled_persona") and by_type.get("persona"):
         note("Persona specificity needs a shuffled_persona condition (someone else's profile); this run has none.")
-    base = ("uniform", "population", "individual")
     pop, ceiling = draws.get(("baseline", "population", "option_nll")), draws.get(("baseline", "individual", "option_nll"))
     for persona in by_type.get("persona", []):
         pairs = []
@@ -360,7 +358,7 @@ def _comparisons(run, trials, draws, seed, n_boot, note):
                     note=why,
                 )
             )
-    elif "population" in man.get("evaluation", {}).get("baselines", base):
+    else:  # a baseline was not declared, or could not be fitted (e.g. one participant)
         note("Headroom recovered needs both the population and the individual-ceiling baselines (option NLL).")
     # Fine-tuning: the same participants scored by a base model and its fine-tuned version, paired.
     from .metrics import compare_models
@@ -811,7 +809,6 @@ def write_report(run: str | os.PathLike | SavedRun, out: str | os.PathLike | Non
         option_measures=OPTION_MEASURES,
         generated=_dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         run_folder=display_path(report.run.folder),
-        escape=html.escape,
     )
     target = folder / "report.html"
     write_atomic(target, lambda tmp: tmp.write_text(page, encoding="utf-8"))
