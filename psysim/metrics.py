@@ -141,17 +141,24 @@ def compare_conditions(trials, before: str, after: str, *, measure: str = "nll",
     persona benefit in NLL (negative: the persona helps); ``"persona"`` vs
     ``"shuffled_persona"`` asks whether a person's *own* profile matters.
     """
+    return _paired(trials, "condition", before, after, measure=measure, seed=seed, n_boot=n_boot)
+
+
+def _paired(trials, across: str, before: str, after: str, *, measure: str, seed: int, n_boot: int):
+    """``after − before`` of ``measure`` where the two differ in column ``across``, paired over participants,
+    within every combination of the other condition keys."""
     import pandas as pd
 
     parts = participant_metrics(trials)
+    within = [k for k in CONDITION_KEYS if k != across]
     rows = []
-    for (model, fmt), group in parts.groupby(["model", "format"], sort=False):
-        wide = group.pivot_table(index=["experiment", "participant"], columns="condition", values=measure)
+    for key, group in parts.groupby(within, sort=False):
+        wide = group.pivot_table(index=["experiment", "participant"], columns=across, values=measure)
         if before not in wide or after not in wide:
             continue
         paired = wide[[before, after]].dropna()
         stats = paired_bootstrap(paired[before], paired[after], seed=seed, n_boot=n_boot)
-        rows.append({"model": model, "format": fmt, "measure": measure, "before": before, "after": after, **stats})
+        rows.append({**dict(zip(within, key, strict=True)), "measure": measure, "before": before, "after": after, **stats})
     return pd.DataFrame(rows)
 
 
@@ -306,15 +313,4 @@ def compare_models(trials, before: str, after: str, *, measure: str = "nll", see
     (held-out) participants: the mean per-participant difference, its
     percentile bootstrap CI and d_z (:func:`paired_bootstrap`).
     """
-    import pandas as pd
-
-    parts = participant_metrics(trials)
-    rows = []
-    for (fmt, condition), group in parts.groupby(["format", "condition"], sort=False):
-        wide = group.pivot_table(index=["experiment", "participant"], columns="model", values=measure)
-        if before not in wide or after not in wide:
-            continue
-        paired = wide[[before, after]].dropna()
-        stats = paired_bootstrap(paired[before], paired[after], seed=seed, n_boot=n_boot)
-        rows.append({"format": fmt, "condition": condition, "measure": measure, "before": before, "after": after, **stats})
-    return pd.DataFrame(rows)
+    return _paired(trials, "model", before, after, measure=measure, seed=seed, n_boot=n_boot)
