@@ -162,6 +162,8 @@ class SimulationConfig:
     temperature: float = 1.0
     #: ``own``, ``resample``, a participant id, or ``None`` (own without cohort.generate, resample with it).
     design: str | None = None
+    #: ``auto``, ``ordinal`` or ``nominal``: how the report compares response distributions.
+    scale: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -552,6 +554,7 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
             n=data.get("simulation", {}).get("n"),
             temperature=float(data.get("simulation", {}).get("temperature", 1.0)),
             design=data.get("simulation", {}).get("design"),
+            scale=data.get("simulation", {}).get("scale", "auto"),
         ),
         finetune=_finetune(data.get("finetune", {})),
         description=data.get("description", ""),

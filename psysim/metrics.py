@@ -239,15 +239,23 @@ def ordinal_values(options) -> list[float] | None:
         return None
 
 
-def distribution_distance(p, q, options) -> tuple[str, float]:
-    """``("wasserstein", d)`` for numeric (ordinal) options, else ``("jsd", d)``."""
+def distribution_distance(p, q, options, scale: str = "auto") -> tuple[str, float]:
+    """``("wasserstein", d)`` for ordinal options, ``("jsd", d)`` for nominal ones.
+
+    ``scale``: ``auto`` (numeric options are a rating scale: ordinal), ``ordinal``
+    (numeric options required) or ``nominal`` (categories, even when coded 1, 2, ...).
+    """
     values = ordinal_values(options)
-    if values is not None:
+    if scale == "ordinal" and values is None:
+        raise ValueError(f"scale ordinal needs numeric options, found {list(options)}")
+    if values is not None and scale != "nominal":
         return "wasserstein", wasserstein(p, q, values)
     return "jsd", jensen_shannon(p, q)
 
 
-def population_comparison(synthetic, humans, *, seed: int, n_boot: int = 200, by: str | None = None, level=None):
+def population_comparison(
+    synthetic, humans, *, seed: int, n_boot: int = 200, by: str | None = None, level=None, scale: str = "auto"
+):
     """Synthetic vs human response distributions, item by item, beside the humans' own sampling noise.
 
     ``synthetic`` has one row per model × condition × synthetic participant ×
@@ -261,7 +269,7 @@ def population_comparison(synthetic, humans, *, seed: int, n_boot: int = 200, by
     synthetic responses; ``n_boot`` seeded resamples) — the distance a perfect
     simulator would still show from sampling alone — with its 95th percentile.
     ``by``/``level`` restrict both to participants whose ``profile.<by>`` equals
-    ``level`` (a subgroup).
+    ``level`` (a subgroup); ``scale`` is passed to :func:`distribution_distance`.
     """
     import numpy as np
     import pandas as pd
@@ -279,10 +287,10 @@ def population_comparison(synthetic, humans, *, seed: int, n_boot: int = 200, by
         options = list(g["options"].iloc[0])
         p = proportions(g["response"], options)
         q = proportions(h["response"], options)
-        measure, distance = distribution_distance(p, q, options)
+        measure, distance = distribution_distance(p, q, options, scale)
         human = h["response"].to_numpy()
         floors = [
-            distribution_distance(proportions(human[rng.integers(0, len(human), size=len(g))], options), q, options)[1]
+            distribution_distance(proportions(human[rng.integers(0, len(human), size=len(g))], options), q, options, scale)[1]
             for _ in range(n_boot)
         ]
         rows.append(

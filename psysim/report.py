@@ -942,7 +942,8 @@ def build_simulation_report(run: SavedRun | str | os.PathLike) -> SimulationRepo
         rep = SimulationReport(run, empty, empty, notes=notes)
         rep.paragraphs = _simulation_paragraphs(rep)
         return rep
-    items = population_comparison(sim, humans, seed=seed)
+    scale = man.get("simulation", {}).get("scale", "auto")
+    items = population_comparison(sim, humans, seed=seed, scale=scale)
     rows = []
 
     def summarise(table, group: str, level: str) -> None:
@@ -969,7 +970,7 @@ def build_simulation_report(run: SavedRun | str | os.PathLike) -> SimulationRepo
     labels = man.get("value_labels", {})
     for by, level in _subgroups(humans, sim):
         shown = f"{level} ({labels[by][level]})" if level in labels.get(by, {}) else level
-        summarise(population_comparison(sim, humans, seed=seed, by=by, level=level), by, shown)
+        summarise(population_comparison(sim, humans, seed=seed, by=by, level=level, scale=scale), by, shown)
     summary = pd.DataFrame(rows)
     unmatched = sorted(set(sim["item"]) - set(humans["item"]))
     if unmatched:

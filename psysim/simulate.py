@@ -153,6 +153,21 @@ def plan(exp: Experiment, n: int | None = None) -> list[SimParticipant]:
             ],
         )
     designs = [p for p in exp.participants if p in task.trials]
+    if sim.scale == "ordinal":
+        from .metrics import ordinal_values
+
+        words = next(
+            (t.options for pid in designs for t in task.trials[pid] if t.options and ordinal_values(t.options) is None), None
+        )
+        if words is not None:
+            raise ConfigError(
+                "simulation.scale: ordinal needs numeric options",
+                [
+                    cfg.problem(
+                        ("simulation", "scale"), f"expected options that are numbers (a rating scale), found {list(words)}"
+                    )
+                ],
+            )
     generated = cfg.cohort.generate is not None
     design = sim.design or ("resample" if generated else "own")
     if design not in ("own", "resample") and design not in task.trials:
@@ -492,6 +507,7 @@ def _manifest(exp: Experiment, people, batches_total: int, dry_run: bool, n: int
         "simulation": {
             "n": len(people),
             "temperature": cfg.simulation.temperature,
+            "scale": cfg.simulation.scale,
             "design": cfg.simulation.design or ("resample" if cfg.cohort.generate else "own"),
             "generated": cfg.cohort.generate is not None,
         },

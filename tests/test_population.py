@@ -108,3 +108,27 @@ def test_subgroups_are_named_with_the_schemas_value_labels(gambles, run_cli):  #
     assert run_cli("report", "out").exit_code == 0
     summary = pd.read_csv("out/summary.csv", keep_default_na=False)
     assert set(summary.loc[summary["subgroup"] == "gender", "level"]) == {"Female (woman)", "Male (man)"}
+
+
+def test_scale_nominal_compares_coded_choices_as_categories():
+    """Options '1'/'2' are numbers, but with scale: nominal they are categories (Jensen–Shannon)."""
+    assert distribution_distance([0.2, 0.8], [0.6, 0.4], ["1", "2"]) == ("wasserstein", pytest.approx(0.4))
+    assert distribution_distance([0.2, 0.8], [0.6, 0.4], ["1", "2"], "nominal") == (
+        "jsd",
+        pytest.approx(jensenshannon([0.2, 0.8], [0.6, 0.4], base=2) ** 2),
+    )
+    with pytest.raises(ValueError, match="scale ordinal needs numeric options"):
+        distribution_distance([0.5, 0.5], [0.5, 0.5], ["A", "B"], "ordinal")
+
+
+def test_scale_in_the_experiment_file_reaches_the_report(gambles, run_cli):  # noqa: F811
+    from test_simulate import YAML
+
+    (gambles / "experiment.yaml").write_text(YAML + "simulation:\n  scale: ordinal\n", encoding="utf-8")
+    r = run_cli("simulate", "experiment.yaml", "-q", "--dry-run", "--out", "out")
+    assert r.exit_code == 2
+    assert "simulation.scale: expected options that are numbers (a rating scale), found ['A', 'B']" in r.stderr
+    (gambles / "experiment.yaml").write_text(YAML + "simulation:\n  scale: nominal\n", encoding="utf-8")
+    simulate(run_cli, "--dry-run", "--out", "out")
+    assert run_cli("report", "out").exit_code == 0
+    assert set(pd.read_csv("out/summary.csv")["measure"]) == {"jsd"}
