@@ -169,7 +169,7 @@ def finetune_experiment(
     import torch
 
     from .backends import get_backend
-    from .run import _inputs, _now, _quiet_transformers, _versions, check_writable
+    from .run import _inputs, _now, _quiet_transformers, _versions, check_writable, result_config
 
     cfg = exp.config
     ft = cfg.finetune
@@ -183,11 +183,7 @@ def finetune_experiment(
         )
     participants = [p for p in exp.participants if p in exp.transcripts]
     split = make_split(exp, participants)
-    fingerprint = {
-        "config": {k: v for k, v in cfg.raw.items() if k not in ("output", "description")},
-        "inputs": _inputs(exp),
-        "psysim": _versions()["psysim"],
-    }
+    fingerprint = {"config": result_config(exp), "inputs": _inputs(exp), "psysim": _versions()["psysim"]}
     state_path = folder / "state.json"
     if restart:
         import shutil

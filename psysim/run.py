@@ -329,34 +329,55 @@ def _inputs(exp: Experiment) -> dict[str, str]:
     return {key: file_sha256(path) for key, path in sorted(files.items())}
 
 
-def _manifest(exp: Experiment, participants, batches, dry_run, limit) -> dict[str, Any]:
+def result_config(exp: Experiment) -> dict[str, Any]:
+    """The experiment file's settings that can change a number: all but where results go and the description."""
+    return {k: v for k, v in exp.config.raw.items() if k not in ("output", "description")}
+
+
+def fingerprint(key: dict[str, Any]) -> str:
+    """SHA-256 of everything that decides a run's numbers (config, input hashes, limits, versions), as canonical JSON."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
+
+def manifest_base(exp: Experiment, *, limit, dry_run: bool, kind: str | None = None) -> dict[str, Any]:
+    """The fields every run folder's manifest starts with (``psysim run`` and ``psysim simulate``), fingerprint included.
+
+    ``kind`` (the simulation's) enters the fingerprint; a scoring run's fingerprint is keyed without it.
+    """
     cfg = exp.config
-    # Where results go and how the experiment is described do not change a single number.
-    config = {k: v for k, v in cfg.raw.items() if k not in ("output", "description")}
-    inputs = _inputs(exp)
-    versions = _versions()
-    fingerprint = hashlib.sha256(
-        json.dumps(
-            {"config": config, "inputs": inputs, "limit": limit, "dry_run": dry_run, "psysim": versions["psysim"]},
-            sort_keys=True,
-            default=str,
-        ).encode("utf-8")
-    ).hexdigest()
+    config, inputs, versions = result_config(exp), _inputs(exp), _versions()
+    key = {"config": config, "inputs": inputs, "limit": limit, "dry_run": dry_run, "psysim": versions["psysim"]}
+    if kind is not None:
+        key["kind"] = kind
     return {
         "psysim_run": FORMAT,
-        "kind": "scoring",
+        "kind": kind or "scoring",
         "experiment": cfg.name,
         "config_path": display_path(cfg.path),
         "config_sha256": cfg.sha256,
         "config": config,
         "inputs": inputs,
-        "fingerprint": fingerprint,
+        "fingerprint": fingerprint(key),
         "seed": cfg.seed,
         "dry_run": dry_run,
         "limit": limit,
+        "save_every": cfg.save_every,
+        "model_order": [m.name for m in cfg.models],
+        "conditions": [c.name for c in cfg.conditions],
+        "condition_types": {c.name: {"type": c.type, "format": c.format} for c in cfg.conditions},
+        "versions": versions,
+        "python": platform.python_version(),
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
+        "started": _now(time.time()),
+    }
+
+
+def _manifest(exp: Experiment, participants, batches, dry_run, limit) -> dict[str, Any]:
+    cfg = exp.config
+    return {
+        **manifest_base(exp, limit=limit, dry_run=dry_run),
         "participants": len(participants),
         "participant_ids": list(participants),
-        "save_every": cfg.save_every,
         "batches_total": len(batches) * len(cfg.models),
         "evaluation": {
             "baselines": list(cfg.evaluation.baselines),
@@ -365,14 +386,7 @@ def _manifest(exp: Experiment, participants, batches, dry_run, limit) -> dict[st
             "post_training": [{"base": b, "post_trained": p} for b, p in cfg.evaluation.post_training],
             "fine_tuning": [{"base": b, "fine_tuned": t} for b, t in cfg.evaluation.fine_tuning],
         },
-        "model_order": [m.name for m in cfg.models],
         "formats": {m.name: list(m.formats) for m in cfg.models},
-        "conditions": [c.name for c in cfg.conditions],
-        "condition_types": {c.name: {"type": c.type, "format": c.format} for c in cfg.conditions},
-        "versions": versions,
-        "python": platform.python_version(),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
-        "started": _now(time.time()),
     }
 
 

@@ -327,8 +327,8 @@ def simulate_experiment(
     """Simulate every model × condition × synthetic participant into a resumable run folder (module docstring)."""
     import pandas as pd
 
-    from .run import _inputs, _now, _progress, _versions, backend_for, check_writable
-    from .store import FORMAT, RunFolder
+    from .run import _now, _progress, backend_for, check_writable
+    from .store import RunFolder
 
     cfg = exp.config
     folder = Path(out) if out is not None else cfg.output.with_name(cfg.output.name + "-simulated")
@@ -343,8 +343,6 @@ def simulate_experiment(
     batches = [people[i : i + size] for i in range(0, len(people), size)]
     units = [(m, ci, c) for m in cfg.models for ci, c in enumerate(cfg.conditions)]
     manifest = _manifest(exp, people, len(batches) * len(units), dry_run, n)
-    manifest.update(psysim_run=FORMAT, inputs=_inputs(exp), versions=_versions(), started=_now(time.time()))
-    manifest["fingerprint"] = _fingerprint(manifest)
     started = time.time()
     store = RunFolder.open(folder, manifest, restart=restart)
     if store.complete:
@@ -487,22 +485,13 @@ def participant_profiles(exp: Experiment, people: list[SimParticipant]):
 
 
 def _manifest(exp: Experiment, people, batches_total: int, dry_run: bool, n: int | None) -> dict[str, Any]:
-    import platform
+    from .run import manifest_base
 
     cfg = exp.config
-    config = {k: v for k, v in cfg.raw.items() if k not in ("output", "description")}
     return {
-        "kind": "simulation",
-        "experiment": cfg.name,
-        "config_path": str(cfg.path),
-        "config_sha256": cfg.sha256,
-        "config": config,
-        "seed": cfg.seed,
-        "dry_run": dry_run,
-        "limit": n,
+        **manifest_base(exp, limit=n, dry_run=dry_run, kind="simulation"),
         "participants": len(people),
         "participant_ids": [p.id for p in people],
-        "save_every": cfg.save_every,
         "batches_total": batches_total,
         "simulation": {
             "n": len(people),
@@ -511,23 +500,9 @@ def _manifest(exp: Experiment, people, batches_total: int, dry_run: bool, n: int
             "design": cfg.simulation.design or ("resample" if cfg.cohort.generate else "own"),
             "generated": cfg.cohort.generate is not None,
         },
-        "model_order": [m.name for m in cfg.models],
         # The words the schema gives coded values (e.g. Sex "1" = "Female"), so the report can name subgroups.
         "value_labels": {name: dict(spec.value_labels) for name, spec in exp.schema.fields.items() if spec.value_labels},
-        "conditions": [c.name for c in cfg.conditions],
-        "condition_types": {c.name: {"type": c.type, "format": c.format} for c in cfg.conditions},
-        "python": platform.python_version(),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
     }
-
-
-def _fingerprint(manifest: dict[str, Any]) -> str:
-    import hashlib
-    import json
-
-    key = {k: manifest[k] for k in ("kind", "config", "inputs", "limit", "dry_run")}
-    key["psysim"] = manifest["versions"]["psysim"]
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 
 def _load(folder: Path, manifest: dict[str, Any]) -> SimulationResult:
