@@ -131,30 +131,20 @@ def _nll(backend, prompts) -> float:
 
 def _fitting_prompt(exp, backend, pid, condition, limit):
     """The participant's raw prompt, oldest trials dropped until it fits ``limit`` tokens; error if one trial does not."""
-
-    def length(p):
-        return backend.count_tokens(p.text, p.spans, True)
+    from .run import drop_oldest_to_fit
 
     prompt = exp.render(pid, condition)
-    if length(prompt) <= limit:
-        return prompt
-    n = len(prompt.responses)
-    lo, hi = 1, n - 1  # the fewest dropped trials that fit (token count grows with kept trials)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if length(exp.render(pid, condition, drop_oldest=mid)) <= limit:
-            hi = mid
-        else:
-            lo = mid + 1
-    prompt = exp.render(pid, condition, drop_oldest=lo) if n > 1 else prompt
-    if length(prompt) > limit:
+    tokens = backend.count_tokens(prompt.text, prompt.spans, True)
+    if tokens > limit:
+        prompt, _, tokens = drop_oldest_to_fit(exp, pid, condition, "raw", None, limit, backend.count_tokens)
+    if tokens > limit:
         raise ConfigError(
             f"finetune.max_length ({limit} tokens) is too short for participant {pid}",
             [
                 exp.config.problem(
                     ("finetune", "max_length"),
                     f"expected room for the persona, the instructions and at least one trial, which take "
-                    f"{length(prompt)} tokens; found {limit}",
+                    f"{tokens} tokens; found {limit}",
                 )
             ],
         )

@@ -97,21 +97,40 @@ def _fit(exp: Experiment, backend: Backend, pid: str, condition: str, fmt: str, 
                 )
             ],
         )
-    n = len(exp.transcript(pid).responses)
-    lo, hi = 1, n - 1  # the fewest dropped trials that fit: binary search (token count grows with kept trials)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        p = exp.render(pid, condition, format=fmt, model=model, drop_oldest=mid)
-        if backend.count_tokens(p.text, p.spans, fmt == "raw") <= limit:
-            hi = mid
-        else:
-            lo = mid + 1
-    prompt = exp.render(pid, condition, format=fmt, model=model, drop_oldest=lo)
-    if backend.count_tokens(prompt.text, prompt.spans, fmt == "raw") > limit:
+    prompt, dropped, length = drop_oldest_to_fit(exp, pid, condition, fmt, model, limit, backend.count_tokens)
+    if length > limit:
         raise ModelError(
             f"participant {pid}: even the last trial alone does not fit the context of model {model!r} ({limit} tokens)"
         )
-    return prompt, lo
+    return prompt, dropped
+
+
+def drop_oldest_to_fit(exp: Experiment, pid: str, condition: str, fmt: str, model: str | None, limit: int, count):
+    """``(prompt, dropped, tokens)``: the prompt with the fewest oldest trials dropped so that it fits ``limit``.
+
+    For a prompt already known not to fit whole. Persona and instructions are
+    kept; ``count(text, spans, add_special_tokens)`` counts tokens as the model
+    reads them. Token count grows with kept trials, so the search is binary.
+    ``tokens > limit`` when even the last trial alone does not fit (then the
+    last trial is what is returned: never an empty transcript).
+    """
+
+    def render(k):
+        return exp.render(pid, condition, format=fmt, model=model, drop_oldest=k)
+
+    def length(p):
+        return count(p.text, p.spans, fmt == "raw")
+
+    n = len(exp.transcript(pid).responses)
+    lo, hi = min(1, n - 1), n - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if length(render(mid)) <= limit:
+            hi = mid
+        else:
+            lo = mid + 1
+    prompt = render(lo)
+    return prompt, lo, length(prompt)
 
 
 def run_experiment(
