@@ -30,6 +30,7 @@ __all__ = [
     "distribution_distance",
     "headroom_recovered",
     "jensen_shannon",
+    "option_probs",
     "ordinal_values",
     "paired_bootstrap",
     "participant_metrics",
@@ -50,6 +51,18 @@ _MEASURES = ["nll", "option_nll", "accuracy", "brier", "pseudo_r2"]
 def predicted_option(options, scores):
     """The option with the highest score (probability or log-probability); ties go to the first option."""
     return options[max(range(len(options)), key=lambda i: (scores[i], -i))]
+
+
+def option_probs(logprobs, temperature: float = 1.0) -> list[float]:
+    """Options' log-probabilities renormalised over the options, at ``temperature`` (0: all mass on the most probable,
+    ties to the first, as :func:`predicted_option`)."""
+    if temperature == 0:
+        best = max(range(len(logprobs)), key=lambda i: (logprobs[i], -i))
+        return [1.0 if i == best else 0.0 for i in range(len(logprobs))]
+    scaled = [x / temperature for x in logprobs]
+    top = max(scaled)
+    norm = top + math.log(math.fsum(math.exp(x - top) for x in scaled))  # log-sum-exp: no overflow, no underflow to 0/0
+    return [math.exp(x - norm) for x in scaled]
 
 
 def response_metrics(trials):

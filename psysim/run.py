@@ -24,7 +24,7 @@ from .backends import Backend, ScoreRequest, get_backend
 from .errors import ModelError, Problem, PsysimError
 from .experiment import Experiment, Prompt
 from .files import display_path
-from .metrics import CONDITION_KEYS, predicted_option
+from .metrics import CONDITION_KEYS, option_probs, predicted_option
 from .store import FORMAT, RunFolder
 
 __all__ = ["COLUMNS", "RunResult", "baseline_table", "check_writable", "participant_table", "run_experiment"]
@@ -298,9 +298,7 @@ def _rows(model: str, prompt: Prompt, dropped: int, result) -> list[dict[str, An
         }
         if options and score.option_logprobs is not None:
             lps = list(score.option_logprobs)
-            top = max(lps)
-            norm = top + math.log(math.fsum(math.exp(x - top) for x in lps))
-            probs = [math.exp(x - norm) for x in lps]
+            probs = option_probs(lps)
             predicted = predicted_option(options, lps)
             row.update(option_logprobs=lps, option_probs=probs, predicted=predicted, correct=predicted == prompt.responses[t])
         rows.append(row)
@@ -427,14 +425,18 @@ def participant_table(exp: Experiment, trials):
     fields = list(exp.schema.fields)
     profiles = {pid: exp.profile(pid).values for pid in dict.fromkeys(table["participant"])}
     for f in fields:
-        values = [profiles[pid].get(f) for pid in table["participant"]]
-        known = [v for v in values if v is not None]
-        if known and all(isinstance(v, int) and not isinstance(v, bool) for v in known):
-            import pandas as pd
-
-            values = pd.array(values, dtype="Int64")  # integers stay integers next to missing values
-        table[f"profile.{f}"] = values
+        table[f"profile.{f}"] = profile_column([profiles[pid].get(f) for pid in table["participant"]])
     return table
+
+
+def profile_column(values):
+    """A profile field's values as a table column: whole numbers stay integers (nullable Int64) beside missing ones."""
+    known = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if known and all(isinstance(v, int) and not isinstance(v, bool) for v in known):
+        import pandas as pd
+
+        return pd.array(values, dtype="Int64")
+    return values
 
 
 def baseline_table(exp: Experiment, participants, *, progress: bool = False):

@@ -35,7 +35,6 @@ Psych-201 style) and ``participants.parquet`` (the synthetic profiles).
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -45,6 +44,7 @@ from typing import Any
 from .backends import Backend
 from .errors import ConfigError, PsysimError
 from .experiment import Experiment
+from .metrics import option_probs
 from .participants import Profile
 from .prompts import derangement, render_persona
 from .transcripts import CLOSE, OPEN
@@ -252,17 +252,6 @@ def check_feedback(exp: Experiment, designs) -> None:
         raise TemplateError("the templates cannot render every option a synthetic participant may choose", problems)
 
 
-def _softmax(values, temperature: float = 1.0) -> list[float]:
-    if temperature == 0:
-        best = max(range(len(values)), key=lambda i: (values[i], -i))  # ties: the first option, as predicted_option
-        return [1.0 if i == best else 0.0 for i in range(len(values))]
-    scaled = [v / temperature for v in values]
-    top = max(scaled)
-    weights = [math.exp(v - top) for v in scaled]
-    total = math.fsum(weights)
-    return [w / total for w in weights]
-
-
 def simulate_participant(exp: Experiment, session, who: SimParticipant, persona: str, *, temperature: float, rng):
     """Run one synthetic participant through the task in ``session``; returns (rows, transcript text, spans).
 
@@ -288,8 +277,8 @@ def simulate_participant(exp: Experiment, session, who: SimParticipant, persona:
         session.read(before + OPEN)
         text += before + OPEN
         lps = session.options(list(trial.options))
-        probs = _softmax(lps)
-        sampling = _softmax(lps, temperature)
+        probs = option_probs(lps)
+        sampling = option_probs(lps, temperature)
         choice = trial.options[int(rng.choice(len(sampling), p=sampling))]
         session.respond(choice)
         spans.append((len(text), len(text) + len(choice)))
@@ -471,16 +460,18 @@ def participant_profiles(exp: Experiment, people: list[SimParticipant]):
     """``participants.parquet`` of a simulation: id, design_of, source and ``profile.<field>`` columns (typed)."""
     import pandas as pd
 
-    rows = []
-    for p in people:
-        row = {"participant": p.id, "design_of": p.design_of, "source": p.source}
-        row.update({f"profile.{f}": p.profile.values.get(f) for f in exp.schema.fields})
-        rows.append(row)
-    table = pd.DataFrame(rows, columns=["participant", "design_of", "source", *(f"profile.{f}" for f in exp.schema.fields)])
-    for f in exp.schema.fields:
-        values = [v for v in table[f"profile.{f}"] if v is not None and not (isinstance(v, float) and math.isnan(v))]
-        if values and all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-            table[f"profile.{f}"] = pd.array(list(table[f"profile.{f}"]), dtype="Int64")
+    from .run import profile_column
+
+    fields = list(exp.schema.fields)
+    table = pd.DataFrame(
+        {
+            "participant": [p.id for p in people],
+            "design_of": [p.design_of for p in people],
+            "source": [p.source for p in people],
+        }
+    )
+    for f in fields:
+        table[f"profile.{f}"] = profile_column([p.profile.values.get(f) for p in people])
     return table
 
 

@@ -20,7 +20,8 @@ from pandas.testing import assert_frame_equal
 from test_run import error_of, save_tiny
 from test_trials import COHORT, FEEDBACK, INSTRUCTIONS, SCHEMA, TRIAL, TRIALS
 
-from psysim.simulate import SIM_COLUMNS, _softmax
+from psysim.metrics import option_probs
+from psysim.simulate import SIM_COLUMNS
 
 YAML = """\
 name: gambles
@@ -88,7 +89,7 @@ def test_dry_run_tables_and_feedback_follow_the_sampled_choice(gambles, run_cli)
     assert sim["design_of"].tolist() == sim["participant"].tolist()
     for r in sim.itertuples(index=False):
         assert math.fsum(r.option_probs) == pytest.approx(1.0, abs=1e-12)
-        assert list(r.option_probs) == pytest.approx(_softmax(list(r.option_logprobs)))
+        assert list(r.option_probs) == pytest.approx(option_probs(list(r.option_logprobs)))
     assert t["participants"]["participant"].tolist() == ["1", "2"]
     assert t["participants"]["profile.gender"].tolist() == ["Female", "Male"]
 
