@@ -767,13 +767,26 @@ def _cell(r) -> dict[str, Any]:
     return {k: r.get(k) for k in ("estimate", "ci_low", "ci_high", "note")}
 
 
+def _environment():
+    """Jinja for psysim's own report templates (psysim/templates/, which share report.css): escaping on, strict."""
+    from jinja2 import Environment, FunctionLoader, StrictUndefined
+
+    def load(name: str) -> str:
+        return resources.files("psysim").joinpath("templates", name).read_text("utf-8")
+
+    env = Environment(
+        loader=FunctionLoader(load), autoescape=True, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True
+    )
+    env.filters["num"] = lambda x, d=3: _fmt(x, d)
+    return env
+
+
 def write_report(run: str | os.PathLike | SavedRun, out: str | os.PathLike | None = None):
     """Write ``summary.csv`` and ``report.html`` (into ``out``, default the run folder); return their paths and the report.
 
     A simulation run (``psysim simulate``) gets the synthetic-vs-human report
     (:func:`build_simulation_report`) instead.
     """
-    from jinja2 import Environment, StrictUndefined
 
     if not isinstance(run, SavedRun):
         run = open_run(run)
@@ -790,10 +803,9 @@ def write_report(run: str | os.PathLike | SavedRun, out: str | os.PathLike | Non
         "benefit": plot_benefit(report),
         "post_training": plot_post_training(report),
     }
-    env = Environment(autoescape=True, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters["num"] = lambda x, d=3: _fmt(x, d)
+    env = _environment()
     env.globals["footnote"] = lambda text: report.notes.index(text) + 1 if text in report.notes else None
-    template = env.from_string(resources.files("psysim").joinpath("templates/report.html.j2").read_text("utf-8"))
+    template = env.get_template("report.html.j2")
     page = template.render(
         report=report,
         man=report.run.manifest,
@@ -1049,7 +1061,6 @@ def plot_items(rep: SimulationReport) -> str | None:
 
 
 def _write_simulation_report(run: SavedRun, out):
-    from jinja2 import Environment, StrictUndefined
 
     rep = build_simulation_report(run)
     folder = Path(out) if out is not None else run.folder
@@ -1058,10 +1069,9 @@ def _write_simulation_report(run: SavedRun, out):
     table = rep.summary if len(rep.summary) else rep.items
     write_atomic(csv, lambda tmp: table.to_csv(tmp, index=False, float_format="%.6g"))
     _plot_style()
-    env = Environment(autoescape=True, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
-    env.filters["num"] = lambda x, d=3: _fmt(x, d)
+    env = _environment()
     env.filters["pct"] = lambda xs: " / ".join(f"{x:.2f}" for x in xs)
-    template = env.from_string(resources.files("psysim").joinpath("templates/simulation.html.j2").read_text("utf-8"))
+    template = env.get_template("simulation.html.j2")
     page = template.render(
         rep=rep,
         man=run.manifest,
