@@ -19,29 +19,15 @@ import pytest
 from pandas.testing import assert_frame_equal
 from test_run import error_of, save_tiny
 from test_trials import COHORT, FEEDBACK, INSTRUCTIONS, SCHEMA, TRIAL, TRIALS
+from test_trials import YAML as TRIALS_YAML
 
 from psysim.metrics import option_probs
 from psysim.simulate import SIM_COLUMNS
 
-YAML = """\
-name: gambles
-seed: 1
-data:
-  format: trials
-  path: trials.csv
-  options: {column: options}
-  templates:
-    instructions: instructions.jinja
-    trial: trial.jinja
-    feedback: feedback.jinja
-cohort:
-  schema: schema.json
-  path: cohort.csv
-models:
-  - name: tiny
-    source: tiny-model
-conditions: [no_persona, persona, shuffled_persona]
-"""
+# The gamble task of tests/test_trials.py with a local tiny model and all three persona conditions.
+YAML = TRIALS_YAML.replace("  - name: tiny\n", "  - name: tiny\n    source: tiny-model\n").replace(
+    "conditions: [no_persona, persona]\n", "conditions: [no_persona, persona, shuffled_persona]\n"
+)
 
 
 @pytest.fixture
