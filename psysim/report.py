@@ -302,21 +302,7 @@ def _comparisons(run, trials, draws, seed, n_boot, note):
                     why = None
                     if r.n < 2:
                         why = note(f"{label} ({before} → {after}): fewer than two participants have both conditions.")
-                    rows.append(
-                        dict(
-                            comparison=label,
-                            model=r.model,
-                            format=r.format,
-                            condition=f"{after} − {before}",
-                            measure=measure,
-                            estimate=r.mean,
-                            ci_low=r.ci_low,
-                            ci_high=r.ci_high,
-                            d_z=r.d_z,
-                            n=r.n,
-                            note=why,
-                        )
-                    )
+                    rows.append(_paired_row(label, r.model, r.format, f"{after} − {before}", measure, r, why))
             if label == "persona benefit":
                 parts = response_metrics(trials).groupby([*CONDITION_KEYS, "experiment", "participant"])["nll"].mean()
                 wide = parts.unstack("condition")
@@ -367,26 +353,31 @@ def _comparisons(run, trials, draws, seed, n_boot, note):
         for measure in ("nll", "accuracy"):
             table = compare_models(trials, pair["base"], pair["fine_tuned"], measure=measure, seed=seed, n_boot=n_boot)
             for r in table.itertuples(index=False):
-                rows.append(
-                    dict(
-                        comparison="fine-tuning",
-                        model=f"{pair['fine_tuned']} − {pair['base']}",
-                        format=r.format,
-                        condition=r.condition,
-                        measure=measure,
-                        estimate=r.mean,
-                        ci_low=r.ci_low,
-                        ci_high=r.ci_high,
-                        d_z=r.d_z,
-                        n=r.n,
-                        note=None if r.n >= 2 else note("fine-tuning: fewer than two participants scored by both models."),
-                    )
-                )
+                why = None if r.n >= 2 else note("fine-tuning: fewer than two participants scored by both models.")
+                what = f"{pair['fine_tuned']} − {pair['base']}"
+                rows.append(_paired_row("fine-tuning", what, r.format, r.condition, measure, r, why))
     columns = ["comparison", "model", "format", "condition", "measure", "estimate", "ci_low", "ci_high", "d_z", "n", "note"]
     benefit_frame = (
         pd.concat(benefit, ignore_index=True) if benefit else pd.DataFrame(columns=["model", "format", "persona", "difference"])
     )
     return pd.DataFrame(rows, columns=columns), benefit_frame
+
+
+def _paired_row(comparison, model, fmt, condition, measure, stats, note) -> dict[str, Any]:
+    """A comparisons-table row from one :func:`psysim.metrics.paired_bootstrap` result (mean difference, CI, d_z, n)."""
+    return dict(
+        comparison=comparison,
+        model=model,
+        format=fmt,
+        condition=condition,
+        measure=measure,
+        estimate=stats.mean,
+        ci_low=stats.ci_low,
+        ci_high=stats.ci_high,
+        d_z=stats.d_z,
+        n=stats.n,
+        note=note,
+    )
 
 
 def _post_training(run, trials, note):
