@@ -71,10 +71,11 @@ def score(method: str, model, tok, texts) -> list[float]:
             for t, s in texts:
                 logprobs += [lp for lp, _ in reference_scores(model, tok, t, s)]
         elif method == "full_logits":
-            from psysim.scoring import encode
+            from psysim.backends.encoding import TokenReader
 
+            reader = TokenReader(tok)
             for t, s in texts:
-                enc = encode(tok, t, s)
+                enc = reader.encode(t, s)
                 ids = torch.tensor([enc.ids])
                 logits = model(input_ids=ids).logits[0, :-1].float()  # [T-1, V]: the Psych-201 script's tensor
                 labels = torch.full((ids.shape[1] - 1,), -100)

@@ -18,6 +18,7 @@ Jinja, ``trim_blocks``, ``lstrip_blocks``, ``loopcontrols``, ``tojson`` and
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +111,30 @@ class ChatTemplate:
             raise TemplateError(
                 f"cannot render chat template {self.name}", [Problem(message, file=self.name, where=where or None)]
             ) from None
+
+    @functools.cached_property
+    def closer(self) -> str:
+        """What the template writes after an assistant message, up to the next user message's content.
+
+        It ends a response in the chat format: options are scored followed by
+        it, so that they are mutually exclusive. Found by rendering a probe
+        conversation (user, assistant, user, assistant) with private-use
+        characters as contents.
+        """
+        probe = [
+            {"role": "user", "content": "\ue002"},
+            {"role": "assistant", "content": _OPEN_MARK},
+            {"role": "user", "content": "\ue003"},
+            {"role": "assistant", "content": _CLOSE_MARK},
+        ]
+        text = self._render(probe, "the probe conversation that finds the end of an assistant turn")
+        a, u = text.find(_OPEN_MARK), text.find("\ue003")
+        if a == -1 or u <= a:
+            raise TemplateError(
+                f"chat template {self.name} does not write messages in order, so the end of an assistant turn is unknown",
+                [Problem("rendering user, assistant, user, assistant did not give their contents in that order", file=self.name)],
+            )
+        return text[a + 1 : u]
 
     def render(self, messages: list[dict[str, str]], *, where: str = "") -> ChatRendering:
         """Render ``messages``; return the text and the spans of the assistant contents, in order."""

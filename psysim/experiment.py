@@ -57,6 +57,8 @@ class Prompt:
     indices: tuple[int, ...] = ()
     #: The options offered with each response, where known.
     options: tuple[tuple[str, ...] | None, ...] = ()
+    #: The text that ends each response in this format (``>>`` raw; the chat template's end of turn), scored after options.
+    closers: tuple[str, ...] = ()
 
     def marked(self, left: str = "⟦", right: str = "⟧") -> str:
         """The text with every response span wrapped in ``left``/``right`` (for reading, not for models)."""
@@ -501,6 +503,7 @@ class Experiment:
             shift = len(persona)
             spans = tuple((r.start + shift, r.end + shift) for r in transcript.responses)
             text = persona + transcript.text
+            closers = (CLOSE,) * len(spans)
         elif format == "chat":
             m = self.model(model)
             if m.name not in self.chat_templates:
@@ -509,6 +512,7 @@ class Experiment:
                 )
             rendering = self.chat_templates[m.name].render(to_messages(transcript, persona), where=f"participant {participant}")
             text, spans = rendering.text, tuple(rendering.spans)
+            closers = (self.chat_templates[m.name].closer,) * len(spans)
         else:
             raise PsysimError(f"unknown format {format!r}; expected raw or chat")
         return Prompt(
@@ -523,6 +527,7 @@ class Experiment:
             source,
             indices=tuple(r.index for r in transcript.responses),
             options=tuple(r.options for r in transcript.responses),
+            closers=closers,
         )
 
     def prompts(self, condition: str, *, format: str = "raw", model: str | None = None):

@@ -91,9 +91,9 @@ def make_split(exp: Experiment, participants: list[str]) -> dict[str, list[str]]
 
 def training_example(tokenizer, text: str, spans, add_special_tokens: bool = True) -> tuple[list[int], list[int]]:
     """``(input_ids, labels)``: labels are the response tokens' ids and -100 everywhere else (loss on responses only)."""
-    from .scoring import encode
+    from .backends.encoding import TokenReader
 
-    enc = encode(tokenizer, text, spans, add_special_tokens)
+    enc = TokenReader(tokenizer).encode(text, spans, add_special_tokens)
     labels = [-100] * len(enc.ids)
     for start, end in enc.ranges:
         labels[start:end] = enc.ids[start:end]

@@ -79,10 +79,10 @@ def _fit(exp: Experiment, backend: Backend, pid: str, condition: str, fmt: str, 
     """The prompt, with the oldest trials dropped if the model's context demands it (per the experiment's policy)."""
     prompt = exp.render(pid, condition, format=fmt, model=model)
     limit = backend.max_length
-    # Every token covers at least one character, so a text shorter than the limit (with room for
-    # special tokens) fits without tokenizing it here; the backend tokenizes it once anyway.
-    if not limit or len(prompt.text) + 16 <= limit:
+    if not limit:
         return prompt, 0
+    # Counted, never estimated from characters: a character can be several tokens (bytes of non-ASCII
+    # text in byte-level BPE). The hf backend keeps the encoding, so scoring does not tokenize again.
     length = backend.count_tokens(prompt.text, prompt.spans, fmt == "raw")
     if length <= limit:
         return prompt, 0
@@ -238,6 +238,7 @@ def _score_model(exp, model, batches, todo, store: RunFolder, backends, dry_run,
                 spans=p.spans,
                 options=p.options,
                 add_special_tokens=p.format == "raw",
+                closers=p.closers,
             )
             for p, _ in prompts
         ]

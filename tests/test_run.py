@@ -83,7 +83,8 @@ def test_dry_run_writes_the_documented_table(toy, run_cli):
         assert math.fsum(probs) == pytest.approx(1.0, abs=1e-12)
         assert row.predicted == options[max(range(len(lps)), key=lambda i: (lps[i], -i))]
         assert row.correct == (row.predicted == row.response)
-        assert lps[options.index(row.response)] == row.logprob  # the human's own option is the response's score
+        # The human's own option is the response followed by '>>': two more mock characters, each below -4.5 nats.
+        assert lps[options.index(row.response)] < row.logprob - 9
     assert trials["correct"].any() and not trials["correct"].all()  # both outcomes occur: the checks above bite
 
     manifest = json.loads((toy.folder / "out" / "manifest.json").read_text("utf-8"))
@@ -97,12 +98,12 @@ def test_dry_run_writes_the_documented_table(toy, run_cli):
     assert table_lines(r.stdout) == [  # the mock backend's scores are the same on every machine
         "                               responses   nll  option_nll  accuracy  pseudo_r2",
         "model format condition                                                         ",
-        "tiny  raw    no_persona                6 5.855       0.677     0.667      0.024",
-        "             persona                   6 5.452       0.854     0.500     -0.232",
-        "             shuffled_persona          6 5.396       0.607     0.500      0.125",
-        "      chat   no_persona                6 5.142       0.621     0.500      0.103",
-        "             persona                   6 5.420       0.461     1.000      0.335",
-        "             shuffled_persona          6 5.755       0.835     0.333     -0.205",
+        "tiny  raw    no_persona                6 5.855       0.869     0.500     -0.253",
+        "             persona                   6 5.452       1.223     0.000     -0.764",
+        "             shuffled_persona          6 5.396       0.993     0.667     -0.433",
+        "      chat   no_persona                6 5.142       1.070     0.667     -0.544",
+        "             persona                   6 5.420       2.423     0.333     -2.495",
+        "             shuffled_persona          6 5.755       1.445     0.667     -1.085",
     ]
     for line, (_, g) in zip(table_lines(r.stdout)[2:], trials.groupby(["format", "condition"], sort=False), strict=True):
         # ... and it is the parquet's, computed here directly
@@ -241,19 +242,24 @@ def hf_experiment(toy, models: str = HF_MODEL, extra: str = "") -> Path:
 
 
 def assert_rows_equal_reference(trials: pd.DataFrame, exp, model, tok, model_name: str = "tiny") -> int:
-    """Every row's logprob and n_tokens equal reference_scores on the rendered text (float32, within 1e-5)."""
-    import torch
+    """Every row's logprob, n_tokens and option logprobs equal the naive scorer on the rendered text (float32, 1e-5).
 
-    from psysim.scoring import reference_scores
+    The naive scorer is tests/test_tokenizers.py's (no psysim code); options are
+    scored followed by the format's closing text (``>>`` raw, the template's end of turn in chat).
+    """
+    from test_tokenizers import naive
 
     checked = 0
     rows = trials[trials["model"] == model_name]
     for (fmt, cond, pid), g in rows.groupby(["format", "condition", "participant"], sort=False):
         prompt = exp.render(pid, cond, format=fmt, model=model_name, drop_oldest=int(g["context_dropped"].iloc[0]))
-        with torch.no_grad():
-            ref = reference_scores(model, tok, prompt.text, prompt.spans, add_special_tokens=fmt == "raw")
-        assert g["n_tokens"].tolist() == [n for _, n in ref], (fmt, cond, pid)
-        assert g["logprob"].tolist() == pytest.approx([lp for lp, _ in ref], abs=1e-5), (fmt, cond, pid)
+        assert set(prompt.closers) == ({">>"} if fmt == "raw" else {exp.chat_templates[model_name].closer})
+        options = [tuple(o) if o is not None else () for o in g["options"]]
+        ref = naive(model, tok, prompt.text, options, prompt.closers[0], add_special_tokens=fmt == "raw", spans=prompt.spans)
+        assert g["n_tokens"].tolist() == [n for _, n, _ in ref], (fmt, cond, pid)
+        assert g["logprob"].tolist() == pytest.approx([lp for lp, _, _ in ref], abs=1e-5), (fmt, cond, pid)
+        for got, (_, _, opts) in zip(g["option_logprobs"], ref, strict=True):
+            assert (list(got) if got is not None else []) == pytest.approx(opts, abs=1e-5), (fmt, cond, pid)
         checked += len(g)
     return checked
 
@@ -276,9 +282,9 @@ def test_hf_run_equals_the_reference_method(toy, run_cli, hf):
     from conftest import RECORDS
 
     assert exp.render("p1", "no_persona").text == RECORDS[0]["text"]
-    # 'A' and 'B' are single tokens here: the human's own option scores exactly its response.
+    # The human's own option is the response followed by its closing text: less likely than the content alone.
     for row in trials.itertuples():
-        assert list(row.option_logprobs)[["A", "B"].index(row.response)] == pytest.approx(row.logprob, abs=1e-6)
+        assert list(row.option_logprobs)[["A", "B"].index(row.response)] < row.logprob
         assert math.fsum(row.option_probs) == pytest.approx(1.0, abs=1e-12)
     manifest = json.loads((toy.folder / "out" / "manifest.json").read_text("utf-8"))
     identity = manifest["models"]["tiny"]
@@ -358,11 +364,11 @@ MERGED = "Guess O or Q.\n" + "You predict <<Q>>.\n" * 6
 
 
 def merged_experiment(toy, hf, context: str) -> Path:
-    from psysim.scoring import encode
+    from psysim.backends.encoding import TokenReader
     from psysim.transcripts import parse_markup
 
     tok = hf.tokenizer(merge_boundaries=True)
-    whole, scored = len(tok(MERGED)["input_ids"]), len(encode(tok, MERGED, parse_markup(MERGED)[0]).ids)
+    whole, scored = len(tok(MERGED)["input_ids"]), len(TokenReader(tok).encode(MERGED, parse_markup(MERGED)[0]).ids)
     assert whole <= 32 < scored, (whole, scored)
     save_tiny(toy.folder / "tiny-model", hf, merge_boundaries=True, max_position_embeddings=32)
     toy.write_records([{"text": MERGED, "experiment": "toy", "participant": "p1", "age": "30", "gender": "Male"}])
@@ -510,7 +516,8 @@ def _requests(hf):
     for i, text in enumerate(hf.corpus(6)):
         spans, errors = parse_markup(text)
         assert not errors
-        options = tuple(("O", "Q") if i % 2 else None for _ in spans)
+        # Every transcript has options on some trials (so all six share a batch), none on others.
+        options = tuple(("O", "Q") if (i + t) % 2 else None for t in range(len(spans)))
         requests.append(ScoreRequest(key=f"t{i}", text=text, spans=tuple(spans), options=options))
     return requests
 
@@ -527,11 +534,11 @@ def test_out_of_memory_halves_the_batch(hf, monkeypatch):
 
     real, sizes = psysim.scoring.score_encoded, []
 
-    def oom_above_one(model, batch, options=None, pad_id=0):
+    def oom_above_one(model, batch, pad_id=0):
         sizes.append(len(batch))
         if len(batch) > 1:
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(model, batch, options, pad_id)
+        return real(model, batch, pad_id)
 
     monkeypatch.setattr(psysim.scoring, "score_encoded", oom_above_one)
     progress: list[int] = []
@@ -561,7 +568,7 @@ def test_errors_that_halving_cannot_fix_propagate(hf, monkeypatch, message, fail
     backend = HFBackend(hf.model(len(tok)), tok, name="tiny", identity={}, batch_tokens=10**6)
     sizes = []
 
-    def failing(model, batch, options=None, pad_id=0):
+    def failing(model, batch, pad_id=0):
         sizes.append(len(batch))
         raise RuntimeError(message)
 

@@ -145,7 +145,8 @@ def test_hf_simulation_is_exact_against_single_pass_scoring(gambles, run_cli, hf
     import torch
 
     import psysim
-    from psysim.scoring import encode, option_token_ids, score_encoded
+    from psysim.backends.encoding import TokenReader
+    from psysim.scoring import score_encoded
 
     save_tiny(gambles / "tiny-model", hf)
     t = simulate(run_cli, "--out", "out")
@@ -159,15 +160,17 @@ def test_hf_simulation_is_exact_against_single_pass_scoring(gambles, run_cli, hf
     for row in t["transcripts"].itertuples(index=False):
         rows = sim[(sim["condition"] == row.condition) & (sim["participant"] == row.participant)]
         spans = [m.span(1) for m in re.finditer(r"<<(.*?)>>", row.text)]
-        enc = encode(tok, row.text, spans, add_special_tokens=True, piecewise=True)
+        reader = TokenReader(tok)
+        enc = reader.encode(row.text, spans, add_special_tokens=True)
         # The cache read every token once: everything before the last response, nothing twice.
         assert row.tokens_read == enc.ranges[-1][0]
-        options = [[option_token_ids(tok, o) for o in opts] for opts in rows["options"]]
+        enc.options, _ = reader.options(row.text, spans, list(rows["options"]), [">>"] * len(spans))
         with torch.no_grad():
-            scores = score_encoded(model, [enc], [options])[0]
+            scores = score_encoded(model, [enc])[0]
         for (lp, _, opt_lp), r in zip(scores, rows.itertuples(index=False), strict=True):
             assert list(r.option_logprobs) == pytest.approx(opt_lp, abs=1e-5)
-            assert lp == pytest.approx(r.option_logprobs[list(r.options).index(r.response)], abs=1e-5)
+            # The chosen option is the response followed by '>>': less likely than the response's content alone.
+            assert r.option_logprobs[list(r.options).index(r.response)] < lp
             checked += 1
     assert checked == len(sim) == 15
     assert exp.config.simulation.temperature == 1.0

@@ -3,10 +3,14 @@
 A backend takes a batch of :class:`ScoreRequest` (the exact text a model reads
 and the character span of every response in it) and returns, per response, the
 log-probability of the response (natural log, summed over its tokens, over the
-full vocabulary: the Psych-201 convention) and, where the trial's options are
-known, the log-probability of every option. Everything model-specific lives
-behind this contract; :func:`get_backend` builds one from a model entry of an
-experiment file, importing heavy dependencies only then.
+full vocabulary: the Psych-201 convention, the response's content only) and,
+where the trial's options are known, the log-probability of every option
+*followed by the response's closing text* (``>>`` in raw text), so that
+options are mutually exclusive even when one is a prefix of another. Token
+ids follow one rule, in :mod:`psysim.backends.encoding`: text is read as the
+continuation of its real prefix. Everything model-specific lives behind this
+contract; :func:`get_backend` builds one from a model entry of an experiment
+file, importing heavy dependencies only then.
 """
 
 from __future__ import annotations
@@ -24,7 +28,11 @@ class ScoreRequest:
     """One transcript to score.
 
     ``spans[i]`` is the character span of response ``i`` in ``text``;
-    ``options[i]`` the options offered on that trial (or ``None``).
+    ``options[i]`` the options offered on that trial (or ``None``);
+    ``closers[i]`` the text that ends response ``i`` in this format (``>>``
+    in raw text; in chat text, what the template writes between an assistant
+    message and the next user message), scored after each option. Without
+    ``closers`` every response closes with ``>>``.
     ``add_special_tokens``: whether the tokenizer's own special tokens (e.g. a
     BOS) are added, as for raw text; chat-formatted text already contains them.
     """
@@ -34,11 +42,23 @@ class ScoreRequest:
     spans: tuple[tuple[int, int], ...]
     options: tuple[tuple[str, ...] | None, ...] = ()
     add_special_tokens: bool = True
+    closers: tuple[str, ...] = ()
+
+    def closer(self, i: int) -> str:
+        """The text that ends response ``i`` (see the class docstring)."""
+        from ..transcripts import CLOSE
+
+        return self.closers[i] if self.closers else CLOSE
 
 
 @dataclass(frozen=True)
 class ResponseScore:
-    """The score of one response: its log-probability and, if options are known, each option's."""
+    """The score of one response: its log-probability and, if options are known, each option's.
+
+    ``logprob`` covers the response's content only (Psych-201's convention);
+    ``option_logprobs`` cover each option followed by the response's closing
+    text, so they are mutually exclusive (their probabilities sum to at most 1).
+    """
 
     logprob: float
     n_tokens: int
@@ -52,7 +72,7 @@ class ScoreResult:
     key: Any
     responses: list[ResponseScore]
     n_tokens: int
-    boundary_fixed: int = 0  # responses whose token boundary had to be repaired (see psysim.scoring.encode)
+    forced: int = 0  # boundaries the tokenizer merged across, read as forced (psysim.backends.encoding)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -60,11 +80,11 @@ class Session(ABC):
     """Closed-loop reading of one transcript as it is written, keeping the model's state between trials.
 
     Text is *read* in pieces; :meth:`options` gives the log-probability of
-    each option after everything read so far; :meth:`respond` adds the chosen
-    response as its own piece. Text between two responses is tokenized as one
-    piece and every response as another, exactly as
-    :func:`psysim.scoring.encode` does with ``piecewise=True``, so scoring
-    the finished transcript gives back the numbers seen while simulating.
+    each option (followed by the session's closing text) after everything read
+    so far; :meth:`respond` adds the chosen response as its own piece. Text
+    between two responses is one piece and every response another, read with
+    :class:`psysim.backends.encoding.TokenReader` exactly as scoring reads the
+    finished transcript, so scoring it gives back the numbers seen while simulating.
     """
 
     #: Tokens the model has processed so far (each token once, thanks to the cache).
@@ -105,8 +125,11 @@ class Backend(ABC):
         """The model's own chat template source, if it has one."""
         return None
 
-    def session(self, add_special_tokens: bool = True, key: Any = None) -> Session:
-        """A :class:`Session` for closed-loop simulation of one participant (``key`` names it in errors)."""
+    def session(self, add_special_tokens: bool = True, key: Any = None, closer: str | None = None) -> Session:
+        """A :class:`Session` for closed-loop simulation of one participant (``key`` names it in errors).
+
+        ``closer`` is the text that ends every response (``>>``, the raw format's, by default).
+        """
         from ..errors import ModelError
 
         raise ModelError(f"the {type(self).__name__} backend cannot simulate participants (no closed-loop sessions)")

@@ -1,7 +1,8 @@
 """The ``hf`` backend: a transformers causal language model, optionally with a peft adapter.
 
 Loads from a local folder, a pulled registry model, or a ``.gguf`` file
-(transformers' GGUF support, through the ``gguf`` package), and scores with
+(transformers' GGUF support, through the ``gguf`` package), reads text with
+:class:`~psysim.backends.encoding.TokenReader` and scores with
 :mod:`psysim.scoring` (one forward pass per transcript, batches sorted by length).
 """
 
@@ -19,11 +20,12 @@ from . import Backend, ResponseScore, ScoreRequest, ScoreResult, Session
 _DTYPES = ("float32", "bfloat16", "float16")
 
 
-def _require(module: str, extra: str):
+def _require(module: str, install: str):
+    """Import ``module`` or say exactly what to install (``install`` is the pip argument)."""
     try:
         return __import__(module)
     except ImportError:
-        raise ModelError(f"the hf backend needs the {module} package: pip install 'psysim[{extra}]'") from None
+        raise ModelError(f"the hf backend needs the {module} package: pip install {install}") from None
 
 
 class HFBackend(Backend):
@@ -39,14 +41,16 @@ class HFBackend(Backend):
         self.batch_tokens = batch_tokens
         self.max_length = max_length or getattr(model.config, "max_position_embeddings", None)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self._reader = None
+        self._encoded: dict[tuple, Any] = {}
 
     @classmethod
     def from_config(cls, model_cfg, base: Path, **overrides) -> HFBackend:
         """Load the model of a ``models:`` entry (dtype, device, adapter, trust_remote_code from the entry)."""
         from ..models import resolve
 
-        _require("torch", "hf")
-        _require("transformers", "hf")
+        _require("torch", "torch  (the CPU build: see README, Installing)")
+        _require("transformers", "transformers")
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -66,7 +70,7 @@ class HFBackend(Backend):
         started = time.perf_counter()
         try:
             if resolved.kind == "gguf":
-                _require("gguf", "gguf")
+                _require("gguf", "'psysim[gguf]'")
                 folder, file = str(resolved.path.parent), resolved.path.name
                 tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
                 model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=dtype)
@@ -92,11 +96,26 @@ class HFBackend(Backend):
         identity.update(dtype=settings["dtype"], device=device, load_seconds=round(time.perf_counter() - started, 2))
         return cls(model, tokenizer, name=model_cfg.name, identity=identity, batch_tokens=int(settings["batch_tokens"]))
 
-    def count_tokens(self, text: str, spans=(), add_special_tokens: bool = True) -> int:
-        from ..scoring import encode
+    @property
+    def reader(self):
+        """The :class:`~psysim.backends.encoding.TokenReader` of this model's tokenizer (the one tokenisation rule)."""
+        from .encoding import TokenReader
 
-        # encode(), not the plain tokenizer: a repaired boundary can make the scored sequence longer.
-        return len(encode(self.tokenizer, text, spans, add_special_tokens).ids)
+        if self._reader is None:
+            self._reader = TokenReader(self.tokenizer)
+        return self._reader
+
+    def encode(self, text: str, spans=(), add_special_tokens: bool = True):
+        """The transcript's token ids as the model reads them (memoised: context fitting and scoring share it)."""
+        key = (text, tuple(spans), add_special_tokens)
+        if key not in self._encoded:
+            if len(self._encoded) >= 256:
+                self._encoded.pop(next(iter(self._encoded)))
+            self._encoded[key] = self.reader.encode(text, spans, add_special_tokens)
+        return self._encoded[key]
+
+    def count_tokens(self, text: str, spans=(), add_special_tokens: bool = True) -> int:
+        return len(self.encode(text, spans, add_special_tokens).ids)
 
     def chat_template(self) -> str | None:
         template = getattr(self.tokenizer, "chat_template", None)
@@ -108,52 +127,60 @@ class HFBackend(Backend):
     def score(self, requests: Sequence[ScoreRequest], progress: Callable[[int], None] | None = None) -> list[ScoreResult]:
         import torch
 
-        from ..scoring import encode, option_token_ids
+        from .encoding import Encoded
 
         encoded = []
         for req in requests:
-            enc = encode(self.tokenizer, req.text, req.spans, req.add_special_tokens)
+            try:
+                enc = self.encode(req.text, req.spans, req.add_special_tokens)
+            except ValueError as exc:
+                raise ModelError(f"{req.key}: {exc}") from None
             if self.max_length and len(enc.ids) > self.max_length:
                 raise ModelError(
                     f"{req.key} is {len(enc.ids)} tokens, longer than the context of model {self.name!r} "
                     f"({self.max_length} tokens); set `scoring: {{context: drop_oldest}}` in the experiment file"
                 )
+            forced = enc.forced
             opts = None
             if req.options and any(req.options):
-                opts = []
-                for t, o in enumerate(req.options):
-                    if not o:
-                        opts.append(None)
-                        continue
-                    toks = [option_token_ids(self.tokenizer, x) for x in o]
-                    empty = [x for x, tk in zip(o, toks, strict=True) if not tk]
+                closers = [req.closer(t) for t in range(len(req.spans))]
+                opts, more = self.reader.options(req.text, req.spans, req.options, closers)
+                forced += more
+                for t, toks in enumerate(opts):
+                    empty = [x for x, tk in zip(req.options[t] or (), toks or (), strict=True) if not tk]
                     if empty:
                         raise ModelError(f"option {empty[0]!r} of response {t} of {req.key!r} tokenizes to nothing")
-                    opts.append(toks)
-            encoded.append((req, enc, opts))
-        # Batches of similar length waste little on padding; the budget bounds memory.
-        order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][1].ids))
+            encoded.append((req, Encoded(enc.ids, enc.ranges, opts, forced)))
+        # Batches of similar length waste little on padding; the budget bounds memory. Rows with options
+        # (which keep a key/value cache) are batched apart from rows without.
+        order = sorted(range(len(encoded)), key=lambda i: (bool(encoded[i][1].options), len(encoded[i][1].ids)))
         results: dict[int, ScoreResult] = {}
         done = 0
         i = 0
         with torch.inference_mode():
             while i < len(order):
                 size = 1
-                while i + size < len(order) and (size + 1) * len(encoded[order[i + size]][1].ids) <= self.batch_tokens:
+                while (
+                    i + size < len(order)
+                    and bool(encoded[order[i + size]][1].options) == bool(encoded[order[i]][1].options)
+                    and (size + 1) * len(encoded[order[i + size]][1].ids) <= self.batch_tokens
+                ):
                     size += 1
                 chunk = order[i : i + size]
-                for idx, scores in zip(chunk, self._score_chunk([encoded[j] for j in chunk]), strict=True):
-                    req, enc, _ = encoded[idx]
+                for idx, scores in zip(chunk, self._score_chunk([encoded[j][1] for j in chunk]), strict=True):
+                    req, enc = encoded[idx]
                     responses = [ResponseScore(lp, n, tuple(o) if o is not None else None) for lp, n, o in scores]
-                    results[idx] = ScoreResult(req.key, responses, len(enc.ids), int(enc.boundary_fixed))
+                    results[idx] = ScoreResult(req.key, responses, len(enc.ids), enc.forced)
                 i += size
                 done += size
                 if progress:
                     progress(done)
         return [results[k] for k in range(len(encoded))]
 
-    def session(self, add_special_tokens: bool = True, key: Any = None) -> HFSession:
-        return HFSession(self, add_special_tokens, key)
+    def session(self, add_special_tokens: bool = True, key: Any = None, closer: str | None = None) -> HFSession:
+        from ..transcripts import CLOSE
+
+        return HFSession(self, add_special_tokens, key, CLOSE if closer is None else closer)
 
     def _score_chunk(self, chunk):
         """Score a batch; on out-of-memory, halve it and go on."""
@@ -162,8 +189,7 @@ class HFBackend(Backend):
         from ..scoring import score_encoded
 
         try:
-            options = [o if o is not None else [None] * len(e.ranges) for _, e, o in chunk]
-            return score_encoded(self.model, [e for _, e, _ in chunk], options, self.pad_id)
+            return score_encoded(self.model, chunk, self.pad_id)
         except (torch.OutOfMemoryError, RuntimeError) as exc:
             if "out of memory" not in str(exc).lower() or len(chunk) == 1:
                 raise
@@ -181,7 +207,7 @@ def _load_adapter(model, folder: Path, name: str):
     try:
         from peft import PeftModel
     except ImportError:
-        raise ModelError("adapters need the peft package: pip install 'psysim[hf]'") from None
+        raise ModelError("adapters need the peft package: pip install peft") from None
     config = json.loads(config_path.read_text("utf-8"))
     try:
         wrapped = PeftModel.from_pretrained(model, str(folder))
@@ -213,21 +239,22 @@ def _first_useful_line(exc: Exception) -> str:
 class HFSession(Session):
     """Closed-loop reading with a key/value cache: every token passes through the model once.
 
-    Text read between two responses is tokenized as one piece when the model
-    next has to predict (at :meth:`options`), so pieces break exactly at
-    response boundaries, as :func:`psysim.scoring.encode` with
-    ``piecewise=True`` tokenizes the finished transcript. Only the last
-    position is projected onto the vocabulary; multi-token options continue
-    from a copy of the cache.
+    Text read between two responses is one piece, tokenized when the model
+    next has to predict (at :meth:`options`); each response is another. Both
+    are read with the backend's :class:`~psysim.backends.encoding.TokenReader`
+    as the continuation of everything read before, exactly as scoring reads
+    the finished transcript. Only the last position is projected onto the
+    vocabulary for an option's first token; the rest of every option (and
+    the closing text) is read in one pass over the cache.
     """
 
-    def __init__(self, backend: HFBackend, add_special_tokens: bool, key: Any):
-        from ..scoring import _bos
-
+    def __init__(self, backend: HFBackend, add_special_tokens: bool, key: Any, closer: str):
         self.backend = backend
         self.key = key
+        self.closer = closer
+        self.read_text = ""  # everything read and tokenized so far
         self.text = ""  # read but not yet tokenized
-        self.pending: list[int] = _bos(backend.tokenizer) if add_special_tokens else []
+        self.pending: list[int] = list(backend.reader.bos) if add_special_tokens else []
         self.cache = None
         self.length = 0  # tokens in the cache
         self.last_hidden = None
@@ -238,18 +265,23 @@ class HFSession(Session):
 
     def respond(self, text: str) -> None:
         self._tokenize()
-        self.pending += self.backend.tokenizer(text, add_special_tokens=False)["input_ids"]
+        self._add(text)
+
+    def _add(self, piece: str) -> None:
+        [ids], _ = self.backend.reader.continuations(self.read_text, [piece])
+        self.pending += ids
+        self.read_text += piece
 
     def _tokenize(self) -> None:
         if self.text:
-            self.pending += self.backend.tokenizer(self.text, add_special_tokens=False)["input_ids"]
-            self.text = ""
+            piece, self.text = self.text, ""
+            self._add(piece)
 
     def _feed(self) -> None:
         import torch
         from transformers import DynamicCache
 
-        from ..scoring import _kv_keyword
+        from ..scoring import kv_keyword
 
         self._tokenize()
         if not self.pending:
@@ -268,7 +300,7 @@ class HFSession(Session):
             out = decoder(
                 input_ids=torch.tensor([self.pending], device=device),
                 use_cache=True,
-                **{_kv_keyword(decoder): self.cache},
+                **{kv_keyword(decoder): self.cache},
             )
         # The cache object was updated in place (reading it back from the output is deprecated).
         self.last_hidden = out.last_hidden_state[0, -1:]
@@ -279,16 +311,18 @@ class HFSession(Session):
     def options(self, options) -> list[float]:
         import torch
 
-        from ..scoring import _cache_layers, _option_logprobs, _project, option_token_ids
+        from ..scoring import cache_layers, continuation_logprobs, project
 
         self._feed()
         if self.last_hidden is None:
             raise ModelError(f"{self.key or 'a simulated transcript'}: nothing was read before the first response")
         model = self.backend.model
-        tokens = [option_token_ids(self.backend.tokenizer, o) for o in options]
+        tokens, _ = self.backend.reader.continuations(self.read_text, [o + self.closer for o in options])
         empty = [o for o, t in zip(options, tokens, strict=True) if not t]
         if empty:
             raise ModelError(f"option {empty[0]!r} tokenizes to nothing")
         with torch.inference_mode():
-            first = _project(model, self.last_hidden, None)[0]
-            return _option_logprobs(model, model.get_decoder(), _cache_layers(self.cache), 0, self.length, tokens, first)
+            device = self.last_hidden.device
+            firsts = project(model, self.last_hidden.expand(len(tokens), -1), torch.tensor([t[0] for t in tokens], device=device))
+            tails = continuation_logprobs(model, cache_layers(self.cache), [(self.length, t) for t in tokens])
+        return [float(f) + tail for f, tail in zip(firsts.tolist(), tails, strict=True)]

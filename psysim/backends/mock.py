@@ -2,8 +2,9 @@
 
 It "tokenizes" into characters and gives every character a log-probability
 drawn from a hash of the text before it, so scores depend on the prefix (a
-persona changes them) and are identical on every machine. The human response's
-score equals the score of the same option, as with a real model.
+persona changes them) and are identical on every machine. As with a real
+model, an option is scored followed by the response's closing text, so the
+human's own option scores its response plus that closing text.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class MockBackend(Backend):
                     ResponseScore(
                         logprob=mock_logprob(prefix, req.text[s:e], head),
                         n_tokens=e - s,
-                        option_logprobs=tuple(mock_logprob(prefix, o, head) for o in opts) if opts else None,
+                        option_logprobs=tuple(mock_logprob(prefix, o + req.closer(i), head) for o in opts) if opts else None,
                     )
                 )
             out.append(ScoreResult(req.key, responses, len(req.text)))
@@ -70,14 +71,17 @@ class MockBackend(Backend):
     def identity(self) -> dict[str, Any]:
         return {"backend": "mock", "name": self.name, "vocab": VOCAB}
 
-    def session(self, add_special_tokens: bool = True, key: Any = None) -> Session:
-        return MockSession()
+    def session(self, add_special_tokens: bool = True, key: Any = None, closer: str | None = None) -> Session:
+        from ..transcripts import CLOSE
+
+        return MockSession(CLOSE if closer is None else closer)
 
 
 class MockSession(Session):
     """Closed-loop mock: the same numbers :meth:`MockBackend.score` gives for the finished transcript."""
 
-    def __init__(self):
+    def __init__(self, closer: str):
+        self.closer = closer
         self.text = ""
         self.head: str | None = None  # fixed at the first response, as score() hashes the text before it
 
@@ -88,7 +92,7 @@ class MockSession(Session):
     def options(self, options) -> list[float]:
         if self.head is None:
             self.head = hashlib.blake2b(self.text.encode(), digest_size=8).hexdigest()
-        return [mock_logprob(self.text, o, self.head) for o in options]
+        return [mock_logprob(self.text, o + self.closer, self.head) for o in options]
 
     def respond(self, text: str) -> None:
         self.read(text)

@@ -1,0 +1,166 @@
+"""Context-aware tokenisation: the token ids a model reads for a transcript, its responses and its options.
+
+This module owns one rule, used by scoring, by closed-loop sessions and by
+context fitting alike, so that a transcript scored after the fact and the same
+transcript written by a simulation are read as the same tokens:
+
+*The tokens of a piece of text are the tokens it adds when it follows its real
+prefix*: ``tok(prefix + piece)`` minus ``tok(prefix)``. A transcript is cut at
+every response boundary (before and after each response's content) and read
+piece by piece with this rule, so every response owns exactly its own tokens,
+and an option is read exactly as the response would have been had the
+participant given it. Tokenising a piece on its own instead (out of context)
+is wrong for tokenizers that add a prefix space to every input
+(SentencePiece: Llama-2, Mistral): a response ``O`` reads as ``O`` inside the
+transcript but ``▁O`` on its own.
+
+Two refinements keep the rule exact and cheap:
+
+- *Forced boundaries.* When the tokenizer merges a piece with the end of its
+  prefix (a token such as ``<<O`` crosses the response boundary), there is no
+  tokenisation in which both keep their own tokens. The boundary is then
+  forced: the piece is tokenised as it reads right after a line break
+  (after a letter, if the piece itself starts with whitespace), which is its
+  in-context reading without the merge and without any prefix space.
+- *A window of the prefix.* Tokenisers only look at nearby text (pre-token
+  chunks; SentencePiece words), so the prefix is cut at a word start at least
+  :data:`WINDOW` characters back; ``tok(window)`` and ``tok(window + piece)``
+  give the same new tokens as the whole prefix would, at a cost linear in the
+  transcript's length. ``tests/test_tokenizers.py`` checks this against
+  whole-prefix re-tokenisation on three tokenizer families.
+
+Special tokens the tokenizer puts before a text (a BOS) are added once, at the
+start, when ``add_special_tokens`` is set (raw text); chat-formatted text
+already contains its own.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = ["WINDOW", "Encoded", "TokenReader"]
+
+#: How many characters of prefix (at least) the tokenizer sees before a piece; see the module docstring.
+WINDOW = 256
+
+_WORD_START = re.compile(r"(?<=\s)\S")
+
+
+@dataclass
+class Encoded:
+    """Token ids of a transcript and, per response, the half-open range of its token positions.
+
+    ``options[t][j]`` (when options were asked for) are the token ids of option
+    ``j`` of response ``t`` followed by the response's closing text, as read
+    right after the text before the response; ``forced`` counts boundaries that
+    had to be forced (see the module docstring).
+    """
+
+    ids: list[int]
+    ranges: list[tuple[int, int]]
+    options: list[list[list[int]] | None] | None = None
+    forced: int = 0
+
+
+class TokenReader:
+    """A tokenizer (transformers' interface) reading text as the continuation of a prefix."""
+
+    def __init__(self, tokenizer, window: int = WINDOW):
+        self.tokenizer = tokenizer
+        self.window = window
+        self.bos = self._leading_special_ids()
+
+    def _ids(self, texts: list[str]) -> list[list[int]]:
+        return [list(x) for x in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+    def _leading_special_ids(self) -> list[int]:
+        """The special tokens the tokenizer puts before a text (e.g. Llama's BOS), as ids."""
+        with_special = list(self.tokenizer("a", add_special_tokens=True)["input_ids"])
+        without = list(self.tokenizer("a", add_special_tokens=False)["input_ids"])
+        if without and with_special[len(with_special) - len(without) :] == without:
+            return with_special[: len(with_special) - len(without)]
+        return []
+
+    def _window(self, prefix: str) -> str:
+        """The end of ``prefix`` that the tokenizer needs to read what follows it (see the module docstring)."""
+        if len(prefix) <= self.window:
+            return prefix
+        limit = len(prefix) - self.window
+        # The last word start at or before `limit`; looking back a bounded stretch keeps this linear.
+        lo = max(0, limit - 4 * self.window)
+        starts = [m.start() for m in _WORD_START.finditer(prefix, lo, limit + 1)]
+        # No word start near the edge (one very long word): the whole prefix, which is always exact.
+        return prefix[starts[-1] :] if starts else prefix
+
+    def continuations(self, prefix: str, pieces: Sequence[str]) -> tuple[list[list[int]], int]:
+        """The tokens each of ``pieces`` adds when it follows ``prefix`` (alternatives, not a sequence).
+
+        Returns the token lists and how many of them needed a forced boundary.
+        """
+        window = self._window(prefix)
+        ids = self._ids([window, *(window + p for p in pieces)])
+        before, out, forced = ids[0], [], 0
+        for piece, whole in zip(pieces, ids[1:], strict=True):
+            if whole[: len(before)] == before:
+                out.append(whole[len(before) :])
+            else:
+                out.append(self.after_break(piece))
+                forced += 1
+        return out, forced
+
+    def after_break(self, piece: str) -> list[int]:
+        """``piece``'s tokens after a forced boundary: as it reads after a line break (a letter, if it starts with a space)."""
+        anchor = "a" if piece[:1].isspace() else "\n"
+        head, whole = self._ids([anchor, anchor + piece])
+        if whole[: len(head)] == head:
+            return whole[len(head) :]
+        return self._ids([piece])[0]  # the anchor itself merged with the piece: the piece alone is all that is left
+
+    def encode(self, text: str, spans: Sequence[tuple[int, int]], add_special_tokens: bool = True) -> Encoded:
+        """Token ids of ``text`` read piece by piece (cut at every span boundary), with each response's token range."""
+        cuts = sorted({0, len(text), *(b for span in spans for b in span)})
+        ids = list(self.bos) if add_special_tokens else []
+        starts: dict[int, int] = {}
+        forced = 0
+        for a, b in itertools.pairwise(cuts):
+            starts[a] = len(ids)
+            [new], f = self.continuations(text[:a], [text[a:b]])
+            ids += new
+            forced += f
+        starts[len(text)] = len(ids)
+        ranges = [(starts[s], starts[e]) for s, e in spans]
+        if ranges and ranges[0][0] == 0:
+            # A response's first token is predicted from the position before it; the very first token
+            # of a text has none (Psych-201 text always has "<<" there, so this only catches malformed input).
+            raise ValueError("a response starts the text: there is nothing to predict its first token from")
+        empty = [t for t, (s, e) in enumerate(ranges) if s == e]
+        if empty:
+            raise ValueError(f"response {empty[0]} ({text[slice(*spans[empty[0]])]!r}) reads as no tokens")
+        return Encoded(ids, ranges, forced=forced)
+
+    def options(
+        self,
+        text: str,
+        spans: Sequence[tuple[int, int]],
+        options: Sequence[Sequence[str] | None],
+        closers: Sequence[str],
+    ) -> tuple[list[list[list[int]] | None], int]:
+        """Each option of each response read as ``option + closers[t]`` right after the text before response ``t``.
+
+        So an option's probability is that of the whole response, ended (see
+        :class:`psysim.backends.ScoreRequest`). Returns the token lists
+        (``None`` where a response has no options) and the number of forced boundaries.
+        """
+        out: list[list[list[int]] | None] = []
+        forced = 0
+        for t, offered in enumerate(options):
+            if offered is None or not len(offered):
+                out.append(None)
+                continue
+            got, f = self.continuations(text[: spans[t][0]], [o + closers[t] for o in offered])
+            out.append(got)
+            forced += f
+        return out, forced
