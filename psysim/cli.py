@@ -35,13 +35,22 @@ def validate(experiment: Path) -> None:
 
     Checks the YAML, the profile schema, every profile, the human data, every
     template (by rendering each participant's persona) and chat templates, and
-    prints a short summary. All problems are listed at once; exit code 2 if any.
+    prints a short summary. With each model's tokenizer (where the model is on
+    this machine; never its weights) it counts, per study and condition, the
+    transcripts longer than the model's context and the responses that
+    `scoring.context: drop_oldest` would drop. All problems are listed at
+    once; exit code 2 if any.
     """
+    from .context import check_context
     from .experiment import load_experiment
 
     exp = load_experiment(experiment)
+    context = check_context(exp)
     click.echo(f"{click.style('ok', fg='green', bold=True)}: {exp.summary().config} is valid")
     click.echo(str(exp.summary()))
+    lines = context.lines()
+    for i, line in enumerate(lines):
+        click.echo(f"  {'context' if i == 0 else '':<13}{line}")
 
 
 @cli.command()
@@ -69,7 +78,15 @@ def render(
     text_only: bool,
     as_json: bool,
 ) -> None:
-    """Print exactly what a model reads for one participant, with the response spans marked."""
+    """Print exactly what a model reads for one participant, with the response spans marked.
+
+    Where the model is on this machine, its tokenizer decides whether the
+    prompt fits its context; under `scoring.context: drop_oldest` the text
+    shown is the shortened one the model reads, and the header says how many
+    trials were dropped.
+    """
+    from .context import fit_prompt, token_counter
+    from .errors import ModelError
     from .experiment import load_experiment
 
     exp = load_experiment(experiment)
@@ -77,7 +94,26 @@ def render(
     pid = participant if participant is not None else (scorable or exp.participants)[0]
     names = list(conditions) or [c.name for c in exp.config.conditions]
     fmt = "chat" if chat else "raw"
-    prompts = [exp.render(pid, name, format=fmt, model=model) for name in names]
+    m = exp.model(model)
+    counter, unchecked = token_counter(m, exp.config.folder)
+    prompts, notes = [], []
+    for name in names:
+        note, dropped = "", 0
+        if counter is not None and counter.max_length:
+            try:
+                prompt, dropped = fit_prompt(exp, pid, name, fmt, m.name, limit=counter.max_length, count=counter.count_tokens)
+            except ModelError as exc:  # the run would stop here: show the whole text and say why
+                prompt, note = exp.render(pid, name, format=fmt, model=m.name), exc.message
+            tokens = counter.count_tokens(prompt.text, prompt.spans, fmt == "raw")
+            note = note or (
+                f"{tokens} of {counter.max_length} tokens of model {m.name}"
+                + (f"; the {dropped} oldest trials are dropped to fit" if dropped else "")
+            )
+        else:
+            prompt = exp.render(pid, name, format=fmt, model=m.name)
+            note = f"context not checked: {unchecked or 'no context length'}" if m.backend != "mock" else ""
+        prompts.append(prompt)
+        notes.append((note, dropped))
     if as_json:
         payload = [
             {
@@ -89,8 +125,10 @@ def render(
                 "text": p.text,
                 "spans": [list(s) for s in p.spans],
                 "responses": list(p.responses),
+                "context_dropped": dropped,
+                "context": note,
             }
-            for p in prompts
+            for p, (note, dropped) in zip(prompts, notes, strict=True)
         ]
         click.echo(json.dumps(payload if len(payload) > 1 else payload[0], ensure_ascii=False, indent=2))
         return
@@ -107,6 +145,8 @@ def render(
                 bold=True,
             )
         )
+        if notes[i][0]:
+            click.echo(click.style(f"─── context: {notes[i][0]} ───", bold=True))
         if mark == "brackets":
             click.echo(p.marked(), nl=False)
         elif mark == "color":

@@ -131,7 +131,7 @@ def _nll(backend, prompts) -> float:
 
 def _fitting_prompt(exp, backend, pid, condition, limit):
     """The participant's raw prompt, oldest trials dropped until it fits ``limit`` tokens; error if one trial does not."""
-    from .run import drop_oldest_to_fit
+    from .context import drop_oldest_to_fit
 
     prompt = exp.render(pid, condition)
     tokens = backend.count_tokens(prompt.text, prompt.spans, True)

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from .backends import Backend, ScoreRequest, get_backend
-from .errors import ModelError, Problem, PsysimError
+from .context import fit_prompt
+from .errors import Problem, PsysimError
 from .experiment import Experiment, Prompt
 from .files import display_path
 from .metrics import CONDITION_KEYS, option_probs, predicted_option
@@ -73,64 +74,6 @@ def check_writable(folder: Path) -> None:
             f"the results folder is not writable: {display_path(folder)}",
             [Problem(f"{exc.strerror or exc}; choose another with --out or the experiment's output key")],
         ) from None
-
-
-def _fit(exp: Experiment, backend: Backend, pid: str, condition: str, fmt: str, model: str) -> tuple[Prompt, int]:
-    """The prompt, with the oldest trials dropped if the model's context demands it (per the experiment's policy)."""
-    prompt = exp.render(pid, condition, format=fmt, model=model)
-    limit = backend.max_length
-    if not limit:
-        return prompt, 0
-    # Counted, never estimated from characters: a character can be several tokens (bytes of non-ASCII
-    # text in byte-level BPE). The hf backend keeps the encoding, so scoring does not tokenize again.
-    length = backend.count_tokens(prompt.text, prompt.spans, fmt == "raw")
-    if length <= limit:
-        return prompt, 0
-    if exp.config.context_policy == "error":
-        raise ModelError(
-            f"participant {pid}'s transcript ({condition}, {fmt}) is {length} tokens, longer than the context of "
-            f"model {model!r} ({limit} tokens)",
-            [
-                Problem(
-                    "set `scoring: {context: drop_oldest}` in the experiment file to drop the oldest trials",
-                    file=display_path(exp.config.path),
-                )
-            ],
-        )
-    prompt, dropped, length = drop_oldest_to_fit(exp, pid, condition, fmt, model, limit, backend.count_tokens)
-    if length > limit:
-        raise ModelError(
-            f"participant {pid}: even the last trial alone does not fit the context of model {model!r} ({limit} tokens)"
-        )
-    return prompt, dropped
-
-
-def drop_oldest_to_fit(exp: Experiment, pid: str, condition: str, fmt: str, model: str | None, limit: int, count):
-    """``(prompt, dropped, tokens)``: the prompt with the fewest oldest trials dropped so that it fits ``limit``.
-
-    For a prompt already known not to fit whole. Persona and instructions are
-    kept; ``count(text, spans, add_special_tokens)`` counts tokens as the model
-    reads them. Token count grows with kept trials, so the search is binary.
-    ``tokens > limit`` when even the last trial alone does not fit (then the
-    last trial is what is returned: never an empty transcript).
-    """
-
-    def render(k):
-        return exp.render(pid, condition, format=fmt, model=model, drop_oldest=k)
-
-    def length(p):
-        return count(p.text, p.spans, fmt == "raw")
-
-    n = len(exp.transcript(pid).responses)
-    lo, hi = min(1, n - 1), n - 1
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if length(render(mid)) <= limit:
-            hi = mid
-        else:
-            lo = mid + 1
-    prompt = render(lo)
-    return prompt, lo, length(prompt)
 
 
 def run_experiment(
@@ -226,7 +169,7 @@ def _score_model(exp, model, batches, todo, store: RunFolder, backends, dry_run,
     bar = _progress(total, model.name, enabled=progress, initial=done)
     for b in todo:
         prompts = [
-            _fit(exp, backend, pid, cond.name, fmt, model.name)
+            fit_prompt(exp, pid, cond.name, fmt, model.name, limit=backend.max_length, count=backend.count_tokens)
             for fmt in model.formats
             for cond in cfg.conditions
             for pid in batches[b]

@@ -9,6 +9,7 @@ span of each response's content. Psych-201 JSONL files are parsed into it
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -71,22 +72,48 @@ class Transcript:
         """Where response ``i``'s trial starts: the beginning of the line its ``<<`` is on."""
         return self.text.rfind("\n", 0, self.responses[i].start - len(OPEN)) + 1
 
+    def trial_starts(self) -> list[int]:
+        """Where each response's trial starts in :attr:`text`: the boundaries :meth:`without_first` cuts at.
+
+        A trial is the text since the previous response's line: trial ``i``
+        (``i >= 1``) starts after the line break that ends response ``i - 1``'s
+        line (right after its ``>>`` when both responses share a line), so a
+        stimulus of several lines, a section header ("Set 2/9:") and the
+        previous trial's feedback on the same line stay with their own trial.
+        The first trial has as many lines before its response's line as the
+        second trial has (the trials of a study share their shape); what comes
+        before it is the instructions. With one response, the first trial is
+        its response's line.
+        """
+        rs = self.responses
+        starts = []
+        for prev, r in itertools.pairwise(rs):
+            after = prev.end + len(CLOSE)
+            newline = self.text.find("\n", after, r.start - len(OPEN))
+            starts.append(newline + 1 if newline != -1 else after)
+        first = self.text.rfind("\n", 0, rs[0].start - len(OPEN)) + 1 if rs else 0
+        if len(rs) > 1:
+            for _ in range(self.text.count("\n", starts[0], rs[1].start - len(OPEN))):
+                if first == 0:
+                    break
+                first = self.text.rfind("\n", 0, first - 1) + 1
+        return [first, *starts]
+
     def without_first(self, k: int) -> Transcript:
         """The transcript with its ``k`` oldest trials removed (for contexts too short to hold it all).
 
-        The head — everything before the line of the first response: the
-        instructions — is kept; then the text from the line of response ``k`` on.
-        Responses keep their original ``index``. If response ``k`` shares its
-        line with an earlier response, the cut falls right after response ``k - 1``.
+        Trials are those of :meth:`trial_starts`: the instructions (the text
+        before the first trial) are kept, then the text from trial ``k`` on,
+        so the shortened transcript is the original with whole trials removed
+        and no stimulus of a dropped trial is left behind. Responses keep
+        their original ``index``.
         """
         if k <= 0:
             return self
         if k >= len(self.responses):
             raise ValueError(f"cannot drop {k} of {len(self.responses)} responses")
-        head = self.trial_start(0)
-        cut = self.trial_start(k)
-        if cut <= self.responses[k - 1].end:
-            cut = self.responses[k - 1].end + len(CLOSE)
+        starts = self.trial_starts()
+        head, cut = starts[0], starts[k]
         shift = cut - head
         kept = tuple(replace(r, start=r.start - shift, end=r.end - shift) for r in self.responses[k:])
         return replace(self, text=self.text[:head] + self.text[cut:], responses=kept)

@@ -45,6 +45,7 @@ def test_the_unbroken_toy_experiment_is_valid(toy, run_cli):
         "  conditions   no_persona, persona (interview), shuffled_persona (interview)",
         "  models       tiny (raw, chat)",
         "  output       runs/toy",
+        "  context      tiny: not checked (unknown model 'tiny': not a registry name, a local model folder or .gguf file)",
     ]
 
 

@@ -350,6 +350,8 @@ def test_cli_render_chat_json(toy, run_cli):
         "text": P1_CHAT_NO_PERSONA,
         "spans": [[72, 73], [152, 153]],
         "responses": ["A", "B"],
+        "context_dropped": 0,
+        "context": "context not checked: unknown model 'tiny': not a registry name, a local model folder or .gguf file",
     }
 
     r = run_cli("render", str(toy.yaml), "--chat", "--json", "-p", "p2")

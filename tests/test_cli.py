@@ -10,6 +10,7 @@ import sys
 from conftest import REPO
 
 import psysim
+from psysim import models
 
 QUICKSTART = REPO / "experiments" / "quickstart.yaml"
 THOMA = REPO / "participants" / "thoma2025riskychoice" / "prompts.jsonl"
@@ -38,6 +39,11 @@ def test_quickstart_validates_with_exact_summary(run_cli, monkeypatch):
         "  conditions   no_persona, persona (interview), shuffled_persona (interview)",
         "  models       smollm2-135m-instruct (raw)",
         "  output       runs/quickstart",
+        # With the default model pulled, its tokenizer counts every prompt against its context.
+        "  context      smollm2-135m-instruct (raw): all 150 transcripts fit its context"
+        if models.pulled_path("smollm2-135m-instruct")
+        else "  context      smollm2-135m-instruct: not checked (model smollm2-135m-instruct is not pulled; "
+        "run `psysim models pull smollm2-135m-instruct`)",
     ]
 
 
@@ -86,12 +92,15 @@ def test_render_shows_three_conditions_raw_and_chat(run_cli):
         assert [p["text"][s:e] for s, e in p["spans"]] == p["responses"] == human
 
 
-def test_python_m_psysim_and_lazy_imports():
-    """`python -m psysim` works, and validating does not import torch, transformers or pandas."""
+def test_python_m_psysim_and_lazy_imports(toy):
+    """`python -m psysim` works; validating imports no torch, transformers or pandas unless a model's tokenizer is here.
+
+    (With a model on this machine, validate reads its tokenizer, through transformers, to count contexts.)
+    """
     code = (
         "import sys, psysim.cli\n"
         "try:\n"
-        f"    psysim.cli.main(['validate', {str(QUICKSTART)!r}])\n"
+        f"    psysim.cli.main(['validate', {str(toy.yaml)!r}])\n"
         "except SystemExit as e:\n"
         "    assert not e.code, e.code\n"
         "heavy = sorted(m for m in ('torch', 'transformers', 'pandas', 'peft', 'sklearn') if m in sys.modules)\n"

@@ -576,3 +576,70 @@ def test_errors_that_halving_cannot_fix_propagate(hf, monkeypatch, message, fail
     with pytest.raises(RuntimeError, match=message):
         backend.score(_requests(hf)[:4])
     assert sizes == ([4, 2, 1] if fail_single else [4])
+
+
+def test_validate_counts_the_responses_drop_oldest_drops(toy, run_cli, hf):
+    """Before any model loads, validate counts per study and condition what the run then drops, exactly."""
+    long_experiment(toy, hf, extra="scoring:\n  context: drop_oldest\n")
+    r = run_cli("validate", "experiment.yaml")
+    assert r.exit_code == 0, r.stderr
+    assert run_cli("run", "experiment.yaml", "--quiet", "--out", "out").exit_code == 0
+    trials = read_trials(toy.folder / "out")
+    per = trials.groupby(["condition", "participant"])["context_dropped"].first().groupby("condition").sum()
+    assert per["persona"] > per["no_persona"] > 0
+    context = [line.strip() for line in r.stdout.splitlines()[-2:]]
+    assert context == [
+        "context      toy · no_persona · tiny (raw): 2 of 2 transcripts longer than the context; "
+        f"{per['no_persona']} of 24 responses dropped (oldest trials)",
+        f"toy · persona · tiny (raw): 2 of 2 transcripts longer than the context; {per['persona']} of 24 responses "
+        "dropped (oldest trials)",
+    ]
+
+
+def test_validate_stops_where_the_run_would(toy, run_cli, hf):
+    """Under the default `error` policy, a transcript longer than the context fails validate (exit 2), located."""
+    long_experiment(toy, hf)
+    r = run_cli("validate", "experiment.yaml")
+    assert r.exit_code == 2
+    assert error_of(r.stderr) == (
+        "error: some transcripts do not fit a model's context\n"
+        "  - experiment.yaml: 2 of 2 transcripts of study toy (no_persona, raw) are longer than the context of model "
+        "'tiny'; set `scoring: {context: drop_oldest}` to drop their oldest trials\n"
+        "  - experiment.yaml: 2 of 2 transcripts of study toy (persona, raw) are longer than the context of model "
+        "'tiny'; set `scoring: {context: drop_oldest}` to drop their oldest trials\n"
+    )
+
+
+def test_render_shows_the_shortened_text_the_model_reads(toy, run_cli, hf):
+    """`psysim render` under drop_oldest prints the text scored, and says how many trials were dropped."""
+    from psysim.experiment import load_experiment
+
+    long_experiment(toy, hf, extra="scoring:\n  context: drop_oldest\n")
+    assert run_cli("run", "experiment.yaml", "--quiet", "--out", "out").exit_code == 0
+    trials = read_trials(toy.folder / "out")
+    k = int(trials[(trials["condition"] == "persona") & (trials["participant"] == "p1")]["context_dropped"].iloc[0])
+    r = run_cli("render", "experiment.yaml", "-p", "p1", "-c", "persona", "--json")
+    payload = json.loads(r.stdout)
+    exp = load_experiment(toy.yaml)
+    assert payload["text"] == exp.render("p1", "persona", drop_oldest=k).text != exp.render("p1", "persona").text
+    assert payload["context_dropped"] == k
+    assert payload["context"].endswith(f"of {CONTEXT} tokens of model tiny; the {k} oldest trials are dropped to fit")
+    text = run_cli("render", "experiment.yaml", "-p", "p1", "-c", "persona", "--text-only").stdout
+    assert text == payload["text"]
+
+
+def test_non_ascii_text_is_counted_not_estimated(toy, run_cli, hf):
+    """Fewer characters than the context but more tokens (bytes of emoji): drop_oldest drops, never crashes."""
+    text = "Pick.\n" + "".join(f"🎲🎲 <<{c}>>\n" for c in "ABBABABBAB")
+    tok = hf.tokenizer()
+    assert len(text) + 16 <= CONTEXT < len(tok(text)["input_ids"])  # the old character estimate said "fits"
+    save_tiny(toy.folder / "tiny-model", hf, max_position_embeddings=CONTEXT)
+    toy.write_records([{"text": text, "experiment": "toy", "participant": "p1", "age": "30", "gender": "Male"}])
+    toy.write_yaml(
+        "name: dice\nseed: 7\ndata:\n  format: psych201\n  path: data.jsonl\ncohort:\n  schema: schema.json\n"
+        "models:\n  - name: tiny\n    source: tiny-model\nconditions: [no_persona]\nscoring:\n  context: drop_oldest\n"
+    )
+    r = run_cli("run", "experiment.yaml", "--quiet", "--out", "out")
+    assert r.exit_code == 0, r.stderr
+    trials = read_trials(toy.folder / "out")
+    assert trials["context_dropped"].gt(0).all()

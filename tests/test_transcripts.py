@@ -474,3 +474,63 @@ def test_real_rts_exact_values():
     first = busch[0].transcript.responses[0]
     assert (first.text, first.data) == ("down", {"RTs": "1159"})
     assert busch[0].profile == {"age": "37"}
+
+
+# ------------------------------------------------------------------ trials and dropping the oldest
+
+MULTI = (
+    "Welcome. You will play 3 sets of rounds.\nPress the key of your choice.\n\n"
+    "Set 1/3:\nThe urn has 7 red and 3 blue balls.\nKeys: R = red, B = blue.\nYou press <<R>>. Correct.\n"
+    "The urn has 2 red and 8 blue balls.\nKeys: R = red, B = blue.\nYou press <<B>>. Correct.\n"
+    "Set 2/3:\nThe urn has 5 red and 5 blue balls.\nKeys: F = red, J = blue.\nYou press <<F>>. Wrong.\n"
+    "The urn has 9 red and 1 blue balls.\nKeys: F = red, J = blue.\nYou press <<F>>. Correct.\n"
+    "Set 3/3:\nThe urn has 4 red and 6 blue balls.\nKeys: J = red, F = blue.\nYou press <<F>>. Correct. Done.\n"
+)
+
+
+def _transcript(text: str) -> Transcript:
+    spans, errors = parse_markup(text)
+    assert not errors
+    responses = tuple(Response(i, text[s:e], s, e) for i, (s, e) in enumerate(spans))
+    return Transcript("p", "x", text, responses)
+
+
+def test_trials_are_the_text_since_the_previous_response_line():
+    """A stimulus of several lines and its section header belong to their own trial; the first trial has their shape."""
+    t = _transcript(MULTI)
+    starts = t.trial_starts()
+    trials = [MULTI[a:b] for a, b in zip(starts, [*starts[1:], len(MULTI)], strict=True)]
+    assert MULTI[: starts[0]] == "Welcome. You will play 3 sets of rounds.\nPress the key of your choice.\n\nSet 1/3:\n"
+    assert trials[0].startswith("The urn has 7 red") and trials[0].endswith("<<R>>. Correct.\n")
+    assert trials[2] == "Set 2/3:\nThe urn has 5 red and 5 blue balls.\nKeys: F = red, J = blue.\nYou press <<F>>. Wrong.\n"
+
+
+@pytest.mark.parametrize("k", [1, 2, 3, 4])
+def test_dropping_the_oldest_removes_whole_trials(k):
+    """The shortened transcript is the original with whole trials removed: no stimulus or header of a dropped trial."""
+    t = _transcript(MULTI)
+    starts = t.trial_starts()
+    short = t.without_first(k)
+    assert short.text == MULTI[: starts[0]] + MULTI[starts[k] :]
+    assert [r.text for r in short.responses] == [r.text for r in t.responses[k:]]
+    assert [short.text[r.start : r.end] for r in short.responses] == [r.text for r in t.responses[k:]]
+    assert [r.index for r in short.responses] == list(range(k, 5))
+    if k >= 3:  # set 2's header went with its first round; the key mapping of a later round is its own
+        assert "Set 2/3" not in short.text and "R = red" not in short.text
+
+
+def test_dropping_the_oldest_on_a_real_multi_line_study():
+    """franke2024bayesian: each trial is a 16-line block with its own key mapping; dropping keeps whole blocks."""
+    path = needs_shared_data("psych201", "franke2024bayesian", "prompts.jsonl")
+    for record in read_psych201(path)[:40]:
+        t = record.transcript
+        starts = t.trial_starts()
+        assert t.text[starts[0] :].startswith("Your task is to play")
+        for k in range(1, len(t.responses)):
+            short = t.without_first(k)
+            assert short.text == t.text[: starts[0]] + t.text[starts[k] :]
+            # The first kept response reads after its own trial's key list, which names its key.
+            first = short.responses[0]
+            trial_text = short.text[starts[0] : first.start]
+            assert trial_text == t.text[starts[k] : t.responses[k].start]
+            assert f"\n{first.text}: " in trial_text

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 __all__ = ["WINDOW", "Encoded", "TokenReader"]
 
 #: How many characters of prefix (at least) the tokenizer sees before a piece; see the module docstring.
-WINDOW = 256
+WINDOW = 64
 
 _WORD_START = re.compile(r"(?<=\s)\S")
 
@@ -84,31 +84,45 @@ class TokenReader:
             return with_special[: len(with_special) - len(without)]
         return []
 
-    def _window(self, prefix: str) -> str:
-        """The end of ``prefix`` that the tokenizer needs to read what follows it (see the module docstring)."""
-        if len(prefix) <= self.window:
-            return prefix
-        limit = len(prefix) - self.window
+    def _window_start(self, text: str, end: int) -> int:
+        """Where the part of ``text[:end]`` that the tokenizer needs to read what follows it starts (module docstring)."""
+        if end <= self.window:
+            return 0
+        limit = end - self.window
         # The last word start at or before `limit`; looking back a bounded stretch keeps this linear.
         lo = max(0, limit - 4 * self.window)
-        starts = [m.start() for m in _WORD_START.finditer(prefix, lo, limit + 1)]
+        starts = [m.start() for m in _WORD_START.finditer(text, lo, limit + 1)]
         # No word start near the edge (one very long word): the whole prefix, which is always exact.
-        return prefix[starts[-1] :] if starts else prefix
+        return starts[-1] if starts else 0
+
+    def read(self, jobs: Sequence[tuple[str, int, Sequence[str]]]) -> tuple[list[list[list[int]]], int]:
+        """For each job ``(text, end, pieces)``: the tokens each piece adds when it follows ``text[:end]``.
+
+        All jobs go to the tokenizer in one batched call. Returns, per job, one
+        token list per piece, and how many needed a forced boundary.
+        """
+        texts: list[str] = []
+        for text, end, pieces in jobs:
+            window = text[self._window_start(text, end) : end]
+            texts += [window, *(window + p for p in pieces)]
+        ids = self._ids(texts) if texts else []
+        out, forced, k = [], 0, 0
+        for _, _, pieces in jobs:
+            before = ids[k]
+            got = []
+            for piece, whole in zip(pieces, ids[k + 1 : k + 1 + len(pieces)], strict=True):
+                if whole[: len(before)] == before:
+                    got.append(whole[len(before) :])
+                else:
+                    got.append(self.after_break(piece))
+                    forced += 1
+            out.append(got)
+            k += 1 + len(pieces)
+        return out, forced
 
     def continuations(self, prefix: str, pieces: Sequence[str]) -> tuple[list[list[int]], int]:
-        """The tokens each of ``pieces`` adds when it follows ``prefix`` (alternatives, not a sequence).
-
-        Returns the token lists and how many of them needed a forced boundary.
-        """
-        window = self._window(prefix)
-        ids = self._ids([window, *(window + p for p in pieces)])
-        before, out, forced = ids[0], [], 0
-        for piece, whole in zip(pieces, ids[1:], strict=True):
-            if whole[: len(before)] == before:
-                out.append(whole[len(before) :])
-            else:
-                out.append(self.after_break(piece))
-                forced += 1
+        """The tokens each of ``pieces`` adds when it follows ``prefix`` (alternatives, not a sequence)."""
+        [out], forced = self.read([(prefix, len(prefix), pieces)])
         return out, forced
 
     def after_break(self, piece: str) -> list[int]:
@@ -124,12 +138,10 @@ class TokenReader:
         cuts = sorted({0, len(text), *(b for span in spans for b in span)})
         ids = list(self.bos) if add_special_tokens else []
         starts: dict[int, int] = {}
-        forced = 0
-        for a, b in itertools.pairwise(cuts):
+        pieces, forced = self.read([(text, a, [text[a:b]]) for a, b in itertools.pairwise(cuts)])
+        for a, [new] in zip(cuts, pieces, strict=False):
             starts[a] = len(ids)
-            [new], f = self.continuations(text[:a], [text[a:b]])
             ids += new
-            forced += f
         starts[len(text)] = len(ids)
         ranges = [(starts[s], starts[e]) for s, e in spans]
         if ranges and ranges[0][0] == 0:
@@ -154,13 +166,9 @@ class TokenReader:
         :class:`psysim.backends.ScoreRequest`). Returns the token lists
         (``None`` where a response has no options) and the number of forced boundaries.
         """
-        out: list[list[list[int]] | None] = []
-        forced = 0
-        for t, offered in enumerate(options):
-            if offered is None or not len(offered):
-                out.append(None)
-                continue
-            got, f = self.continuations(text[: spans[t][0]], [o + closers[t] for o in offered])
-            out.append(got)
-            forced += f
+        asked = [t for t, offered in enumerate(options) if offered is not None and len(offered)]
+        got, forced = self.read([(text, spans[t][0], [o + closers[t] for o in options[t]]) for t in asked])
+        out: list[list[list[int]] | None] = [None] * len(options)
+        for t, tokens in zip(asked, got, strict=True):
+            out[t] = tokens
         return out, forced
