@@ -18,7 +18,7 @@ from .run import RunResult, run_experiment
 from .transcripts import Response, Transcript, parse_markup, read_psych201
 from .trials import StructuredTask
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "ChatTemplate",

