@@ -102,73 +102,97 @@ def project(model, hidden, targets):
     return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
 
 
-def continuation_logprobs(model, layers, conts: Sequence[tuple[int, list[int]]]) -> list[float]:
-    """For each ``(start, tokens)``: log p(tokens[1:] | ids[:start] + tokens[:1]); the first token is the caller's.
+def continuation_logprobs(model, layers, rows: Sequence[Sequence[tuple[int, list[int]]]]) -> list[list[float]]:
+    """Per row, for each ``(start, tokens)``: log p(tokens[1:] | ids[:start] + tokens[:1]) (the first token is the caller's).
 
-    ``layers`` is a batch-1 key/value cache (per layer ``(keys, values)``) of
-    the text read so far; ``start`` may be anywhere in it. The continuations
-    are fed together, :data:`QUERIES` tokens at a time, each token attending to
-    the cache before its own ``start`` and to the earlier tokens of its own
+    ``layers`` is the key/value cache (per layer ``(keys, values)``, one batch
+    row per entry of ``rows``) of the text read so far; ``start`` may be
+    anywhere in it. All continuations of all rows are fed together,
+    :data:`QUERIES` tokens per row at a time, each token attending to its
+    row's cache before its own ``start`` and to the earlier tokens of its own
     continuation (a block-causal mask), so every number equals the one a
     separate forward pass over ``ids[:start] + tokens`` would give.
     """
     import torch
 
-    out = [0.0] * len(conts)
-    todo = [i for i, (_, tokens) in enumerate(conts) if len(tokens) > 1]
-    if not todo:
+    out = [[0.0] * len(conts) for conts in rows]
+    # Per row, chunks of whole continuations (a continuation never spans two passes); pass k takes chunk k of every row.
+    chunks: list[list[list[int]]] = []
+    for conts in rows:
+        mine, chunk, size = [], [], 0
+        for i, (_, tokens) in enumerate(conts):
+            n = len(tokens) - 1
+            if n < 1:
+                continue
+            if chunk and size + n > QUERIES:
+                mine.append(chunk)
+                chunk, size = [], 0
+            chunk.append(i)
+            size += n
+        if chunk:
+            mine.append(chunk)
+        chunks.append(mine)
+    passes = max((len(c) for c in chunks), default=0)
+    if not passes:
         return out
     decoder = model.get_decoder()
     device = layers[0][0].device
     dtype = layers[0][0].dtype
     cached = layers[0][0].shape[-2]
-    chunks, chunk, size = [], [], 0
-    for i in todo:  # whole continuations per chunk: a continuation never spans two passes
-        n = len(conts[i][1]) - 1
-        if chunk and size + n > QUERIES:
-            chunks.append(chunk)
-            chunk, size = [], 0
-        chunk.append(i)
-        size += n
-    chunks.append(chunk)
     blocked = torch.finfo(dtype).min
-    for chunk in chunks:
-        feed, positions, targets, owner, spans = [], [], [], [], []
-        for i in chunk:
-            start, tokens = conts[i]
-            first = len(feed)
-            for k in range(len(tokens) - 1):
-                feed.append(tokens[k])
-                positions.append(start + k)
-                targets.append(tokens[k + 1])
-                owner.append(i)
-            spans.append((start, first, len(feed)))
-        q = len(feed)
-        mask = torch.full((1, 1, q, cached + q), blocked, dtype=dtype)
-        for start, first, last in spans:
-            mask[0, 0, first:last, :start] = 0
-            block = torch.full((last - first, last - first), blocked, dtype=dtype).triu(1)
-            mask[0, 0, first:last, cached + first : cached + last] = block
+    for k in range(passes):
+        plans = []
+        for r, conts in enumerate(rows):
+            feed, positions, targets, owner, blocks = [], [], [], [], []
+            for i in chunks[r][k] if k < len(chunks[r]) else []:
+                start, tokens = conts[i]
+                first = len(feed)
+                for j in range(len(tokens) - 1):
+                    feed.append(tokens[j])
+                    positions.append(start + j)
+                    targets.append(tokens[j + 1])
+                    owner.append(i)
+                blocks.append((start, first, len(feed)))
+            plans.append((feed, positions, targets, owner, blocks))
+        q = max(len(p[0]) for p in plans)
+        input_ids = torch.zeros((len(rows), q), dtype=torch.long)
+        position_ids = torch.zeros((len(rows), q), dtype=torch.long)
+        mask = torch.full((len(rows), 1, q, cached + q), blocked, dtype=dtype)
+        mask[:, 0, :, 0] = 0  # padded queries attend to the first position only (never read; keeps softmax finite)
+        for r, (feed, positions, _, _, blocks) in enumerate(plans):
+            input_ids[r, : len(feed)] = torch.tensor(feed, dtype=torch.long)
+            position_ids[r, : len(feed)] = torch.tensor(positions, dtype=torch.long)
+            for start, first, last in blocks:
+                mask[r, 0, first:last, :start] = 0
+                block = torch.full((last - first, last - first), blocked, dtype=dtype).triu(1)
+                mask[r, 0, first:last, cached + first : cached + last] = block
         cache = cache_of(layers)
         hidden = decoder(
-            input_ids=torch.tensor([feed], device=device),
-            position_ids=torch.tensor([positions], device=device),
+            input_ids=input_ids.to(device),
+            position_ids=position_ids.to(device),
             attention_mask=mask.to(device),
             use_cache=True,
             **{kv_keyword(decoder): cache},
-        ).last_hidden_state[0]
+        ).last_hidden_state
         del cache
-        lps = project(model, hidden, torch.tensor(targets, device=device)).tolist()
-        per: dict[int, list[float]] = {}
-        for i, lp in zip(owner, lps, strict=True):
-            per.setdefault(i, []).append(lp)
-        for i, values in per.items():
-            out[i] = math.fsum(values)
+        rows_idx = [r for r, p in enumerate(plans) for _ in p[0]]
+        cols_idx = [c for p in plans for c in range(len(p[0]))]
+        targets = [t for p in plans for t in p[2]]
+        lps = project(model, hidden[torch.tensor(rows_idx), torch.tensor(cols_idx)], torch.tensor(targets, device=device))
+        lps = lps.tolist()
+        pos = 0
+        for r, (feed, _, _, owner, _) in enumerate(plans):
+            per: dict[int, list[float]] = {}
+            for i, lp in zip(owner, lps[pos : pos + len(feed)], strict=True):
+                per.setdefault(i, []).append(lp)
+            pos += len(feed)
+            for i, values in per.items():
+                out[r][i] = math.fsum(values)
     return out
 
 
 def score_encoded(model, batch: Sequence[Encoded], pad_id: int = 0) -> list[list[tuple[float, int, list[float] | None]]]:
-    """One forward pass over a batch of encoded transcripts (plus one short pass per row with options).
+    """One forward pass over a batch of encoded transcripts (plus a short pass for the options' tails).
 
     Returns, per transcript and per response, ``(logprob, n_tokens,
     option_logprobs)``: the response's own tokens (Psych-201's convention:
@@ -210,10 +234,15 @@ def score_encoded(model, batch: Sequence[Encoded], pad_id: int = 0) -> list[list
     if with_options:
         # transformers 5 names the output's cache `cache` (the old name warns); older versions `past_key_values`.
         layers = cache_layers(out.get("cache") or out.get("past_key_values"))
-        for b in with_options:
-            e = batch[b]
-            conts = [(start, tokens) for (start, _), opts in zip(e.ranges, e.options, strict=True) for tokens in opts or []]
-            tails[b] = continuation_logprobs(model, [(k[b : b + 1], v[b : b + 1]) for k, v in layers], conts)
+        pick = torch.tensor(with_options, device=device)
+        rows = [
+            [(start, tokens) for (start, _), opts in zip(batch[b].ranges, batch[b].options, strict=True) for tokens in opts or []]
+            for b in with_options
+        ]
+        if len(with_options) < len(batch):  # the backend batches rows with options apart, so this rarely copies
+            layers = [(k.index_select(0, pick), v.index_select(0, pick)) for k, v in layers]
+        got = continuation_logprobs(model, layers, rows)
+        tails = dict(zip(with_options, got, strict=True))
         del layers
     del out, hidden
 

@@ -138,8 +138,10 @@ class RunFolder:
                         Problem("choose another folder with --out, or rerun with --restart to discard the saved run"),
                     ],
                 )
-            # Same run: keep what the saved manifest knows (start time, model hashes) and go on.
-            merged = {**manifest, **{k: old[k] for k in ("started", "models", "sessions") if k in old}}
+            # Same run: keep everything the saved manifest knows that the new one does not (model hashes,
+            # sessions, run time, when it finished) and its start time; a rerun of a finished run loses nothing.
+            merged = {**manifest, **{k: v for k, v in old.items() if k not in manifest}}
+            merged["started"] = old.get("started", manifest["started"])
             merged["status"] = old.get("status", "running")
             run = cls(folder, merged)
         else:

@@ -146,10 +146,17 @@ def test_a_complete_run_is_not_recomputed(toy, run_cli, monkeypatch):
     real_score = MockBackend.score
     calls = []
     monkeypatch.setattr(MockBackend, "score", lambda self, req, progress=None: calls.append(1) or real_score(self, req, progress))
+    first = json.loads((toy.folder / "out" / "manifest.json").read_text("utf-8"))
     r = run_cli("run", "experiment.yaml", "--dry-run", "-q", "--out", "out")
     assert r.exit_code == 0, r.stderr
     assert "already complete: nothing recomputed (--restart rescores)" in r.stdout.splitlines()[0]
     assert calls == []
+    # The rerun keeps what the finished run recorded (run time, sessions, when it finished): the report still works.
+    again = json.loads((toy.folder / "out" / "manifest.json").read_text("utf-8"))
+    assert {k: again.get(k) for k in ("seconds", "sessions", "finished", "started", "models", "status")} == {
+        k: first.get(k) for k in ("seconds", "sessions", "finished", "started", "models", "status")
+    }
+    assert run_cli("report", "out").exit_code == 0
     r = run_cli("run", "experiment.yaml", "--dry-run", "-q", "--out", "out", "--restart")
     assert r.exit_code == 0, r.stderr
     assert calls == [1] and "already complete" not in r.stdout

@@ -324,5 +324,5 @@ class HFSession(Session):
         with torch.inference_mode():
             device = self.last_hidden.device
             firsts = project(model, self.last_hidden.expand(len(tokens), -1), torch.tensor([t[0] for t in tokens], device=device))
-            tails = continuation_logprobs(model, cache_layers(self.cache), [(self.length, t) for t in tokens])
+            [tails] = continuation_logprobs(model, cache_layers(self.cache), [[(self.length, t) for t in tokens]])
         return [float(f) + tail for f, tail in zip(firsts.tolist(), tails, strict=True)]
