@@ -9,6 +9,7 @@ Loads from a local folder, a pulled registry model, or a ``.gguf`` file
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -49,7 +50,7 @@ class HFBackend(Backend):
         """Load the model of a ``models:`` entry (dtype, device, adapter, trust_remote_code from the entry)."""
         from ..models import resolve
 
-        _require("torch", "torch  (the CPU build: see README, Installing)")
+        _require("torch", "torch (the CPU build: see README, Installing)")
         _require("transformers", "transformers")
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -243,9 +244,8 @@ class HFSession(Session):
     next has to predict (at :meth:`options`); each response is another. Both
     are read with the backend's :class:`~psysim.backends.encoding.TokenReader`
     as the continuation of everything read before, exactly as scoring reads
-    the finished transcript. Only the last position is projected onto the
-    vocabulary for an option's first token; the rest of every option (and
-    the closing text) is read in one pass over the cache.
+    the finished transcript. Each trial is one forward pass: the new text and
+    every option (with the closing text) together, under a block-causal mask.
     """
 
     def __init__(self, backend: HFBackend, add_special_tokens: bool, key: Any, closer: str):
@@ -277,52 +277,81 @@ class HFSession(Session):
             piece, self.text = self.text, ""
             self._add(piece)
 
-    def _feed(self) -> None:
+    def options(self, options) -> list[float]:
+        """Read what is pending and every option (with the closing text) in one forward pass over the cache.
+
+        The pending tokens are read causally after the cache; each option's
+        tokens attend to the cache, all pending tokens and their own earlier
+        tokens (a block-causal mask), so every number equals a separate pass
+        over the transcript so far plus the option. The cache keeps only the
+        pending tokens: the options leave no trace.
+        """
         import torch
         from transformers import DynamicCache
 
-        from ..scoring import kv_keyword
+        from ..scoring import cache_layers, cache_of, kv_keyword, project
 
         self._tokenize()
-        if not self.pending:
-            return
-        limit = self.backend.max_length
-        if limit and self.length + len(self.pending) > limit:
-            raise ModelError(
-                f"{self.key or 'the simulated transcript'} grew to {self.length + len(self.pending)} tokens, "
-                f"longer than the context of model {self.backend.name!r} ({limit} tokens)"
-            )
-        decoder = self.backend.model.get_decoder()
-        if self.cache is None:
-            self.cache = DynamicCache()
-        device = next(self.backend.model.parameters()).device
-        with torch.inference_mode():
-            out = decoder(
-                input_ids=torch.tensor([self.pending], device=device),
-                use_cache=True,
-                **{kv_keyword(decoder): self.cache},
-            )
-        # The cache object was updated in place (reading it back from the output is deprecated).
-        self.last_hidden = out.last_hidden_state[0, -1:]
-        self.length += len(self.pending)
-        self.tokens_read += len(self.pending)
-        self.pending = []
-
-    def options(self, options) -> list[float]:
-        import torch
-
-        from ..scoring import cache_layers, continuation_logprobs, project
-
-        self._feed()
-        if self.last_hidden is None:
+        pending, start = self.pending, self.length
+        if not pending and self.last_hidden is None:
             raise ModelError(f"{self.key or 'a simulated transcript'}: nothing was read before the first response")
-        model = self.backend.model
         tokens, _ = self.backend.reader.continuations(self.read_text, [o + self.closer for o in options])
         empty = [o for o, t in zip(options, tokens, strict=True) if not t]
         if empty:
             raise ModelError(f"option {empty[0]!r} tokenizes to nothing")
+        end = start + len(pending)  # where every option starts
+        limit = self.backend.max_length
+        if limit and end + max(len(t) for t in tokens) > limit:
+            raise ModelError(
+                f"{self.key or 'the simulated transcript'} grew to {end + max(len(t) for t in tokens)} tokens, "
+                f"longer than the context of model {self.backend.name!r} ({limit} tokens)"
+            )
+        feed, positions, targets, blocks = list(pending), list(range(start, end)), [], []
+        for t in tokens:
+            first = len(feed)
+            feed += t[:-1]
+            positions += range(end, end + len(t) - 1)
+            targets += t[1:]
+            blocks.append((first, len(feed)))
+        model = self.backend.model
+        decoder = model.get_decoder()
+        device = next(model.parameters()).device
+        dtype = next(model.parameters()).dtype
+        q = len(feed)
+        blocked = torch.finfo(dtype).min
+        mask = torch.full((1, 1, q, start + q), blocked, dtype=dtype)
+        mask[0, 0, :, :start] = 0
+        mask[0, 0, : len(pending), start : start + len(pending)] = torch.full(
+            (len(pending), len(pending)), blocked, dtype=dtype
+        ).triu(1)
+        for first, last in blocks:
+            mask[0, 0, first:last, start : start + len(pending)] = 0
+            mask[0, 0, first:last, start + first : start + last] = torch.full((last - first,) * 2, blocked, dtype=dtype).triu(1)
+        cache = cache_of(cache_layers(self.cache)) if self.cache is not None else DynamicCache()
         with torch.inference_mode():
-            device = self.last_hidden.device
-            firsts = project(model, self.last_hidden.expand(len(tokens), -1), torch.tensor([t[0] for t in tokens], device=device))
-            [tails] = continuation_logprobs(model, cache_layers(self.cache), [[(self.length, t) for t in tokens]])
-        return [float(f) + tail for f, tail in zip(firsts.tolist(), tails, strict=True)]
+            hidden = decoder(
+                input_ids=torch.tensor([feed], device=device),
+                position_ids=torch.tensor([positions], device=device),
+                attention_mask=mask.to(device),
+                use_cache=True,
+                **{kv_keyword(decoder): cache},
+            ).last_hidden_state[0]
+            if pending:
+                self.last_hidden = hidden[len(pending) - 1 : len(pending)]
+            rows = [self.last_hidden[0]] * len(tokens)
+            rows += [hidden[first + k] for first, last in blocks for k in range(last - first)]
+            lps = project(
+                model,
+                torch.stack(rows),
+                torch.tensor([t[0] for t in tokens] + targets, device=device),
+            ).tolist()
+        # Keep the cache of what was read (views of the pass's cache); the options' keys and values are dropped.
+        self.cache = cache_of([(k[:, :, :end], v[:, :, :end]) for k, v in cache_layers(cache)])
+        self.length = end
+        self.tokens_read += len(pending)
+        self.pending = []
+        out, k = [], len(tokens)
+        for j, t in enumerate(tokens):
+            out.append(lps[j] + math.fsum(lps[k : k + len(t) - 1]))
+            k += len(t) - 1
+        return out
