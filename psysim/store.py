@@ -113,7 +113,12 @@ class RunFolder:
         saved run of any configuration (psysim's files only) and starts afresh.
         """
         old = _read_manifest(folder)
-        if old is not None and restart:
+        unfinished_and_empty = (
+            old is not None and old.get("status") != "complete" and not any((folder / "parts").glob("*.parquet"))
+        )
+        if old is not None and (restart or (unfinished_and_empty and old.get("fingerprint") != manifest["fingerprint"])):
+            # --restart, or a run that stopped before saving anything (e.g. its model was not pulled):
+            # there is nothing computed to protect, so another configuration may start here.
             cls._discard(folder)
             old = None
         if old is not None:

@@ -294,3 +294,15 @@ def test_folds_larger_than_the_cohort_are_refused_before_scoring(toy, run_cli):
         "experiment.yaml:15:21: evaluation.cross_validation: expected at most 3 folds (one participant each), found 5" in r.stderr
     )
     assert not (toy.folder / "out" / "manifest.json").exists()
+
+
+def test_a_run_that_failed_before_saving_anything_does_not_block_the_next(toy, run_cli):
+    """A model that is not there: exit 2, nothing scored; the fixed experiment then runs in the same folder."""
+    toy.write_yaml(DRY.replace("  - name: tiny\n", "  - name: tiny\n    source: no-such-model\n"))
+    r = run_cli("run", "experiment.yaml", "-q", "--out", "out")
+    assert r.exit_code == 2 and "unknown model 'no-such-model'" in r.stderr
+    assert json.loads((toy.folder / "out" / "manifest.json").read_text("utf-8"))["status"] == "running"
+    toy.write_yaml(DRY)
+    r = run_cli("run", "experiment.yaml", "--dry-run", "-q", "--out", "out")
+    assert r.exit_code == 0, r.stderr
+    assert json.loads((toy.folder / "out" / "manifest.json").read_text("utf-8"))["status"] == "complete"
