@@ -102,6 +102,31 @@ def project(model, hidden, targets):
     return torch.cat(out) if out else hidden.new_zeros(0, dtype=torch.float32)
 
 
+def block_causal_mask(cached: int, q: int, blocks, dtype, pending: int = 0):
+    """The additive attention mask [q, cached + q] of ``q`` queries fed after ``cached`` cached positions.
+
+    The first ``pending`` queries are ordinary new text (causal, after the
+    whole cache). Each block ``(prefix_end, first, last)`` is one
+    continuation, queries ``first:last``: it sees key positions before
+    ``prefix_end`` (the cache, and the pending queries when ``prefix_end``
+    reaches past the cache) and its own earlier tokens, nothing else.
+    Queries in no block see only the first position (padding; never read).
+    """
+    import torch
+
+    blocked = torch.finfo(dtype).min
+    mask = torch.full((q, cached + q), blocked, dtype=dtype)
+    mask[:, 0] = 0
+    causal = torch.full((q, q), blocked, dtype=dtype).triu(1)
+    if pending:
+        mask[:pending, :cached] = 0
+        mask[:pending, cached : cached + pending] = causal[:pending, :pending]
+    for prefix_end, first, last in blocks:
+        mask[first:last, :prefix_end] = 0
+        mask[first:last, cached + first : cached + last] = causal[: last - first, : last - first]
+    return mask
+
+
 def continuation_logprobs(model, layers, rows: Sequence[Sequence[tuple[int, list[int]]]]) -> list[list[float]]:
     """Per row, for each ``(start, tokens)``: log p(tokens[1:] | ids[:start] + tokens[:1]) (the first token is the caller's).
 
@@ -139,7 +164,6 @@ def continuation_logprobs(model, layers, rows: Sequence[Sequence[tuple[int, list
     device = layers[0][0].device
     dtype = layers[0][0].dtype
     cached = layers[0][0].shape[-2]
-    blocked = torch.finfo(dtype).min
     for k in range(passes):
         plans = []
         for r, conts in enumerate(rows):
@@ -157,15 +181,10 @@ def continuation_logprobs(model, layers, rows: Sequence[Sequence[tuple[int, list
         q = max(len(p[0]) for p in plans)
         input_ids = torch.zeros((len(rows), q), dtype=torch.long)
         position_ids = torch.zeros((len(rows), q), dtype=torch.long)
-        mask = torch.full((len(rows), 1, q, cached + q), blocked, dtype=dtype)
-        mask[:, 0, :, 0] = 0  # padded queries attend to the first position only (never read; keeps softmax finite)
-        for r, (feed, positions, _, _, blocks) in enumerate(plans):
+        mask = torch.stack([block_causal_mask(cached, q, p[4], dtype) for p in plans]).unsqueeze(1)
+        for r, (feed, positions, _, _, _) in enumerate(plans):
             input_ids[r, : len(feed)] = torch.tensor(feed, dtype=torch.long)
             position_ids[r, : len(feed)] = torch.tensor(positions, dtype=torch.long)
-            for start, first, last in blocks:
-                mask[r, 0, first:last, :start] = 0
-                block = torch.full((last - first, last - first), blocked, dtype=dtype).triu(1)
-                mask[r, 0, first:last, cached + first : cached + last] = block
         cache = cache_of(layers)
         hidden = decoder(
             input_ids=input_ids.to(device),

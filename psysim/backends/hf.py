@@ -289,7 +289,7 @@ class HFSession(Session):
         import torch
         from transformers import DynamicCache
 
-        from ..scoring import cache_layers, cache_of, kv_keyword, project
+        from ..scoring import block_causal_mask, cache_layers, cache_of, kv_keyword, project
 
         self._tokenize()
         pending, start = self.pending, self.length
@@ -312,21 +312,12 @@ class HFSession(Session):
             feed += t[:-1]
             positions += range(end, end + len(t) - 1)
             targets += t[1:]
-            blocks.append((first, len(feed)))
+            blocks.append((end, first, len(feed)))  # each option sees the cache and all pending text
         model = self.backend.model
         decoder = model.get_decoder()
         device = next(model.parameters()).device
         dtype = next(model.parameters()).dtype
-        q = len(feed)
-        blocked = torch.finfo(dtype).min
-        mask = torch.full((1, 1, q, start + q), blocked, dtype=dtype)
-        mask[0, 0, :, :start] = 0
-        mask[0, 0, : len(pending), start : start + len(pending)] = torch.full(
-            (len(pending), len(pending)), blocked, dtype=dtype
-        ).triu(1)
-        for first, last in blocks:
-            mask[0, 0, first:last, start : start + len(pending)] = 0
-            mask[0, 0, first:last, start + first : start + last] = torch.full((last - first,) * 2, blocked, dtype=dtype).triu(1)
+        mask = block_causal_mask(start, len(feed), blocks, dtype, pending=len(pending))[None, None]
         cache = cache_of(cache_layers(self.cache)) if self.cache is not None else DynamicCache()
         with torch.inference_mode():
             hidden = decoder(
@@ -339,7 +330,7 @@ class HFSession(Session):
             if pending:
                 self.last_hidden = hidden[len(pending) - 1 : len(pending)]
             rows = [self.last_hidden[0]] * len(tokens)
-            rows += [hidden[first + k] for first, last in blocks for k in range(last - first)]
+            rows += [hidden[first + k] for _, first, last in blocks for k in range(last - first)]
             lps = project(
                 model,
                 torch.stack(rows),
