@@ -254,13 +254,13 @@ def score_encoded(model, batch: Sequence[Encoded], pad_id: int = 0) -> list[list
         # transformers 5 names the output's cache `cache` (the old name warns); older versions `past_key_values`.
         layers = cache_layers(out.get("cache") or out.get("past_key_values"))
         pick = torch.tensor(with_options, device=device)
-        rows = [
+        conts = [
             [(start, tokens) for (start, _), opts in zip(batch[b].ranges, batch[b].options, strict=True) for tokens in opts or []]
             for b in with_options
         ]
         if len(with_options) < len(batch):  # the backend batches rows with options apart, so this rarely copies
             layers = [(k.index_select(0, pick), v.index_select(0, pick)) for k, v in layers]
-        got = continuation_logprobs(model, layers, rows)
+        got = continuation_logprobs(model, layers, conts)
         tails = dict(zip(with_options, got, strict=True))
         del layers
     del out, hidden
