@@ -186,10 +186,10 @@ def context_counts(exp, counters: dict[str, TokenCounter], participants=None) ->
             for cond in cfg.conditions:
                 per: dict[str, list[int]] = {}
                 for pid in pids:
-                    n = len(exp.transcript(pid).responses)
-                    row = per.setdefault(exp.transcript(pid).experiment, [0, 0, 0, 0, 0])
+                    transcript = exp.transcript(pid)
+                    row = per.setdefault(transcript.experiment, [0, 0, 0, 0, 0])
                     row[0] += 1
-                    row[2] += n
+                    row[2] += len(transcript.responses)
                     prompt = exp.render(pid, cond.name, format=fmt, model=model.name)
                     if counter.count_tokens(prompt.text, prompt.spans, fmt == "raw") <= counter.max_length:
                         continue

@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..transcripts import CLOSE
+
 __all__ = ["Backend", "ResponseScore", "ScoreRequest", "ScoreResult", "Session", "get_backend"]
 
 
@@ -46,8 +48,6 @@ class ScoreRequest:
 
     def closer(self, i: int) -> str:
         """The text that ends response ``i`` (see the class docstring)."""
-        from ..transcripts import CLOSE
-
         return self.closers[i] if self.closers else CLOSE
 
 
@@ -125,7 +125,7 @@ class Backend(ABC):
         """The model's own chat template source, if it has one."""
         return None
 
-    def session(self, add_special_tokens: bool = True, key: Any = None, closer: str | None = None) -> Session:
+    def session(self, add_special_tokens: bool = True, key: Any = None, closer: str = CLOSE) -> Session:
         """A :class:`Session` for closed-loop simulation of one participant (``key`` names it in errors).
 
         ``closer`` is the text that ends every response (``>>``, the raw format's, by default).

@@ -27,7 +27,7 @@ Two refinements keep the rule exact and cheap:
   :data:`WINDOW` characters back; ``tok(window)`` and ``tok(window + piece)``
   give the same new tokens as the whole prefix would, at a cost linear in the
   transcript's length. ``tests/test_tokenizers.py`` checks this against
-  whole-prefix re-tokenisation on three tokenizer families.
+  whole-prefix re-tokenisation on four tokenizer families.
 
 Special tokens the tokenizer puts before a text (a BOS) are added once, at the
 start, when ``add_special_tokens`` is set (raw text); chat-formatted text

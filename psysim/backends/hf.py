@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelError, Problem
+from ..transcripts import CLOSE
 from . import Backend, ResponseScore, ScoreRequest, ScoreResult, Session
 
 _DTYPES = ("float32", "bfloat16", "float16")
@@ -178,10 +179,8 @@ class HFBackend(Backend):
                     progress(done)
         return [results[k] for k in range(len(encoded))]
 
-    def session(self, add_special_tokens: bool = True, key: Any = None, closer: str | None = None) -> HFSession:
-        from ..transcripts import CLOSE
-
-        return HFSession(self, add_special_tokens, key, CLOSE if closer is None else closer)
+    def session(self, add_special_tokens: bool = True, key: Any = None, closer: str = CLOSE) -> HFSession:
+        return HFSession(self, add_special_tokens, key, closer)
 
     def _score_chunk(self, chunk):
         """Score a batch; on out-of-memory, halve it and go on."""

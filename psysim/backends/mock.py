@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from ..transcripts import CLOSE
 from . import Backend, ResponseScore, ScoreRequest, ScoreResult, Session
 
 VOCAB = 256  # a character-level "vocabulary": a uniform model would give log(1/256) per character
@@ -71,10 +72,8 @@ class MockBackend(Backend):
     def identity(self) -> dict[str, Any]:
         return {"backend": "mock", "name": self.name, "vocab": VOCAB}
 
-    def session(self, add_special_tokens: bool = True, key: Any = None, closer: str | None = None) -> Session:
-        from ..transcripts import CLOSE
-
-        return MockSession(CLOSE if closer is None else closer)
+    def session(self, add_special_tokens: bool = True, key: Any = None, closer: str = CLOSE) -> Session:
+        return MockSession(closer)
 
 
 class MockSession(Session):
