@@ -54,7 +54,12 @@ def experiment_schema() -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class DataConfig:
-    """``data:`` — where the human data is and how to read it."""
+    """One entry of ``data:`` — a study: where its human data is, how to read it, and its option and item rules.
+
+    The option rule (``options``) says what each trial offered; the item rule
+    (``item``) says which stimulus participants shared. Both are applied by
+    :mod:`psysim.studies`, the one home of those definitions.
+    """
 
     format: str
     path: Path
@@ -62,10 +67,22 @@ class DataConfig:
     participant_column: str = "participant"
     trial_column: str = "trial"
     response_column: str = "response"
+    #: A fixed list shared by all trials (``options: [...]``).
     options: tuple[str, ...] | None = None
-    infer_options: bool = False
     options_column: str | None = None
     options_sep: str = "|"
+    #: ``options: {pattern, from, roles}``: a regular expression read on each trial's text or on the instructions.
+    options_pattern: str | None = None
+    options_from: str = "trial"
+    options_roles: tuple[str, ...] = ()
+    #: ``options: pooled``: every distinct response of the study (approximate chance and pseudo-R²).
+    pooled_options: bool = False
+    #: ``text`` (default), ``position``, ``pattern`` or ``columns``; see ``item_pattern`` and ``item_columns``.
+    item_rule: str = "text"
+    item_pattern: str | None = None
+    item_columns: tuple[str, ...] = ()
+    #: ``error`` or ``drop``: a human response that is not among its trial's options.
+    outside_options: str = "error"
     templates: dict[str, Path] = field(default_factory=dict)
     separator: str = "\n"
     #: A table of items joined to every trial (``data.items``), and the column it is joined by.
@@ -73,6 +90,36 @@ class DataConfig:
     items_key: str = "item"
     #: ``long`` (one row per participant × trial) or ``wide`` (one row per participant, one column per item).
     layout: str = "long"
+    #: The study's name in results (``data.name``; derived from the file when not given).
+    name: str = ""
+    #: Where the entry is in the YAML file: ``("data",)`` or ``("data", i)``.
+    yaml_path: tuple[Any, ...] = ("data",)
+
+    @property
+    def declared_options(self) -> str:
+        """The option rule in words (what ``psysim validate`` shows)."""
+        if self.options is not None:
+            return f"the list {list(self.options)} on every trial"
+        if self.options_column:
+            return f"each trial's column {self.options_column!r}"
+        if self.options_pattern:
+            where = "the participant's instructions" if self.options_from == "instructions" else "each trial's text"
+            roles = f", roles {list(self.options_roles)}" if self.options_roles else ""
+            return f"pattern '{self.options_pattern}' on {where}{roles}"
+        if self.pooled_options:
+            return "pooled: every distinct response of the study (chance and pseudo-R² approximate)"
+        return "none (NLL only)"
+
+    @property
+    def declared_item(self) -> str:
+        """The item rule in words."""
+        if self.item_rule == "pattern":
+            return f"pattern '{self.item_pattern}' on each trial's text"
+        if self.item_rule == "columns":
+            return f"columns {', '.join(self.item_columns)}"
+        if self.item_rule == "position":
+            return "the trial's position"
+        return "the trial's text since the previous response"
 
 
 @dataclass(frozen=True)
@@ -180,7 +227,6 @@ class ExperimentConfig:
     output: Path
     persona_format: str = DEFAULT_PERSONA_FORMAT
     context_policy: str = "error"
-    infer_options_max: int = 10
     save_every: int = 8
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
@@ -189,6 +235,8 @@ class ExperimentConfig:
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
     sha256: str = ""
     marks: dict[tuple[Any, ...], tuple[int, int]] = field(default_factory=dict, repr=False, compare=False)
+    #: Every study of ``data:`` (one entry per file a glob matched); ``data`` is the first.
+    studies: tuple[DataConfig, ...] = ()
 
     @property
     def folder(self) -> Path:
@@ -309,15 +357,21 @@ def _semantic_problems(data: dict[str, Any], at, resolve) -> list[Problem]:
     if isinstance(data.get("seed"), float):
         # JSON Schema counts 7.0 as an integer; a seed written as a float is a typo worth flagging.
         problems.append(at(("seed",), f"expected an integer, found a number {data['seed']!r}"))
-    d, c = section("data"), section("cohort")
-    must_exist(("data", "path"), d.get("path"), "data file")
-    templates = d.get("templates")
-    for kind, value in templates.items() if isinstance(templates, dict) else ():
-        must_exist(("data", "templates", kind), value, f"{kind} template")
-    suffixes = {"psych201": (".jsonl",), "trials": TRIAL_TABLE_SUFFIXES}.get(d.get("format"))
-    if suffixes and isinstance(d.get("path"), str) and table_suffix(d["path"]) not in suffixes:
-        found = Path(d["path"]).name
-        problems.append(at(("data", "path"), f"expected a {_either(suffixes)} file for format {d['format']}, found {found!r}"))
+    c = section("cohort")
+    entries = _entries(data.get("data"))
+    for at_data, d in entries:
+        problems += _study_problems(d, at_data, at, resolve, must_exist, several=len(entries) > 1)
+    names: dict[str, tuple[Any, ...]] = {}
+    for at_data, d in entries:
+        for path in _expand(d, resolve):
+            name = _study_name(d, path)
+            if name in names and names[name] != at_data + (path,):
+                where = at_data + ("name",) if "name" in d else at_data + ("path",)
+                problems.append(at(where, f"two studies are named {name!r} (also {_jsonschema.format_path(names[name][:-1])}); give each a distinct data.name"))
+            names.setdefault(name, at_data + (path,))
+    d = entries[0][1] if len(entries) == 1 else {}
+    if len(entries) > 1 and "path" in c:
+        pass  # ids of several studies are qualified (study/participant); the cohort file must use them
     # Table suffixes are checked here too, so that a wrong one points at its line of the YAML file.
     for yaml_path, value, allowed in (
         (("data", "items", "path"), d["items"].get("path") if isinstance(d.get("items"), dict) else None, TRIAL_TABLE_SUFFIXES),
@@ -325,10 +379,6 @@ def _semantic_problems(data: dict[str, Any], at, resolve) -> list[Problem]:
     ):
         if isinstance(value, str) and value and table_suffix(value) not in allowed:
             problems.append(at(yaml_path, f"expected a {_either(allowed)} file, found {Path(value).name!r}"))
-    if d.get("format") == "trials" and d.get("options") == "infer":
-        problems.append(
-            at(("data", "options"), "options: infer applies to psych201 data; for trials give a list or {column, sep}")
-        )
     models = data.get("models")
     for i, m in enumerate(models if isinstance(models, list) else ()):
         if isinstance(m, dict) and isinstance(m.get("adapter"), str):
@@ -337,15 +387,6 @@ def _semantic_problems(data: dict[str, Any], at, resolve) -> list[Problem]:
                 problems.append(
                     at(("models", i, "adapter"), f"adapter folder not found: {m['adapter']!r} ({display_path(target)})")
                 )
-    items = d.get("items")
-    if isinstance(items, dict):
-        must_exist(("data", "items", "path"), items.get("path"), "item table")
-    if d.get("format") == "psych201":
-        for key in ("items", "layout"):
-            if key in d:
-                problems.append(at(("data", key), "not allowed when data.format is psych201 (it applies to trials data only)"))
-    if d.get("layout") == "wide" and "items" not in d:
-        problems.append(at(("data", "layout"), "a wide table needs data.items: the item table naming each item's column"))
     split = c.get("split")
     if isinstance(split, dict):
         must_exist(("cohort", "split", "file"), split.get("file"), "split file (written by psysim finetune)")
@@ -375,7 +416,7 @@ def _semantic_problems(data: dict[str, Any], at, resolve) -> list[Problem]:
             problems.append(at(("finetune", "split"), f"expected fractions that add up to 1, found {total:g}"))
     must_exist(("cohort", "schema"), c.get("schema"), "profile schema")
     must_exist(("cohort", "path"), c.get("path"), "cohort file")
-    if d.get("format") == "trials" and "cohort" in data and "path" not in c:
+    if any(e.get("format") == "trials" for _, e in entries) and "cohort" in data and "path" not in c:
         problems.append(at(("cohort",), "missing required key 'path': a trial table has no profiles, name the cohort file"))
     for key, label in (("models", "model"), ("conditions", "condition")):
         items = data.get(key)
@@ -406,6 +447,132 @@ def _semantic_problems(data: dict[str, Any], at, resolve) -> list[Problem]:
     return problems
 
 
+def _entries(value: Any) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+    """``data:`` as (YAML path, mapping) pairs: one for a mapping, one per mapping of a list."""
+    if isinstance(value, dict):
+        return [(("data",), value)]
+    if isinstance(value, list):
+        return [(("data", i), e) for i, e in enumerate(value) if isinstance(e, dict)]
+    return []
+
+
+GLOB_CHARS = "*?["
+
+
+def _expand(d: dict[str, Any], resolve) -> list[Path]:
+    """The files a study entry names: its path, or every file its glob matches (sorted)."""
+    value = d.get("path")
+    if not isinstance(value, str) or not value:
+        return []
+    if any(ch in value for ch in GLOB_CHARS) and d.get("format") == "psych201":
+        target = resolve(value)
+        anchor = Path(target.anchor)
+        return sorted(p for p in anchor.glob(str(target.relative_to(anchor))) if p.is_file())
+    return [resolve(value)]
+
+
+def _study_name(d: dict[str, Any], path: Path) -> str:
+    """A study's name: ``data.name``; else a Psych-201 folder's name (``<study>/prompts.jsonl``), else the file's stem."""
+    if isinstance(d.get("name"), str) and not any(ch in str(d.get("path", "")) for ch in GLOB_CHARS):
+        return d["name"]
+    if d.get("format") == "trials":
+        return d.get("experiment") or d.get("name") or ""
+    stem = path.name
+    for suffix in (".jsonl.zip", ".jsonl", ".zip"):
+        if stem.lower().endswith(suffix):
+            stem = stem[: -len(suffix)]
+            break
+    if stem == "prompts" and path.parent.name:
+        return path.parent.name
+    return stem
+
+
+def _pattern_problem(pattern: Any, groups: int | None = 1) -> str | None:
+    """Why ``pattern`` is not a usable regular expression with at least ``groups`` capture groups, or None."""
+    import re
+
+    if not isinstance(pattern, str):
+        return None
+    try:
+        compiled = re.compile(pattern)
+    except re.error as exc:
+        return f"not a valid regular expression: {exc.msg} at character offset {exc.pos} of {pattern!r}"
+    if groups and compiled.groups < groups:
+        return f"expected a regular expression with a capture group (...) around the option, found {pattern!r} (no group)"
+    return None
+
+
+def _study_problems(d: dict[str, Any], at_data, at, resolve, must_exist, *, several: bool) -> list[Problem]:
+    """Problems of one ``data`` entry that its schema cannot express."""
+    problems: list[Problem] = []
+    fmt = d.get("format")
+    value = d.get("path")
+    is_glob = isinstance(value, str) and any(ch in value for ch in GLOB_CHARS) and fmt == "psych201"
+    if is_glob:
+        if not _expand(d, resolve):
+            problems.append(at(at_data + ("path",), f"the glob {value!r} matches no file (resolved against the YAML file's folder)"))
+        if "name" in d:
+            problems.append(at(at_data + ("name",), "not allowed with a glob path: each matched study is named after its file"))
+    else:
+        must_exist(at_data + ("path",), value, "data file")
+    if several and fmt == "trials":
+        problems.append(at(at_data + ("format",), "a list of studies takes psych201 data; a trial table is one study (give data as a mapping)"))
+    templates = d.get("templates")
+    for kind, v in templates.items() if isinstance(templates, dict) else ():
+        must_exist(at_data + ("templates", kind), v, f"{kind} template")
+    suffixes = {"psych201": (".jsonl", ".jsonl.zip"), "trials": TRIAL_TABLE_SUFFIXES}.get(fmt)
+    if suffixes and isinstance(value, str) and not is_glob:
+        if not any(value.lower().endswith(sfx) for sfx in suffixes):
+            found = Path(value).name
+            problems.append(at(at_data + ("path",), f"expected a {_either(suffixes)} file for format {fmt}, found {found!r}"))
+    opts = d.get("options")
+    if opts == "infer":
+        problems.append(
+            at(
+                at_data + ("options",),
+                "options: infer is refused: it pooled every response of a study into one option set, so chance and the "
+                "baselines were computed over options no trial offered. Declare what each trial offered: a list "
+                "([C, W]); {pattern: ...} read on each trial's text (e.g. marked '(\\w)'); {pattern: ..., from: "
+                "instructions} for keys assigned per participant; {column: ...} for trial tables; or pooled (every "
+                "distinct response, with chance and pseudo-R² marked approximate)",
+            )
+        )
+    if fmt == "trials" and opts == "pooled":
+        problems.append(at(at_data + ("options",), "options: pooled applies to psych201 data; for trials give a list or {column, sep}"))
+    if isinstance(opts, dict) and "pattern" in opts:
+        roles = opts.get("roles")
+        import re
+
+        why = _pattern_problem(opts["pattern"])
+        if why is None and isinstance(roles, list):
+            n = re.compile(opts["pattern"]).groups
+            if n != len(roles):
+                why = f"roles name {len(roles)} groups but the pattern has {n} capture groups"
+        elif why is None and isinstance(opts["pattern"], str):
+            names = re.compile(opts["pattern"]).groupindex
+            if "role" in names and "option" not in names:
+                why = "a pattern with a group 'role' needs a group 'option' too"
+        if why:
+            problems.append(at(at_data + ("options", "pattern"), why))
+    item = d.get("item")
+    if isinstance(item, dict) and "pattern" in item:
+        why = _pattern_problem(item["pattern"], groups=0)
+        if why:
+            problems.append(at(at_data + ("item", "pattern"), why))
+    if isinstance(item, dict) and "columns" in item and fmt != "trials":
+        problems.append(at(at_data + ("item",), "item: {columns} applies to trials data; for psych201 use text, position or {pattern}"))
+    items = d.get("items")
+    if isinstance(items, dict):
+        must_exist(at_data + ("items", "path"), items.get("path"), "item table")
+    if fmt == "psych201":
+        for key in ("items", "layout"):
+            if key in d:
+                problems.append(at(at_data + (key,), "not allowed when data.format is psych201 (it applies to trials data only)"))
+    if d.get("layout") == "wide" and "items" not in d:
+        problems.append(at(at_data + ("layout",), "a wide table needs data.items: the item table naming each item's column"))
+    return problems
+
+
 def _either(suffixes: tuple[str, ...]) -> str:
     """``.a``, ``.b or .c``: a list of suffixes in words."""
     return " or ".join(suffixes) if len(suffixes) < 3 else ", ".join(suffixes[:-1]) + " or " + suffixes[-1]
@@ -429,6 +596,40 @@ def _finetune(f: dict[str, Any]) -> FinetuneConfig:
         batch_size=f.get("batch_size", 4),
         max_length=f.get("max_length", 2048),
         patience=f.get("patience", 1),
+    )
+
+
+def _study(d: dict[str, Any], at_data: tuple[Any, ...], path: Path, resolve, experiment_name: str) -> DataConfig:
+    """One validated ``data`` entry (one file of a glob) as a :class:`DataConfig`."""
+    cols = d.get("columns", {})
+    opts = d.get("options")
+    item = d.get("item", "text")
+    name = _study_name(d, path) or experiment_name
+    return DataConfig(
+        format=d["format"],
+        path=path,
+        experiment=d.get("experiment") or (name if d["format"] == "trials" and "name" in d else None),
+        participant_column=cols.get("participant", "participant"),
+        trial_column=cols.get("trial", "trial"),
+        response_column=cols.get("response", "response"),
+        options=tuple(opts) if isinstance(opts, list) else None,
+        options_column=opts.get("column") if isinstance(opts, dict) else None,
+        options_sep=opts.get("sep", "|") if isinstance(opts, dict) else "|",
+        options_pattern=opts.get("pattern") if isinstance(opts, dict) else None,
+        options_from=opts.get("from", "trial") if isinstance(opts, dict) else "trial",
+        options_roles=tuple(opts.get("roles", ())) if isinstance(opts, dict) else (),
+        pooled_options=opts == "pooled",
+        item_rule=item if isinstance(item, str) else ("pattern" if "pattern" in item else "columns"),
+        item_pattern=item.get("pattern") if isinstance(item, dict) else None,
+        item_columns=tuple(item.get("columns", ())) if isinstance(item, dict) else (),
+        outside_options=d.get("outside_options", "error"),
+        templates={kind: resolve(value) for kind, value in d.get("templates", {}).items()},
+        separator=d.get("separator", "\n"),
+        items=resolve(d["items"]["path"]) if "items" in d else None,
+        items_key=d.get("items", {}).get("key", "item"),
+        layout=d.get("layout", "long"),
+        name=name,
+        yaml_path=at_data,
     )
 
 
@@ -474,25 +675,8 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
     problems.sort(key=lambda pr: (pr.line or 0, pr.column or 0))
     raise_if(problems, ConfigError, f"invalid experiment file {shown}")
 
-    d = data["data"]
-    cols = d.get("columns", {})
-    opts = d.get("options")
-    data_cfg = DataConfig(
-        format=d["format"],
-        path=resolve(d["path"]),
-        experiment=d.get("experiment"),
-        participant_column=cols.get("participant", "participant"),
-        trial_column=cols.get("trial", "trial"),
-        response_column=cols.get("response", "response"),
-        options=tuple(opts) if isinstance(opts, list) else None,
-        infer_options=opts == "infer",
-        options_column=opts.get("column") if isinstance(opts, dict) else None,
-        options_sep=opts.get("sep", "|") if isinstance(opts, dict) else "|",
-        templates={kind: resolve(value) for kind, value in d.get("templates", {}).items()},
-        separator=d.get("separator", "\n"),
-        items=resolve(d["items"]["path"]) if "items" in d else None,
-        items_key=d.get("items", {}).get("key", "item"),
-        layout=d.get("layout", "long"),
+    studies = tuple(
+        _study(d, at_data, path, resolve, data["name"]) for at_data, d in _entries(data["data"]) for path in _expand(d, resolve)
     )
     c = data["cohort"]
     cohort_cfg = CohortConfig(
@@ -534,14 +718,14 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
         path=p,
         name=data["name"],
         seed=data["seed"],
-        data=data_cfg,
+        data=studies[0],
+        studies=studies,
         cohort=cohort_cfg,
         models=tuple(models),
         conditions=tuple(conditions),
         output=output,
         persona_format=persona_format,
         context_policy=data.get("scoring", {}).get("context", "error"),
-        infer_options_max=data.get("scoring", {}).get("infer_options_max", 10),
         save_every=data.get("scoring", {}).get("save_every", 8),
         evaluation=EvaluationConfig(
             baselines=tuple(ev.get("baselines", BASELINES)),

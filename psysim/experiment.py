@@ -28,6 +28,7 @@ from .errors import DataError, ModelError, Problem, PsysimError, TemplateError, 
 from .files import Location, display_path
 from .participants import Cohort, Profile, ProfileSchema, cohort_from_records, load_cohort
 from .prompts import PERSONA_NAMES, Template, derangement, load_template, render_persona, resolve_template
+from .studies import StudyProfile, apply_rules, pooled_options, profile_study
 from .transcripts import CLOSE, OPEN, Transcript, read_psych201
 from .trials import StructuredTask
 
@@ -97,6 +98,8 @@ class Summary:
     sources: tuple[str, str] = ("", "")
     #: Per field, the values an ``"invalid": "missing"`` field treated as unknown.
     invalid_fields: dict[str, int] = field(default_factory=dict)
+    #: Per study: its option and item rules, options per trial, items and responses per item.
+    studies: list[StudyProfile] = field(default_factory=list)
 
     def __str__(self) -> str:
         lo, med, hi = self.responses_per_participant
@@ -128,8 +131,11 @@ class Summary:
         rows.append(("responses", f"{self.responses} (per participant: median {med:g}, min {lo}, max {hi})"))
         if self.responses < self.trials:
             rows.append(("missing", self._missing()))
+        rows.append(("profiles", f"known fields: {known}"))
+        for study in self.studies:
+            rows.append(("study", f"{study.name}: {study.participants} participants, {study.responses} responses"))
+            rows += [(f"  {k}" if k else "", v) for k, v in study.lines()]
         rows += [
-            ("profiles", f"known fields: {known}"),
             ("conditions", ", ".join(self.conditions)),
             ("models", ", ".join(self.models)),
             ("output", self.output),
@@ -160,8 +166,12 @@ class Experiment:
         # stages depend on earlier ones, so they run only when those passed.
         self.schema = ProfileSchema.load(config.cohort.schema)
         self.task: StructuredTask | None = None
-        self.inferred_options: dict[str, tuple[str, ...]] = {}
         self.transcripts: dict[str, Transcript] = {}
+        #: The studies by name (one entry of ``data:`` per study; a glob gives one per file).
+        self.studies = {s.name: s for s in config.studies} if config.studies else {config.data.name: config.data}
+        #: Each participant's study (Psych-201 data; a trial table is one study).
+        self.study_of: dict[str, str] = {}
+        self._lines: dict[str, tuple[str, int]] = {}
         #: With ``cohort.unmatched: drop``: ids with a profile but no data, and with data but no profile.
         self.dropped: tuple[list[str], list[str]] = ([], [])
         self.cohort = self._load_data()
@@ -169,22 +179,52 @@ class Experiment:
         problems += self._match_participants()
         raise_if(problems, DataError, "participants and data do not match")
         self.cohort_size = len(self.participants)
-        if config.cohort.sample is not None and config.cohort.sample < len(self.participants):
-            # A seeded sample, in cohort order: the same file and seed always give the same people.
-            keep = set(random.Random(config.seed).sample(range(len(self.participants)), config.cohort.sample))
-            self.participants = [p for i, p in enumerate(self.participants) if i in keep]
+        if config.cohort.sample is not None:
+            self.participants = self._sample(config.cohort.sample)
         if config.cohort.split is not None:
             self.participants = self._split_part(*config.cohort.split)
         if self.task:
             # Rendered only for the participants in the experiment: a sample of a large
             # questionnaire renders its few hundred transcripts, not tens of thousands.
             self._render_transcripts()
+        self._apply_study_rules()
+        #: Studies none of whose participants has a known profile field: persona conditions are skipped there.
+        self.no_profiles: set[str] = self._studies_without_profiles()
         self.persona_templates = self._load_persona_templates()
         self.chat_templates = self._load_chat_templates()
         self.shuffle: dict[str, str] = self._derange()
         self._check_rendering()
 
     # -- loading -----------------------------------------------------------
+    def _sample(self, n: int) -> list[str]:
+        """``cohort.sample``: a seeded sample of ``n`` participants per study, in cohort order."""
+        groups: dict[str, list[int]] = {}
+        for i, pid in enumerate(self.participants):
+            groups.setdefault(self._experiment_of(pid), []).append(i)
+        keep: set[int] = set()
+        for members in groups.values():
+            if n >= len(members):
+                keep.update(members)
+            elif len(groups) == 1:
+                # One study: the same file and seed always give the same people (as before several studies existed).
+                keep.update(members[j] for j in random.Random(self.config.seed).sample(range(len(members)), n))
+            else:
+                keep.update(random.Random(self.config.seed).sample(members, n))
+        return [p for i, p in enumerate(self.participants) if i in keep]
+
+    def _studies_without_profiles(self) -> set[str]:
+        known: dict[str, bool] = {}
+        for pid in self.participants:
+            study = self._experiment_of(pid)
+            known[study] = known.get(study, False) or bool(self.cohort.profiles[pid].values)
+        return {s for s, k in known.items() if not k}
+
+    def conditions_for(self, participant: str) -> list[ConditionConfig]:
+        """The conditions ``participant`` is scored under: persona conditions only where their study has profiles."""
+        if self._experiment_of(participant) in self.no_profiles:
+            return [c for c in self.config.conditions if c.type == "no_persona"]
+        return list(self.config.conditions)
+
     def _split_part(self, path: Path, part: str) -> list[str]:
         """``cohort.split``: the participants of one part of a split.json (psysim finetune), in cohort order."""
         import json
@@ -224,32 +264,18 @@ class Experiment:
     def _load_data(self) -> Cohort:
         c = self.config
         if c.data.format == "psych201":
-            records = read_psych201(c.data.path, options=c.data.options)
-            problems = []
-            for r in records:
-                self.transcripts[r.transcript.participant] = r.transcript
-                if c.data.options:
-                    for resp in r.transcript.responses:
-                        if resp.text not in c.data.options:
-                            problems.append(
-                                Problem(
-                                    f"response {resp.text!r} (response {resp.index}) is not one of "
-                                    f"data.options {list(c.data.options)}",
-                                    file=display_path(c.data.path),
-                                    line=r.line,
-                                    where=f"participant {r.transcript.participant}",
-                                )
-                            )
-            raise_if(problems, DataError, f"responses outside the declared options in {display_path(c.data.path)}")
-            if c.data.infer_options:
-                self._infer_options()
+            several = len(c.studies) > 1
+            located = []
+            for study in c.studies:
+                shown = display_path(study.path)
+                records = read_psych201(study.path, study=study.name, prefix=f"{study.name}/" if several else "")
+                for r in records:
+                    self.transcripts[r.transcript.participant] = r.transcript
+                    self.study_of[r.transcript.participant] = study.name
+                    self._lines[r.transcript.participant] = (shown, r.line)
+                    located.append((r.transcript.participant, r.profile, Location(shown, line=r.line)))
             if c.cohort.path is None:
-                return cohort_from_records(
-                    self.schema,
-                    [(r.transcript.participant, r.profile, Location(display_path(c.data.path), line=r.line)) for r in records],
-                    c.cohort.missing,
-                    display_path(c.data.path),
-                )
+                return cohort_from_records(self.schema, located, c.cohort.missing, ", ".join(self._data_files()))
         else:
             self.task = StructuredTask(c.data, c.data.experiment or c.name, c.cohort.missing)
             if c.cohort.path == c.data.path and self.task.wide:
@@ -265,6 +291,24 @@ class Experiment:
                 )
         return load_cohort(c.cohort.path, self.schema, id_column=c.cohort.id_column, missing=c.cohort.missing)
 
+    def _data_files(self) -> list[str]:
+        return [display_path(s.path) for s in self.config.studies]
+
+    def _apply_study_rules(self) -> None:
+        """Every response's options, roles and item from its study's rules (:mod:`psysim.studies`); all problems at once."""
+        by_study: dict[str, list[str]] = {}
+        for pid in self.transcripts:
+            by_study.setdefault(self._experiment_of(pid), []).append(pid)
+        problems: list[Problem] = []
+        for name, ids in by_study.items():
+            study = self.studies.get(name, self.config.data)
+            pooled = pooled_options(self.transcripts[p] for p in ids) if study.pooled_options else None
+            for pid in ids:
+                file, line = self._lines.get(pid, (display_path(study.path), None))
+                self.transcripts[pid], found = apply_rules(self.transcripts[pid], study, pooled=pooled, file=file, line=line)
+                problems += found
+        raise_if(problems, DataError, "responses and their trials' options or items do not fit the study's rules")
+
     def _render_transcripts(self) -> None:
         """Each participant's transcript from the trial table: the trials with a human response."""
         problems = []
@@ -276,25 +320,14 @@ class Experiment:
                     problems += exc.problems
         raise_if(problems, TemplateError, "cannot render the trial table into transcripts")
 
-    def _infer_options(self) -> None:
-        """``options: infer``: per experiment, its distinct responses become every response's options, if few."""
-        by_experiment: dict[str, set[str]] = {}
-        for tr in self.transcripts.values():
-            by_experiment.setdefault(tr.experiment, set()).update(r.text for r in tr.responses)
-        most = self.config.infer_options_max
-        self.inferred_options = {name: tuple(sorted(f)) for name, f in by_experiment.items() if 2 <= len(f) <= most}
-        for pid, tr in self.transcripts.items():
-            options = self.inferred_options.get(tr.experiment)
-            if options:
-                self.transcripts[pid] = replace(tr, responses=tuple(replace(r, options=options) for r in tr.responses))
-
     def _match_participants(self) -> list[Problem]:
         """Problems of participants with a profile but no data or data but no profile; ``drop`` keeps those with both."""
         shown = display_path(self.config.data.path)
         if self.task:
             data_where = self.task.where
         else:
-            data_where = {pid: Location(shown, line=int(t.source.rsplit(":", 1)[-1])) for pid, t in self.transcripts.items()}
+            shown = ", ".join(self._data_files())
+            data_where = {pid: Location(file, line=line) for pid, (file, line) in self._lines.items()}
         if self.config.cohort.unmatched == "drop":
             no_data = [pid for pid in self.participants if pid not in data_where]
             no_profile = [pid for pid in data_where if pid not in self.cohort.profiles]
@@ -370,7 +403,8 @@ class Experiment:
             return {}
         groups: dict[str, list[str]] = {}
         for pid in self.participants:
-            groups.setdefault(self._experiment_of(pid), []).append(pid)
+            if self._experiment_of(pid) not in self.no_profiles:  # no profiles: persona conditions are skipped there
+                groups.setdefault(self._experiment_of(pid), []).append(pid)
         mapping: dict[str, str] = {}
         problems = []
         for experiment, ids in groups.items():
@@ -389,6 +423,8 @@ class Experiment:
             if cond.type == "no_persona":
                 continue
             for pid in self.participants:
+                if self._experiment_of(pid) in self.no_profiles:
+                    continue
                 try:
                     self.persona(pid, cond.name)
                 except PsysimError as exc:
@@ -413,6 +449,8 @@ class Experiment:
 
     # -- public API ----------------------------------------------------------
     def _experiment_of(self, pid: str) -> str:
+        if pid in self.study_of:
+            return self.study_of[pid]
         t = self.transcripts.get(pid)
         return t.experiment if t else (self.task.experiment if self.task else self.config.name)
 
@@ -450,6 +488,11 @@ class Experiment:
         self.profile(participant)
         if cond.type == "no_persona":
             return "", None
+        if self._experiment_of(participant) in self.no_profiles:
+            raise PsysimError(
+                f"study {self._experiment_of(participant)} has no profile fields, so condition {condition} "
+                f"({cond.type}) is skipped for its participants; only no_persona conditions apply to participant {participant}"
+            )
         source = self.shuffle[participant] if cond.type == "shuffled_persona" else participant
         text = render_persona(
             self.persona_templates[cond.name],
@@ -557,12 +600,14 @@ class Experiment:
         experiments = sorted({self._experiment_of(p) for p in self.participants})
         d = self.config.data
         kind = "Psych-201 JSONL" if d.format == "psych201" else "trial table"
+        if len(self.config.studies) > 1:
+            kind += f", {len(self.config.studies)} studies"
         if d.format == "trials" and d.layout == "wide":
             n_items = len(self.task.response_columns)
             kind = f"wide trial table: one row per participant, {n_items} items of {display_path(d.items)}"
         elif d.format == "trials" and d.items is not None:
             kind += f", joined with the item table {display_path(d.items)} by {d.items_key}"
-        data = f"{display_path(d.path)} ({kind})"
+        data = f"{', '.join(self._data_files())} ({kind})"
         return Summary(
             name=self.config.name,
             config=display_path(self.config.path),
@@ -580,9 +625,22 @@ class Experiment:
             trials=trials,
             missing_in=missing_in,
             dropped=tuple(len(ids) for ids in self.dropped) if self.config.cohort.unmatched == "drop" else None,
-            sources=(self.cohort.source, display_path(d.path)),
+            sources=(self.cohort.source, ", ".join(self._data_files())),
             invalid_fields={k: v for k, v in invalid.items() if v},
+            studies=self.study_profiles(),
         )
+
+    def study_profiles(self) -> list[StudyProfile]:
+        """Per study (in ``data:`` order): options per trial, items, responses per item, example trials."""
+        by_study: dict[str, list[Transcript]] = {name: [] for name in self.studies}
+        for pid in self.participants:
+            if pid in self.transcripts:
+                by_study.setdefault(self._experiment_of(pid), []).append(self.transcripts[pid])
+        return [
+            profile_study(name, self.studies.get(name, self.config.data), ts, has_profiles=name not in self.no_profiles)
+            for name, ts in by_study.items()
+            if ts
+        ]
 
 
 def _examples(ids: list[str], most: int = 5) -> str:

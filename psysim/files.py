@@ -147,7 +147,7 @@ def read_jsonl(path: str | os.PathLike, *, what: str = "JSONL file", problems: l
     that a caller can report them together with its own checks.
     """
     shown = display_path(path)
-    text = read_text(path, what=what)
+    text = _unzip_jsonl(Path(path), what) if str(path).lower().endswith(".zip") else read_text(path, what=what)
     rows: list[dict[str, Any]] = []
     lines: list[int] = []
     collect = problems is not None
@@ -170,6 +170,28 @@ def read_jsonl(path: str | os.PathLike, *, what: str = "JSONL file", problems: l
     if problems and not collect:
         raise DataError(f"{what} is not valid JSON Lines: {shown}", problems)
     return Table(shown, list(columns), rows, lines)
+
+
+def _unzip_jsonl(p: Path, what: str) -> str:
+    """The text of the one ``.jsonl`` member of a zip archive (Psych-201 distributes ``prompts.jsonl.zip``)."""
+    import io
+    import zipfile
+
+    shown = display_path(p)
+    raw = _read_bytes(p, DataError, what)
+    try:
+        with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+            members = [m for m in archive.namelist() if m.lower().endswith(".jsonl") and not m.startswith("__MACOSX/")]
+            if len(members) != 1:
+                found = ", ".join(archive.namelist()[:5]) or "no file"
+                raise DataError(
+                    f"{what} is a zip archive without exactly one .jsonl file: {shown}",
+                    [Problem(f"expected one .jsonl member, found {found}", file=shown)],
+                )
+            data = archive.read(members[0])
+    except zipfile.BadZipFile as exc:
+        raise DataError(f"{what} is not a readable zip archive: {shown}", [Problem(str(exc), file=shown)]) from None
+    return _decode(data, f"{shown}:{members[0]}", DataError, what)
 
 
 def read_table(path: str | os.PathLike, *, what: str = "table") -> Table:

@@ -33,8 +33,13 @@ class Response:
     """One human response: its 0-based index, its text, and its span in the transcript text.
 
     ``start``/``end`` delimit the content strictly between ``<<`` and ``>>``.
-    ``options`` are the choices offered on that trial where known; ``data``
-    holds per-response values such as a reaction time.
+    ``options`` are the choices offered on that trial where known, ``roles``
+    what each option stands for where the study declares it (counterbalanced
+    keys), ``item`` the stimulus the trial shared with other participants
+    (:mod:`psysim.studies` sets all three from the study's rules); ``data``
+    holds per-response values such as a reaction time. ``excluded`` says why
+    a response is left out of scoring (e.g. not among its trial's options
+    under ``outside_options: drop``).
     """
 
     index: int
@@ -43,6 +48,16 @@ class Response:
     end: int
     options: tuple[str, ...] | None = None
     data: dict[str, Any] = field(default_factory=dict)
+    roles: tuple[str, ...] | None = None
+    item: str | None = None
+    excluded: str | None = None
+
+    @property
+    def role(self) -> str | None:
+        """The role of the chosen option (the option itself where no roles are declared); None without options."""
+        if not self.options or self.text not in self.options:
+            return None
+        return self.roles[self.options.index(self.text)] if self.roles else self.text
 
 
 @dataclass(frozen=True)
@@ -67,10 +82,6 @@ class Transcript:
             pos = r.end + len(CLOSE)
         out.append(self.text[pos:])
         return out
-
-    def trial_start(self, i: int) -> int:
-        """Where response ``i``'s trial starts: the beginning of the line its ``<<`` is on."""
-        return self.text.rfind("\n", 0, self.responses[i].start - len(OPEN)) + 1
 
     def trial_starts(self) -> list[int]:
         """Where each response's trial starts in :attr:`text`: the boundaries :meth:`without_first` cuts at.
@@ -117,6 +128,14 @@ class Transcript:
         shift = cut - head
         kept = tuple(replace(r, start=r.start - shift, end=r.end - shift) for r in self.responses[k:])
         return replace(self, text=self.text[:head] + self.text[cut:], responses=kept)
+
+    def trial_texts(self) -> list[str]:
+        """The text of each response's trial (:meth:`trial_starts`), up to its ``<<``: what the person saw before answering."""
+        return [self.text[s : r.start - len(OPEN)] for s, r in zip(self.trial_starts(), self.responses, strict=True)]
+
+    def instructions(self) -> str:
+        """The text before the first trial: the participant's instructions."""
+        return self.text[: self.trial_starts()[0]] if self.responses else self.text
 
     def segments(self) -> Iterator[tuple[str, Response | None]]:
         """``(context, response)`` pairs in reading order; the last response is ``None``."""
@@ -182,6 +201,7 @@ def build_transcript(
     *,
     options: Sequence[tuple[str, ...] | None] | None = None,
     data: Sequence[dict[str, Any]] | None = None,
+    items: Sequence[str | None] | None = None,
     source: str = "",
 ) -> Transcript:
     """Assemble a transcript from alternating contexts and responses (``len(contexts) == len(responses) + 1``)."""
@@ -201,6 +221,7 @@ def build_transcript(
                 end=pos + len(resp),
                 options=options[i] if options else None,
                 data=dict(data[i]) if data else {},
+                item=items[i] if items else None,
             )
         )
         parts += [resp, CLOSE]
@@ -218,22 +239,33 @@ class PsychRecord:
     line: int
 
 
-def read_psych201(path: str | Path, *, options: tuple[str, ...] | None = None) -> list[PsychRecord]:
-    """Read a Psych-101/201 JSONL file.
+def read_psych201(path: str | Path, *, study: str | None = None, prefix: str = "") -> list[PsychRecord]:
+    """Read a Psych-101/201 JSONL file (or a ``.jsonl.zip`` holding one).
 
     Each object has ``text`` (responses marked ``<<...>>``), ``participant`` and
     ``experiment``. Any other key whose value is a list is per-response data and
     must have one value per response; any other key is a profile field. All
     problems in the file (markup, missing keys, duplicate ids, list lengths)
     are reported together, each with line, participant id and character offset.
+
+    A participant is identified by (sub-experiment, participant): in a file
+    that holds several values of ``experiment``, ids are written
+    ``<experiment>/<participant>``, so one id in two sub-experiments is two
+    people. ``prefix`` is put before every id (``<study>/`` when an experiment
+    reads several studies); ``study`` names the transcripts' experiment (the
+    study; default: the file's own ``experiment`` value).
     """
     problems: list[Problem] = []
     table = read_jsonl(path, what="Psych-201 data file", problems=problems)
     shown = table.path
     records: list[PsychRecord] = []
     first_line: dict[str, int] = {}
+    subs = {row.get("experiment") for row in table.rows if isinstance(row.get("experiment"), str)}
     for row, line in zip(table.rows, table.lines, strict=True):
         pid = participant_id(row.get("participant"))
+        if pid is not None:
+            sub = row.get("experiment")
+            pid = prefix + (f"{str(sub).strip()}/{pid}" if len(subs) > 1 else pid)
         who = f"participant {pid}" if pid is not None else "record"
         if pid is None:
             problems.append(
@@ -301,12 +333,11 @@ def read_psych201(path: str | Path, *, options: tuple[str, ...] | None = None) -
                 text=text[s:e],
                 start=s,
                 end=e,
-                options=options,
                 data={k: v[i] for k, v in per_response.items() if len(v) == len(spans)},
             )
             for i, (s, e) in enumerate(spans)
         )
-        transcript = Transcript(pid, experiment, text, responses, f"{shown}:{line}")
+        transcript = Transcript(pid, study or experiment, text, responses, f"{shown}:{line}")
         records.append(PsychRecord(transcript, profile, line))
     if not table.rows and not problems:
         problems.append(Problem("the file has no participants", file=shown))

@@ -50,6 +50,7 @@ from .errors import DataError, Problem, TemplateError, raise_if
 from .files import Location, Table, read_table
 from .participants import is_missing, participant_id
 from .prompts import Template, load_template
+from .studies import normalise
 from .transcripts import CLOSE, OPEN, Transcript, build_transcript
 
 __all__ = ["StructuredTask", "Trial", "load_structured"]
@@ -556,9 +557,11 @@ class StructuredTask:
         sep = self.config.separator
         contexts: list[str] = []
         carry = self.instructions(participant) + sep if "instructions" in self.templates else ""
+        items = []
         for trial, response in kept:
             before, after = self.render_trial(trial, response)
             contexts.append(carry + before)
+            items.append(normalise(before))  # the rendered trial itself, never the previous trial's feedback
             carry = after + sep
         contexts.append(carry[: -len(sep)] if sep else carry)
         return build_transcript(
@@ -568,6 +571,7 @@ class StructuredTask:
             [r for _, r in kept],
             options=[t.options for t, _ in kept],
             data=[{k: v for k, v in t.row.items() if k != self.config.participant_column} for t, _ in kept],
+            items=items,
             source=self.shown,
         )
 
