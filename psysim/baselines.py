@@ -1,23 +1,34 @@
 """Baselines: how well the human responses can be predicted without a language model.
 
-Each baseline follows scikit-learn's conventions (parameters in ``__init__``,
-``fit`` returns ``self``, learned attributes end in ``_``, ``predict_proba``),
-so one contract test runs over all of them. Their input is a *response table*
-(:func:`response_table`): one row per human response, with ``experiment``,
-``participant``, ``item`` (what the trial showed: responses to the same item
-are comparable across people), ``options`` and ``response``.
+Each baseline is a scikit-learn estimator (:class:`sklearn.base.BaseEstimator`:
+parameters in ``__init__``, ``fit`` returns ``self``, learned attributes end in
+``_``, ``predict_proba``), so one contract test runs over all of them. Their
+input is a *response table* (:func:`response_table`): one row per scored human
+response, with ``experiment`` (the study), ``participant``, ``trial``,
+``item`` (the stimulus participants shared, by the study's item rule),
+``options`` (what *its trial* offered), ``keys`` (each option's role where the
+study declares roles, else the option itself), ``response`` and ``choice``
+(the chosen option's key). Baselines count and pool *keys*: with
+counterbalanced response keys, people are pooled by what they chose, not by
+which letter meant it.
 
-* :class:`UniformBaseline` — every option equally likely (chance).
-* :class:`PopulationFrequency` — the response frequencies of the *other*
-  participants on the same item, else in the same study (the population).
+* :class:`UniformBaseline` — every option of the trial equally likely (chance).
+* :class:`PopulationFrequency` — the other participants' choices on the same
+  item, else in the same study (the population).
 * :class:`ProfileModel` — per item, a logistic regression from the profile to
-  the response: the non-LLM way to use a profile.
-* :class:`IndividualCeiling` — the participant's own responses on their other
-  trials (how much individual-specific signal the data hold).
+  the choice: the non-LLM way to use a profile.
+* :class:`PersonAdjustedPopulation` — the population's item probabilities,
+  adjusted by what this participant did on their *other* trials (their own
+  rate of choosing each option's key and position, and whether the option
+  repeats their previous choice), with weights learned on the other
+  participants: how much of a person is predictable from the person, beyond
+  the population. It replaces the former "individual ceiling" (the person's
+  raw frequencies, which ignored the item).
 
-:func:`cross_validate` fits every baseline without the participant it
-predicts (leave-one-participant-out, or seeded k folds of participants) and returns one probability vector over
-the options per response, ready for :mod:`psysim.metrics`.
+:func:`cross_validate` fits every baseline without the participants it
+predicts (leave-one-participant-out, or k folds of participants) and returns
+one probability vector over the options per response, ready for
+:mod:`psysim.metrics`.
 """
 
 from __future__ import annotations
@@ -27,26 +38,36 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from .metrics import predicted_option
+from sklearn.base import BaseEstimator
 
 __all__ = [
-    "IndividualCeiling",
+    "LABELS",
+    "PersonAdjustedPopulation",
     "PopulationFrequency",
     "ProfileModel",
     "UniformBaseline",
     "cross_validate",
     "default_baselines",
+    "expected_accuracy",
     "participant_folds",
     "response_table",
 ]
 
+#: What each baseline is, in words (tables, plots and the report use these).
+LABELS = {
+    "uniform": "uniform (chance)",
+    "population": "population frequency",
+    "profile": "profile-only model",
+    "individual": "person-adjusted population",
+}
+
 
 def response_table(experiment):
-    """One row per human response of a loaded experiment: experiment, participant, trial, item, options, response.
+    """One row per scored human response of a loaded experiment (see the module docstring for the columns).
 
-    ``item`` is the text of the trial up to the response (the line the response
-    is on, for Psych-201 transcripts; the rendered trial for structured ones),
-    so two participants who saw the same stimulus share an item.
+    Responses excluded by their study's rules (``outside_options: drop``) are
+    left out; ``previous`` is the key of the participant's previous response
+    (None on their first trial or where it had no options).
     """
     import pandas as pd
 
@@ -57,47 +78,70 @@ def response_table(experiment):
         if transcript is None:
             continue
         profile = experiment.profile(pid).values
+        previous = None
         for r in transcript.responses:
-            line_start = transcript.trial_start(r.index)
+            if r.excluded:
+                previous = None
+                continue
+            keys = list(r.roles) if r.roles else (list(r.options) if r.options else None)
             rows.append(
                 {
                     "experiment": transcript.experiment,
                     "participant": pid,
                     "trial": r.index,
-                    "item": transcript.text[line_start : r.start],
+                    "item": r.item,
                     "options": list(r.options) if r.options else None,
+                    "keys": keys,
                     "response": r.text,
+                    "choice": r.role,
+                    "previous": previous,
                     **{f"profile.{f}": profile.get(f) for f in fields},
                 }
             )
-    columns = ["experiment", "participant", "trial", "item", "options", "response", *(f"profile.{f}" for f in fields)]
-    return pd.DataFrame(rows, columns=columns)
+            previous = r.role
+    columns = ["experiment", "participant", "trial", "item", "options", "keys", "response", "choice", "previous"]
+    return pd.DataFrame(rows, columns=[*columns, *(f"profile.{f}" for f in fields)])
 
 
-class _Baseline:
-    """Shared pieces: smoothing and turning counts into a distribution over a trial's options."""
+def _keys(table) -> list[list[str]]:
+    """Each row's option keys: its ``keys`` column where present, else its options."""
+    if "keys" in table:
+        return [list(k) if k is not None else list(o) for k, o in zip(table["keys"], table["options"], strict=True)]
+    return [list(o) for o in table["options"]]
+
+
+def _choices(table) -> list[str]:
+    """Each row's chosen key: its ``choice`` column where present, else its response."""
+    if "choice" in table:
+        return [c if c is not None else r for c, r in zip(table["choice"], table["response"], strict=True)]
+    return list(table["response"])
+
+
+def expected_accuracy(probs, options, response) -> float:
+    """The chance that a prediction picks the human's option when it breaks ties among the most probable at random.
+
+    1/k for the uniform distribution over k options (chance as it is, not
+    "always the first option"); 1 or 0 when one option is most probable.
+    """
+    top = max(probs)
+    best = [o for o, p in zip(options, probs, strict=True) if p >= top - 1e-12]
+    return (1.0 / len(best)) if response in best else 0.0
+
+
+class _Baseline(BaseEstimator):
+    """Shared pieces: smoothing, and counts turned into a distribution over a trial's option keys."""
 
     def __init__(self, alpha: float = 1.0):
-        if not alpha > 0:
-            raise ValueError(f"alpha must be > 0 (additive smoothing), got {alpha!r}")
         self.alpha = alpha
 
-    def _distribution(self, counts: Mapping[str, float], options: list[str]) -> list[float]:
-        weights = [counts.get(o, 0) + self.alpha for o in options]
+    def _check(self) -> None:
+        if not self.alpha > 0:
+            raise ValueError(f"alpha must be > 0 (additive smoothing), got {self.alpha!r}")
+
+    def _distribution(self, counts: Mapping[str, float], keys: list[str]) -> list[float]:
+        weights = [counts.get(k, 0) + self.alpha for k in keys]
         total = math.fsum(weights)
         return [w / total for w in weights]
-
-    def get_params(self, deep: bool = True) -> dict:
-        """scikit-learn's parameter protocol."""
-        return {"alpha": self.alpha}
-
-    def set_params(self, **params):
-        """scikit-learn's parameter protocol."""
-        for key, value in params.items():
-            if key != "alpha":
-                raise ValueError(f"unknown parameter {key!r}; {type(self).__name__} has: alpha")
-            self.alpha = value
-        return self
 
 
 class UniformBaseline(_Baseline):
@@ -105,6 +149,7 @@ class UniformBaseline(_Baseline):
 
     def fit(self, table):
         """Nothing to learn; returns self."""
+        self._check()
         self.n_fit_ = len(table)
         return self
 
@@ -114,58 +159,169 @@ class UniformBaseline(_Baseline):
 
 
 class PopulationFrequency(_Baseline):
-    """The population: response frequencies of the training participants on the same item, else in the study.
+    """The population: choice frequencies of the training participants on the same item, else in the study.
 
-    ``alpha`` is additive (Laplace) smoothing, so an option nobody chose keeps
-    a non-zero probability.
+    Choices are counted by key (an option's role where the study declares
+    roles). ``alpha`` is additive (Laplace) smoothing, so an option nobody
+    chose keeps a non-zero probability.
     """
 
     def fit(self, table):
-        """Count responses per (experiment, item) and per experiment; returns self."""
+        """Count choices per (experiment, item) and per experiment; returns self."""
+        self._check()
         self.item_counts_: dict[tuple[str, str], Counter] = {}
         self.study_counts_: dict[str, Counter] = {}
-        for exp, item, response in zip(table["experiment"], table["item"], table["response"], strict=True):
-            self.item_counts_.setdefault((exp, item), Counter())[response] += 1
-            self.study_counts_.setdefault(exp, Counter())[response] += 1
+        for exp, item, choice in zip(table["experiment"], table["item"], _choices(table), strict=True):
+            self.item_counts_.setdefault((exp, item), Counter())[choice] += 1
+            self.study_counts_.setdefault(exp, Counter())[choice] += 1
         return self
 
+    def counts(self, exp: str, item: str) -> Counter:
+        """The counts a row of (``exp``, ``item``) is predicted from: its item's if seen in training, else its study's."""
+        return self.item_counts_.get((exp, item)) or self.study_counts_.get(exp, Counter())
+
+    def covers(self, table) -> list[bool]:
+        """Per row: whether its item was seen in training (else the study's frequencies predict it)."""
+        return [(exp, item) in self.item_counts_ for exp, item in zip(table["experiment"], table["item"], strict=True)]
+
     def predict_proba(self, table) -> list[list[float]]:
-        """Per row: smoothed frequencies over its options, from its item if seen in training, else its study."""
-        out = []
-        for exp, item, options in zip(table["experiment"], table["item"], table["options"], strict=True):
-            counts = self.item_counts_.get((exp, item)) or self.study_counts_.get(exp, Counter())
-            out.append(self._distribution(counts, list(options)))
-        return out
+        """Per row: smoothed frequencies over its option keys, from its item if seen in training, else its study."""
+        return [
+            self._distribution(self.counts(exp, item), keys)
+            for exp, item, keys in zip(table["experiment"], table["item"], _keys(table), strict=True)
+        ]
 
 
-class IndividualCeiling(_Baseline):
-    """The individual: a participant's own response frequencies on their *other* trials (leave one trial out)."""
+class PersonAdjustedPopulation(_Baseline):
+    """The population on this item, adjusted by what this person did on their other trials.
+
+    For an option ``o`` of a trial, ``P(o) ∝ P_pop(o | item) · exp(β · x_o)``: a
+    conditional logit with the population's item log-probabilities as offset
+    and three person-level features, each computed from the participant's
+    *other* trials only (never the predicted response):
+
+    * ``own_key`` — log of the person's smoothed rate of choosing ``o``'s key
+      when it was offered, over the population's rate of choosing it;
+    * ``own_position`` — the same for ``o``'s position in the list of options;
+    * ``repeat`` — 1 if ``o``'s key is the person's previous choice.
+
+    The weights ``β`` are learned on the training participants (their own
+    features computed the same leave-one-trial-out way, their offsets from
+    the population without them), with an L2 penalty ``l2`` towards ``β = 0``,
+    i.e. towards the population. Where people do not differ, ``β`` stays near
+    0 and the baseline stays near the population; where people have stable
+    preferences, ``own_key`` carries them.
+    """
+
+    FEATURES = ("own_key", "own_position", "repeat")
+
+    def __init__(self, alpha: float = 1.0, prior: float = 2.0, l2: float = 1.0):
+        super().__init__(alpha)
+        self.prior = prior
+        self.l2 = l2
+
+    # -- features ------------------------------------------------------------
+    def _design(self, table, population: PopulationFrequency, minus_own: bool):
+        """(offsets, features, mask): the conditional logit's inputs, padded to the most options of a row.
+
+        ``offsets[i, j]`` is the population's log-probability of row ``i``'s
+        option ``j``; ``features[i, j]`` its three features; ``mask`` marks
+        real options (padding gets a log-probability of −inf).
+        """
+        import numpy as np
+
+        keys_all, choices = _keys(table), _choices(table)
+        exps, pids, items = list(table["experiment"]), list(table["participant"]), list(table["item"])
+        previous = list(table["previous"]) if "previous" in table else [None] * len(table)
+
+        def names(keys: list[str]) -> list[tuple[str, str]]:
+            return [(k, f"#{j}/{len(keys)}") for j, k in enumerate(keys)]
+
+        # Study-level rates of choosing a key / a position when offered: the reference of the features.
+        offered: Counter = Counter()
+        chosen: Counter = Counter()
+        own_off: Counter = Counter()
+        own_cho: Counter = Counter()
+        for exp, pid, keys, choice in zip(exps, pids, keys_all, choices, strict=True):
+            for pair in names(keys):
+                for name in pair:
+                    offered[(exp, name)] += 1
+                    own_off[(exp, pid, name)] += 1
+            if choice in keys:
+                for name in names(keys)[keys.index(choice)]:
+                    chosen[(exp, name)] += 1
+                    own_cho[(exp, pid, name)] += 1
+        width = max((len(k) for k in keys_all), default=1)
+        offsets = np.full((len(table), width), -np.inf)
+        features = np.zeros((len(table), width, len(self.FEATURES)))
+        for i, (exp, pid, item, keys, choice, prev) in enumerate(
+            zip(exps, pids, items, keys_all, choices, previous, strict=True)
+        ):
+            counts = population.counts(exp, item)
+            if minus_own:
+                # A training row's offset is the population without its own participant's choice on it.
+                counts = Counter(counts)
+                counts[choice] -= 1
+            offsets[i, : len(keys)] = np.log(self._distribution(counts, keys))
+            mine = set(names(keys)[keys.index(choice)]) if choice in keys else set()
+            for j, pair in enumerate(names(keys)):
+                for f, name in enumerate(pair):
+                    # The person's other trials: their totals minus this very trial (which offered it).
+                    off = own_off[(exp, pid, name)] - 1
+                    cho = own_cho[(exp, pid, name)] - (name in mine)
+                    base = (chosen[(exp, name)] + 1) / (offered[(exp, name)] + 2)
+                    features[i, j, f] = math.log((cho + self.prior * base) / (off + self.prior) / base)
+                features[i, j, 2] = 1.0 if prev is not None and prev == keys[j] else 0.0
+        return offsets, features
+
+    @staticmethod
+    def _softmax(offsets, features, beta):
+        import numpy as np
+
+        z = offsets + features @ beta
+        z = z - z.max(axis=1, keepdims=True)
+        p = np.exp(z)
+        return p / p.sum(axis=1, keepdims=True)
 
     def fit(self, table):
-        """Count each participant's responses; returns self."""
-        self.counts_: dict[tuple[str, str], Counter] = {}
-        for exp, pid, response in zip(table["experiment"], table["participant"], table["response"], strict=True):
-            self.counts_.setdefault((exp, pid), Counter())[response] += 1
+        """Learn the feature weights on the training participants; returns self."""
+        import numpy as np
+        from scipy.optimize import minimize
+
+        self._check()
+        if not self.prior > 0 or not self.l2 >= 0:
+            raise ValueError(f"prior must be > 0 and l2 >= 0, got prior={self.prior!r}, l2={self.l2!r}")
+        self.population_ = PopulationFrequency(self.alpha).fit(table)
+        offsets, features = self._design(table, self.population_, minus_own=True)
+        targets = np.array([k.index(c) if c in k else -1 for k, c in zip(_keys(table), _choices(table), strict=True)])
+        keep = targets >= 0
+        offsets, features, targets = offsets[keep], features[keep], targets[keep]
+        rows = np.arange(len(targets))
+
+        def loss(beta):
+            p = self._softmax(offsets, features, beta)
+            value = -np.log(p[rows, targets]).sum() + 0.5 * self.l2 * float(beta @ beta)
+            grad = -(features[rows, targets] - np.einsum("ij,ijf->if", p, features)).sum(axis=0) + self.l2 * beta
+            return value, grad
+
+        start = np.zeros(len(self.FEATURES))
+        self.coef_ = minimize(loss, start, jac=True, method="L-BFGS-B").x if len(targets) else start
+        self.n_fit_ = int(len(targets))
         return self
 
     def predict_proba(self, table) -> list[list[float]]:
-        """Per row: the participant's smoothed frequencies over its options, without this very response."""
-        out = []
-        for exp, pid, options, response in zip(
-            table["experiment"], table["participant"], table["options"], table["response"], strict=True
-        ):
-            counts = Counter(self.counts_.get((exp, pid), Counter()))
-            counts[response] -= 1  # leave this trial out: the ceiling may not peek at the answer
-            out.append(self._distribution(counts, list(options)))
-        return out
+        """Per row: the population's item probabilities tilted by the person's other trials, over its options."""
+        offsets, features = self._design(table, self.population_, minus_own=False)
+        probs = self._softmax(offsets, features, self.coef_)
+        return [[float(v) for v in p[: len(k)]] for p, k in zip(probs, _keys(table), strict=True)]
 
 
 class ProfileModel(_Baseline):
-    """The non-LLM way to use a profile: per item, a multinomial logistic regression from profile to response.
+    """The non-LLM way to use a profile: per item, a multinomial logistic regression from profile to choice.
 
     Features are the table's ``profile.*`` columns: numbers standardised (a
     missing value imputed with the training mean), other values one-hot
-    encoded (missing is its own category). An item whose training responses
+    encoded (missing is its own category). An item whose training choices
     are all the same, or that was not seen in training, falls back to
     :class:`PopulationFrequency`. Probabilities are smoothed towards every
     option with ``alpha`` pseudo-counts, as the frequency baselines are.
@@ -173,19 +329,7 @@ class ProfileModel(_Baseline):
 
     def __init__(self, alpha: float = 1.0, C: float = 1.0):
         super().__init__(alpha)
-        if not C > 0:
-            raise ValueError(f"C must be > 0 (inverse regularisation strength), got {C!r}")
         self.C = C
-
-    def get_params(self, deep: bool = True) -> dict:
-        return {"alpha": self.alpha, "C": self.C}
-
-    def set_params(self, **params):
-        for key, value in params.items():
-            if key not in ("alpha", "C"):
-                raise ValueError(f"unknown parameter {key!r}; {type(self).__name__} has: C, alpha")
-            setattr(self, key, value)
-        return self
 
     def _features(self, table):
         return [c for c in table.columns if c.startswith("profile.")]
@@ -194,21 +338,25 @@ class ProfileModel(_Baseline):
         return _design_matrix(table, self.numeric_, self.other_)
 
     def fit(self, table):
-        """Fit one logistic regression per item with at least two distinct responses; returns self."""
+        """Fit one logistic regression per item with at least two distinct choices; returns self."""
         from sklearn.compose import ColumnTransformer
         from sklearn.impute import SimpleImputer
         from sklearn.linear_model import LogisticRegression
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
+        self._check()
+        if not self.C > 0:
+            raise ValueError(f"C must be > 0 (inverse regularisation strength), got {self.C!r}")
         self.fallback_ = PopulationFrequency(self.alpha).fit(table)
         self.features_ = self._features(table)
         # Decided once, at fit time, so that prediction encodes columns the same way.
         self.numeric_ = numeric = [c for c in self.features_ if _is_numeric(table[c])]
         self.other_ = other = [c for c in self.features_ if c not in numeric]
         self.models_: dict[tuple[str, str], Any] = {}
+        table = table.assign(_choice=_choices(table))
         for (exp, item), rows in table.groupby(["experiment", "item"], sort=False):
-            if rows["response"].nunique() < 2 or not self.features_:
+            if rows["_choice"].nunique() < 2 or not self.features_:
                 continue
             encode = ColumnTransformer(
                 [
@@ -217,7 +365,7 @@ class ProfileModel(_Baseline):
                 ]
             )
             model = make_pipeline(encode, LogisticRegression(C=self.C, max_iter=1000))
-            self.models_[(exp, item)] = (model.fit(self._design(rows), rows["response"]), len(rows))
+            self.models_[(exp, item)] = (model.fit(self._design(rows), rows["_choice"]), len(rows))
         return self
 
     def covers(self, table) -> list[bool]:
@@ -225,11 +373,11 @@ class ProfileModel(_Baseline):
         return [(exp, item) in self.models_ for exp, item in zip(table["experiment"], table["item"], strict=True)]
 
     def predict_proba(self, table) -> list[list[float]]:
-        """Per row: the item's regression prediction over its options, smoothed; else the population's."""
+        """Per row: the item's regression prediction over its option keys, smoothed; else the population's."""
         fallback = self.fallback_.predict_proba(table)
         x_all = self._design(table)
         out = []
-        for i, (exp, item, options) in enumerate(zip(table["experiment"], table["item"], table["options"], strict=True)):
+        for i, (exp, item, keys) in enumerate(zip(table["experiment"], table["item"], _keys(table), strict=True)):
             fitted = self.models_.get((exp, item))
             if fitted is None:
                 out.append(fallback[i])
@@ -237,7 +385,7 @@ class ProfileModel(_Baseline):
             model, n = fitted
             probs = dict(zip(model.classes_, model.predict_proba(x_all.iloc[[i]])[0], strict=True))
             # The regression's probabilities as n pseudo-counts, smoothed like the frequency baselines.
-            out.append(self._distribution({o: n * probs.get(o, 0.0) for o in options}, list(options)))
+            out.append(self._distribution({k: n * probs.get(k, 0.0) for k in keys}, keys))
         return out
 
 
@@ -262,11 +410,13 @@ def _is_numeric(column) -> bool:
 def participant_folds(participants, folds: int | None, seed: int) -> dict[str, int]:
     """Each participant's fold: leave-one-participant-out (``folds=None``) or ``folds`` seeded folds of participants.
 
-    For k folds the distinct participants (in order of appearance) are shuffled
-    with ``numpy.random.default_rng(seed)`` and dealt round-robin, so fold sizes
-    differ by at most one and the same seed gives the same folds everywhere.
+    k folds are scikit-learn's :class:`~sklearn.model_selection.GroupKFold`
+    with participants as groups, shuffled with ``random_state=seed``: every
+    participant's responses are in one fold, and the same seed gives the same
+    folds everywhere.
     """
     import numpy as np
+    from sklearn.model_selection import GroupKFold
 
     unique = list(dict.fromkeys(participants))
     if folds is None:
@@ -275,17 +425,21 @@ def participant_folds(participants, folds: int | None, seed: int) -> dict[str, i
         raise ValueError(f"expected at least 2 folds, found {folds}")
     if folds > len(unique):
         raise ValueError(f"{folds} folds need at least {folds} participants, found {len(unique)}")
-    order = np.random.default_rng(seed).permutation(len(unique))
-    return {unique[j]: pos % folds for pos, j in enumerate(order)}
+    groups = np.arange(len(unique))
+    out: dict[str, int] = {}
+    splitter = GroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for k, (_, test) in enumerate(splitter.split(groups, groups=groups)):
+        out.update({unique[j]: k for j in test})
+    return out
 
 
 def default_baselines(names=("uniform", "population", "profile", "individual")) -> dict[str, _Baseline]:
-    """Fresh baselines by name, with their default parameters."""
+    """Fresh baselines by name (the keys of :data:`LABELS`), with their default parameters."""
     make = {
         "uniform": UniformBaseline,
         "population": PopulationFrequency,
         "profile": ProfileModel,
-        "individual": IndividualCeiling,
+        "individual": PersonAdjustedPopulation,
     }
     return {name: make[name]() for name in names}
 
@@ -296,16 +450,17 @@ def cross_validate(
     """Cross-validated probabilities of each baseline for every response that has options.
 
     Every baseline is fitted without the participants it predicts: one
-    participant at a time (``folds=None``) or ``folds`` seeded folds of
-    participants (:func:`participant_folds`). :class:`IndividualCeiling` is the
-    exception by design: it is fitted on the participant's own data and leaves
-    out the predicted trial instead.
+    participant at a time (``folds=None``) or ``folds`` folds of participants
+    (:func:`participant_folds`). :class:`PersonAdjustedPopulation` then reads
+    the predicted participant's *other* trials, never the predicted response.
 
     Returns the rows with options, with columns ``baseline``, ``option_probs``
     (over ``options``; ``None`` where the baseline cannot predict the row),
-    ``correct`` and ``note`` (why a row has no prediction, or how it was made
-    when the baseline fell back to a simpler one) — the shape
-    :mod:`psysim.metrics` reads. ``progress`` shows a bar (with ETA) over fits.
+    ``correct`` (the expected accuracy of a prediction that breaks ties at
+    random: 1/k for chance, :func:`expected_accuracy`) and ``note`` (why a row
+    has no prediction, or how it was made when the baseline fell back to a
+    simpler one) — the shape :mod:`psysim.metrics` reads. ``progress`` shows a
+    bar (with ETA) over fits.
     """
     import pandas as pd
 
@@ -318,20 +473,15 @@ def cross_validate(
     if progress:
         from tqdm.auto import tqdm
 
-        n_fits = sum(
-            scored["participant"].nunique() if isinstance(b, IndividualCeiling) else fold.nunique() for b in baselines.values()
-        )
-        bar = tqdm(total=n_fits, desc="baselines", unit="fit", dynamic_ncols=True)
+        bar = tqdm(total=fold.nunique() * len(baselines), desc="baselines", unit="fit", dynamic_ncols=True)
     for name, baseline in baselines.items():
         probs: list[list[float] | None] = [None] * len(scored)
         notes: list[str | None] = [None] * len(scored)
-        own = isinstance(baseline, IndividualCeiling)
-        groups = scored.groupby("participant", sort=False) if own else scored.groupby(fold, sort=False)
-        for key, rows in groups:
+        for key, rows in scored.groupby(fold, sort=False):
             if bar is not None:
                 bar.set_postfix_str(name, refresh=False)
                 bar.update(1)
-            train = rows if own else scored[fold != key]
+            train = scored[fold != key]
             fitted = baseline.fit(train)
             for i, p in zip(rows.index, fitted.predict_proba(rows), strict=True):
                 probs[i] = p
@@ -342,7 +492,7 @@ def cross_validate(
                         probs[i] = None
         frame = scored.assign(baseline=name, option_probs=probs, note=notes)
         frame["correct"] = [
-            None if p is None else predicted_option(options, p) == response
+            None if p is None else expected_accuracy(p, options, response)
             for options, p, response in zip(frame["options"], frame["option_probs"], frame["response"], strict=True)
         ]
         frames.append(frame)
@@ -355,20 +505,26 @@ def _notes(baseline, train, rows) -> list[str | None]:
     """Per predicted row: why the baseline cannot predict it (or that it fell back), else None."""
     if isinstance(baseline, UniformBaseline):
         return [None] * len(rows)
-    if isinstance(baseline, IndividualCeiling):
-        others = train.groupby(["experiment", "participant"]).size()
-        return [
-            "only one response: no other trials of this participant to learn from" if others.get((exp, pid), 0) < 2 else None
-            for exp, pid in zip(rows["experiment"], rows["participant"], strict=True)
-        ]
     studies = set(train["experiment"])
     out: list[str | None] = []
-    covered = baseline.covers(rows) if isinstance(baseline, ProfileModel) else [True] * len(rows)
-    for exp, has_model in zip(rows["experiment"], covered, strict=True):
+    if isinstance(baseline, ProfileModel):
+        covered = baseline.covers(rows)
+        fallback = "fell back to population frequencies: item not shared by other participants, or no variation in it"
+    else:
+        population = baseline.population_ if isinstance(baseline, PersonAdjustedPopulation) else baseline
+        covered = population.covers(rows)
+        fallback = "fell back to study-level frequencies: no other participant answered this item"
+    single = set()
+    if isinstance(baseline, PersonAdjustedPopulation):
+        sizes = rows.groupby(["experiment", "participant"]).size()
+        single = {k for k, n in sizes.items() if n < 2}
+    for exp, pid, has_model in zip(rows["experiment"], rows["participant"], covered, strict=True):
         if exp not in studies:
             out.append(f"no other participant in study {exp} to learn from")
         elif not has_model:
-            out.append("fell back to population frequencies: item not shared by other participants, or no variation in it")
+            out.append(fallback)
+        elif (exp, pid) in single:
+            out.append("fell back to the population: no other trials of this participant to learn from")
         else:
             out.append(None)
     return out

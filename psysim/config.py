@@ -105,7 +105,7 @@ class DataConfig:
         if self.options_pattern:
             where = "the participant's instructions" if self.options_from == "instructions" else "each trial's text"
             roles = f", roles {list(self.options_roles)}" if self.options_roles else ""
-            return f"pattern '{self.options_pattern}' on {where}{roles}"
+            return f"pattern «{self.options_pattern}» on {where}{roles}"
         if self.pooled_options:
             return "pooled: every distinct response of the study (chance and pseudo-R² approximate)"
         return "none (NLL only)"
@@ -114,7 +114,7 @@ class DataConfig:
     def declared_item(self) -> str:
         """The item rule in words."""
         if self.item_rule == "pattern":
-            return f"pattern '{self.item_pattern}' on each trial's text"
+            return f"pattern «{self.item_pattern}» on each trial's text"
         if self.item_rule == "columns":
             return f"columns {', '.join(self.item_columns)}"
         if self.item_rule == "position":
@@ -367,7 +367,12 @@ def _semantic_problems(data: dict[str, Any], at, resolve) -> list[Problem]:
             name = _study_name(d, path)
             if name in names and names[name] != at_data + (path,):
                 where = at_data + ("name",) if "name" in d else at_data + ("path",)
-                problems.append(at(where, f"two studies are named {name!r} (also {_jsonschema.format_path(names[name][:-1])}); give each a distinct data.name"))
+                problems.append(
+                    at(
+                        where,
+                        f"two studies are named {name!r} (also {_jsonschema.format_path(names[name][:-1])}); give each a distinct data.name",
+                    )
+                )
             names.setdefault(name, at_data + (path,))
     d = entries[0][1] if len(entries) == 1 else {}
     if len(entries) > 1 and "path" in c:
@@ -510,13 +515,20 @@ def _study_problems(d: dict[str, Any], at_data, at, resolve, must_exist, *, seve
     is_glob = isinstance(value, str) and any(ch in value for ch in GLOB_CHARS) and fmt == "psych201"
     if is_glob:
         if not _expand(d, resolve):
-            problems.append(at(at_data + ("path",), f"the glob {value!r} matches no file (resolved against the YAML file's folder)"))
+            problems.append(
+                at(at_data + ("path",), f"the glob {value!r} matches no file (resolved against the YAML file's folder)")
+            )
         if "name" in d:
             problems.append(at(at_data + ("name",), "not allowed with a glob path: each matched study is named after its file"))
     else:
         must_exist(at_data + ("path",), value, "data file")
     if several and fmt == "trials":
-        problems.append(at(at_data + ("format",), "a list of studies takes psych201 data; a trial table is one study (give data as a mapping)"))
+        problems.append(
+            at(
+                at_data + ("format",),
+                "a list of studies takes psych201 data; a trial table is one study (give data as a mapping)",
+            )
+        )
     templates = d.get("templates")
     for kind, v in templates.items() if isinstance(templates, dict) else ():
         must_exist(at_data + ("templates", kind), v, f"{kind} template")
@@ -538,7 +550,9 @@ def _study_problems(d: dict[str, Any], at_data, at, resolve, must_exist, *, seve
             )
         )
     if fmt == "trials" and opts == "pooled":
-        problems.append(at(at_data + ("options",), "options: pooled applies to psych201 data; for trials give a list or {column, sep}"))
+        problems.append(
+            at(at_data + ("options",), "options: pooled applies to psych201 data; for trials give a list or {column, sep}")
+        )
     if isinstance(opts, dict) and "pattern" in opts:
         roles = opts.get("roles")
         import re
@@ -560,7 +574,9 @@ def _study_problems(d: dict[str, Any], at_data, at, resolve, must_exist, *, seve
         if why:
             problems.append(at(at_data + ("item", "pattern"), why))
     if isinstance(item, dict) and "columns" in item and fmt != "trials":
-        problems.append(at(at_data + ("item",), "item: {columns} applies to trials data; for psych201 use text, position or {pattern}"))
+        problems.append(
+            at(at_data + ("item",), "item: {columns} applies to trials data; for psych201 use text, position or {pattern}")
+        )
     items = d.get("items")
     if isinstance(items, dict):
         must_exist(at_data + ("items", "path"), items.get("path"), "item table")

@@ -15,6 +15,8 @@ byte-level BPE).
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -79,7 +81,9 @@ def drop_oldest_to_fit(exp, pid: str, condition: str, fmt: str, model: str | Non
     kept; ``count(text, spans, add_special_tokens)`` counts tokens as the model
     reads them. Token count grows with kept trials, so the search is binary.
     ``tokens > limit`` when even the last trial alone does not fit (then the
-    last trial is what is returned: never an empty transcript).
+    last trial is what is returned: never an empty transcript). The search
+    interpolates on characters and falls back to bisection, so it is exact
+    (the fewest trials) in a handful of counts.
     """
 
     def render(k):
@@ -88,16 +92,34 @@ def drop_oldest_to_fit(exp, pid: str, condition: str, fmt: str, model: str | Non
     def length(p):
         return count(p.text, p.spans, fmt == "raw")
 
-    n = len(exp.transcript(pid).responses)
-    lo, hi = min(1, n - 1), n - 1
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if length(render(mid)) <= limit:
-            hi = mid
+    transcript = exp.transcript(pid)
+    n = len(transcript.responses)
+    starts = transcript.trial_starts()
+    # Characters removed by dropping k trials; tokens per character are nearly constant within a transcript, so
+    # interpolating on characters finds the cut in a few exact counts instead of a bisection's log2(n).
+    removed = [starts[k] - starts[0] for k in range(n)]
+    lo, tokens_lo = 0, length(render(0))  # known not to fit
+    hi = n - 1
+    tokens_hi = length(render(hi))
+    if tokens_hi > limit or hi <= lo + 1:
+        prompt = render(hi)
+        return prompt, hi, tokens_hi
+    for step in itertools.count():
+        if hi - lo <= 1:
+            break
+        if step < 4 and tokens_lo > tokens_hi:
+            share = (tokens_lo - limit) / (tokens_lo - tokens_hi)
+            target = removed[lo] + share * (removed[hi] - removed[lo])
+            k = bisect.bisect_left(removed, target, lo + 1, hi)
+            k = min(max(k, lo + 1), hi - 1)
         else:
-            lo = mid + 1
-    prompt = render(lo)
-    return prompt, lo, length(prompt)
+            k = (lo + hi) // 2  # a guaranteed halving when interpolation is slow to converge
+        tokens = length(render(k))
+        if tokens <= limit:
+            hi, tokens_hi = k, tokens
+        else:
+            lo, tokens_lo = k, tokens
+    return render(hi), hi, tokens_hi
 
 
 @dataclass
@@ -186,6 +208,8 @@ def context_counts(exp, counters: dict[str, TokenCounter], participants=None) ->
             for cond in cfg.conditions:
                 per: dict[str, list[int]] = {}
                 for pid in pids:
+                    if cond not in exp.conditions_for(pid):
+                        continue  # a study without profiles is scored without a persona only
                     transcript = exp.transcript(pid)
                     row = per.setdefault(transcript.experiment, [0, 0, 0, 0, 0])
                     row[0] += 1

@@ -60,6 +60,8 @@ class Prompt:
     options: tuple[tuple[str, ...] | None, ...] = ()
     #: The text that ends each response in this format (``>>`` raw; the chat template's end of turn), scored after options.
     closers: tuple[str, ...] = ()
+    #: Per response: left out of scoring by its study's rules (read as context only), e.g. outside its trial's options.
+    excluded: tuple[bool, ...] = ()
 
     def marked(self, left: str = "⟦", right: str = "⟧") -> str:
         """The text with every response span wrapped in ``left``/``right`` (for reading, not for models)."""
@@ -448,6 +450,10 @@ class Experiment:
         raise_if(problems, TemplateError, "cannot render prompts")
 
     # -- public API ----------------------------------------------------------
+    def study(self, participant: str) -> str:
+        """The name of ``participant``'s study (the ``experiment`` column of every result table)."""
+        return self._experiment_of(participant)
+
     def _experiment_of(self, pid: str) -> str:
         if pid in self.study_of:
             return self.study_of[pid]
@@ -571,6 +577,7 @@ class Experiment:
             indices=tuple(r.index for r in transcript.responses),
             options=tuple(r.options for r in transcript.responses),
             closers=closers,
+            excluded=tuple(r.excluded is not None for r in transcript.responses),
         )
 
     def prompts(self, condition: str, *, format: str = "raw", model: str | None = None):

@@ -32,7 +32,6 @@ __all__ = [
     "jensen_shannon",
     "option_probs",
     "ordinal_values",
-    "paired_bootstrap",
     "participant_metrics",
     "population_comparison",
     "post_training_d",
@@ -119,60 +118,40 @@ def condition_metrics(trials):
     return table.reset_index()
 
 
-def paired_bootstrap(before, after, *, seed: int, n_boot: int = 10_000, level: float = 0.95) -> dict[str, float]:
-    """Mean paired difference ``after − before`` over participants, a percentile bootstrap CI, and Cohen's d_z.
-
-    Participants are resampled with replacement (``numpy.random.default_rng(seed)``),
-    so the same data and seed give the same interval on every machine.
-    """
-    import numpy as np
-
-    a, b = np.asarray(before, dtype=float), np.asarray(after, dtype=float)
-    if a.shape != b.shape or a.ndim != 1:
-        raise ValueError("before and after must be equally long 1-d sequences (one value per participant)")
-    diff = b - a
-    n = len(diff)
-    if n < 2:
-        return {"n": n, "mean": float(diff.mean()) if n else math.nan, "ci_low": math.nan, "ci_high": math.nan, "d_z": math.nan}
-    rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, n, size=(n_boot, n))].mean(axis=1)
-    tail = (1 - level) / 2
-    sd = diff.std(ddof=1)
-    return {
-        "n": n,
-        "mean": float(diff.mean()),
-        "ci_low": float(np.quantile(means, tail)),
-        "ci_high": float(np.quantile(means, 1 - tail)),
-        "d_z": float(diff.mean() / sd) if sd > 0 else math.nan,
-    }
-
-
 def compare_conditions(trials, before: str, after: str, *, measure: str = "nll", seed: int, n_boot: int = 10_000):
-    """Paired comparison of two conditions per model × format: ``after − before`` of a measure, over participants.
+    """Paired comparison of two conditions per model × format: ``after − before`` of a measure.
 
     E.g. ``compare_conditions(trials, "no_persona", "persona", seed=...)`` is the
     persona benefit in NLL (negative: the persona helps); ``"persona"`` vs
-    ``"shuffled_persona"`` asks whether a person's *own* profile matters.
+    ``"shuffled_persona"`` asks whether a person's *own* profile matters. Both
+    arms are compared on exactly the responses both scored
+    (:func:`psysim.stats.paired`), over studies and per study.
     """
     return _paired(trials, "condition", before, after, measure=measure, seed=seed, n_boot=n_boot)
 
 
 def _paired(trials, across: str, before: str, after: str, *, measure: str, seed: int, n_boot: int):
-    """``after − before`` of ``measure`` where the two differ in column ``across``, paired over participants,
+    """``after − before`` of ``measure`` where the two differ in column ``across``, on common responses,
     within every combination of the other condition keys."""
     import pandas as pd
 
-    parts = participant_metrics(trials)
+    from .stats import Bootstrap, paired
+
+    measured = trials if measure in trials else response_metrics(trials)
     within = [k for k in CONDITION_KEYS if k != across]
     rows = []
-    for key, group in parts.groupby(within, sort=False):
-        wide = group.pivot_table(index=["experiment", "participant"], columns=across, values=measure)
+    boot = Bootstrap(measured[["experiment", "participant"]].drop_duplicates(), n_boot=n_boot, seed=seed)
+    for key, group in measured.groupby(within, sort=False):
+        wide = group.pivot_table(index=["experiment", "participant", "trial"], columns=across, values=measure, aggfunc="first")
         if before not in wide or after not in wide:
             continue
-        paired = wide[[before, after]].dropna()
-        stats = paired_bootstrap(paired[before], paired[after], seed=seed, n_boot=n_boot)
-        rows.append({**dict(zip(within, key, strict=True)), "measure": measure, "before": before, "after": after, **stats})
-    return pd.DataFrame(rows)
+        wide = wide.reset_index()
+        for r in paired(boot, wide, before, after):
+            rows.append(
+                {**dict(zip(within, key, strict=True)), "measure": measure, "before": before, "after": after, "mean": r.pop("estimate"), **r}
+            )
+    columns = [*within, "measure", "before", "after", "experiment", "mean", "ci_low", "ci_high", "n", "responses", "d_z"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def post_training_d(trials, base: str, post: str, *, fmt_base: str = "raw", fmt_post: str = "raw", condition: str = "no_persona"):
@@ -200,15 +179,19 @@ def post_training_d(trials, base: str, post: str, *, fmt_base: str = "raw", fmt_
     return table
 
 
-def headroom_recovered(model: float, population: float, ceiling: float) -> float:
-    """Share of the gap between the population baseline and the individual ceiling that a model closes.
+def headroom_recovered(model: float, population: float, individual: float) -> float:
+    """Share of the gap between the population baseline and the person-adjusted population that a model closes.
 
-    With losses (lower is better): ``(population − model) / (population − ceiling)``.
-    0: no better than the population; 1: as good as the individual ceiling;
-    NaN when the ceiling is no better than the population (there is no headroom).
+    With losses (lower is better): ``(population − model) / (population − individual)``.
+    0: no better than the population; 1: as good as the person-adjusted
+    population; NaN when there is no gap (the person-adjusted baseline is no
+    better than the population) or the model lies outside it (a share of a
+    gap the model is not in would be a misleading number).
     """
-    gap = population - ceiling
-    return (population - model) / gap if gap > 0 else math.nan
+    gap = population - individual
+    if not gap > 0 or not individual <= model <= population:
+        return math.nan
+    return (population - model) / gap
 
 
 def proportions(responses, options) -> list[float]:
@@ -328,10 +311,11 @@ def population_comparison(
 
 
 def compare_models(trials, before: str, after: str, *, measure: str = "nll", seed: int, n_boot: int = 10_000):
-    """Paired comparison of two models per format × condition: ``after − before`` of a measure, over participants.
+    """Paired comparison of two models per format × condition: ``after − before`` of a measure.
 
     E.g. a base model and the same model with a fine-tuned adapter, on the same
-    (held-out) participants: the mean per-participant difference, its
-    percentile bootstrap CI and d_z (:func:`paired_bootstrap`).
+    (held-out) participants and exactly the responses both scored: the
+    difference of scores, its paired percentile interval and d_z, over
+    studies and per study (:func:`psysim.stats.paired`).
     """
     return _paired(trials, "model", before, after, measure=measure, seed=seed, n_boot=n_boot)

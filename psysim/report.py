@@ -1,28 +1,31 @@
-"""``psysim report``: every metric, baseline and comparison of a run, with CIs, plots and a plain summary.
+"""``psysim report``: every metric, baseline and comparison of a run, with paired CIs, plots and a plain summary.
 
 :func:`build_report` turns a completed run folder into tables (pandas) and
 :func:`write_report` writes them as ``summary.csv`` (tidy: one row per number)
 and ``report.html`` (one self-contained page: inline CSS and SVG plots, no
 scripts, no network), beside the run's tables.
 
-Statistics, all seeded with the experiment's seed:
+Statistics, all seeded with the experiment's seed, all from one
+study-stratified, participant-paired bootstrap (:mod:`psysim.stats`):
 
 * **Metric tables.** A condition's score is Psych-201's: the mean over each
-  study's responses, then the unweighted mean over studies. Its 95% CI is a
-  percentile bootstrap over participants, resampled within each study (so
-  every resample keeps every study), ``evaluation.bootstrap`` resamples.
-  Baselines are scored on exactly the responses the models' option measures
-  use, with the same resamples.
-* **Comparisons** (persona benefit, persona specificity) are paired over
-  participants: the mean of the per-participant difference, its bootstrap CI
-  and Cohen's d_z (:func:`psysim.metrics.compare_conditions`).
-* **Headroom recovered** is computed from the table's option NLLs,
-  ``(population − model) / (population − individual ceiling)``, with the
-  same resamples for its CI.
+  study's responses, then the unweighted mean over studies, with a 95%
+  percentile interval. Baselines are scored the same way on the responses
+  they predict.
+* **Comparisons** are paired and on equal footing: persona vs no persona,
+  own vs someone else's profile, each model vs chance, the population and
+  the person-adjusted population, fine-tuned vs base — each the difference
+  of scores on exactly the responses both arms scored, with its paired
+  interval and Cohen's d_z, over studies and per study.
+* **Headroom recovered** is ``(population − model) / (population −
+  person-adjusted population)`` in option NLL, on common responses, shown
+  only where the gap is reliably positive and the model lies inside it.
 * **Post-training misalignment** is Psych-201's Cohen's d per study,
   averaged over studies (:func:`psysim.metrics.post_training_d`).
 
-A cell that cannot be computed is shown as "—" with a footnote saying why.
+Intervals from fewer than :data:`psysim.stats.MIN_PARTICIPANTS` participants
+are shown but never turned into a "reliably" sentence. A cell that cannot be
+computed is shown as "—" with a footnote saying why.
 """
 
 from __future__ import annotations
@@ -37,8 +40,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .baselines import LABELS as BASELINE_LABELS
 from .files import display_path
-from .metrics import CONDITION_KEYS, compare_conditions, post_training_d, response_metrics
+from .metrics import CONDITION_KEYS, compare_conditions, compare_models, post_training_d, response_metrics
+from .stats import MIN_PARTICIPANTS, Bootstrap, paired, verdict
 from .store import SavedRun, open_run, write_atomic
 
 __all__ = ["Report", "build_report", "write_report"]
@@ -52,67 +57,9 @@ LABELS = {
     "brier": "Brier",
     "pseudo_r2": "pseudo-R²",
 }
-BASELINE_LABELS = {
-    "uniform": "uniform (chance)",
-    "population": "population frequency",
-    "profile": "profile-only model",
-    "individual": "individual ceiling",
-}
-
-
-# ----------------------------------------------------------------------------- bootstrap
-
-
-class StudyBootstrap:
-    """Percentile bootstrap of Psych-201's condition score, resampling participants within each study.
-
-    ``units`` lists every (experiment, participant) of the run; the resamples
-    are drawn once, so every series estimated with one instance (models,
-    baselines) is resampled identically: differences and ratios of series
-    get paired CIs.
-    """
-
-    def __init__(self, units, *, n_boot: int, seed: int):
-        import numpy as np
-
-        self.n_boot = n_boot
-        rng = np.random.default_rng(seed)
-        self.studies: dict[str, tuple[list[str], Any]] = {}
-        for exp in sorted(set(units["experiment"])):
-            pids = sorted(set(units.loc[units["experiment"] == exp, "participant"]))
-            self.studies[exp] = (pids, rng.integers(0, len(pids), size=(n_boot, len(pids))))
-
-    def draw(self, frame, measure: str):
-        """(point estimate, bootstrap array, participants) of ``measure`` over the rows of ``frame``."""
-        import numpy as np
-
-        values = frame[["experiment", "participant", measure]].dropna()
-        if not len(values):
-            return math.nan, None, 0
-        grouped = values.groupby(["experiment", "participant"])[measure].agg(["sum", "count"])
-        points, boots = [], []
-        for exp, (pids, idx) in self.studies.items():
-            if exp not in grouped.index.get_level_values(0):
-                continue
-            sub = grouped.loc[exp].reindex(pids, fill_value=0)
-            sums, counts = sub["sum"].to_numpy(float), sub["count"].to_numpy(float)
-            points.append(sums.sum() / counts.sum())
-            with np.errstate(invalid="ignore", divide="ignore"):
-                boots.append(sums[idx].sum(axis=1) / counts[idx].sum(axis=1))
-        n = int(values.groupby(["experiment", "participant"]).ngroups)
-        if grouped.groupby(level=0).size().max() < 2:
-            # One participant per study: every resample is that participant; a zero-width interval would lie.
-            return float(np.mean(points)), None, n
-        return float(np.mean(points)), np.nanmean(np.vstack(boots), axis=0), n
-
-
-def _ci(boot) -> tuple[float, float]:
-    import numpy as np
-
-    if boot is None or np.all(np.isnan(boot)):
-        return math.nan, math.nan
-    lo, hi = np.nanquantile(boot, [0.025, 0.975])
-    return float(lo), float(hi)
+#: The comparison of a model with each baseline, in option NLL (model − baseline: negative means the model is better).
+AGAINST = ("uniform", "population", "individual")
+OVERALL = "all studies"
 
 
 # ----------------------------------------------------------------------------- the report
@@ -125,7 +72,7 @@ class Report:
     run: SavedRun
     metrics: Any  # model × format × condition × measure: estimate, CI, n, note
     baselines: Any  # baseline × measure: estimate, CI, n, note
-    comparisons: Any  # persona benefit / specificity / headroom per model × format
+    comparisons: Any  # paired comparisons and headroom, per model × format × condition × study
     post_training: Any  # per pair × study: d
     studies: Any  # per model × format × condition × study
     benefit: Any  # per-participant differences for the distribution plot
@@ -172,8 +119,11 @@ def build_report(run: SavedRun | str | os.PathLike) -> Report:
     ev = man.get("evaluation", {})
     seed, n_boot = int(man.get("seed", 0)), int(ev.get("bootstrap", 10_000))
     trials = response_metrics(run.trials)
-    units = trials[["experiment", "participant"]].drop_duplicates()
-    boot = StudyBootstrap(units, n_boot=n_boot, seed=seed)
+    bl = response_metrics(run.baselines.assign(logprob=math.nan)) if len(run.baselines) else run.baselines
+    units = pd.concat(
+        [trials[["experiment", "participant"]], bl[["experiment", "participant"]] if len(bl) else None]
+    ).drop_duplicates()
+    boot = Bootstrap(units, n_boot=n_boot, seed=seed)
     notes: list[str] = []
 
     def note(text: str) -> str:
@@ -185,77 +135,108 @@ def build_report(run: SavedRun | str | os.PathLike) -> Report:
     no_options = sorted(set(trials.loc[trials["options"].isna(), "experiment"]))
     option_note = (
         note(
-            f"No options are known for {', '.join(no_options)}: option NLL, accuracy, Brier and pseudo-R² need each "
-            "trial's options (set data.options, or options: infer)."
+            f"No options are declared for {', '.join(no_options)}: option NLL, accuracy, Brier and pseudo-R² need each "
+            "trial's options (declare data.options for the study: a list, or a pattern read on each trial)."
         )
         if no_options
         else None
     )
+    _context_notes(man, trials, note)
 
-    rows, draws = [], {}
+    rows = []
     for key, group in trials.groupby(CONDITION_KEYS, sort=False):
+        estimates = boot.estimate(group, MEASURES)
         for measure in MEASURES:
-            point, arr, n = boot.draw(group, measure)
-            draws[(*key, measure)] = (point, arr, n)
-            lo, hi = _ci(arr)
+            e = estimates[measure]
             why = None
-            if math.isnan(point):
+            if math.isnan(e.point):
                 why = option_note if measure in OPTION_MEASURES else note("No scored responses.")
             elif measure in OPTION_MEASURES and option_note:
                 why = option_note  # the estimate covers only the studies whose options are known
-            elif math.isnan(lo):
+            elif math.isnan(e.ci_low):
                 why = note("One participant per study: no confidence interval.")
             rows.append(
-                dict(zip(CONDITION_KEYS, key, strict=True), measure=measure, estimate=point, ci_low=lo, ci_high=hi, n=n, note=why)
+                dict(
+                    zip(CONDITION_KEYS, key, strict=True),
+                    measure=measure,
+                    estimate=e.point,
+                    ci_low=e.ci_low,
+                    ci_high=e.ci_high,
+                    n=e.n,
+                    note=why,
+                )
             )
     metrics = pd.DataFrame(rows)
 
-    # Baselines: on the responses the models' option measures use.
-    bl = run.baselines.copy()
     bl_rows = []
     for name in ev.get("baselines", ["uniform", "population", "profile", "individual"]):
-        frame = bl[bl["baseline"] == name]
+        frame = bl[bl["baseline"] == name] if len(bl) else bl
+        label = BASELINE_LABELS.get(name, name)
         if not len(frame):
-            reason = option_note or note(f"The {BASELINE_LABELS.get(name, name)} baseline has no predictions in this run.")
+            reason = option_note or note(f"The {label} baseline has no predictions in this run.")
             for measure in OPTION_MEASURES:
                 bl_rows.append(
                     dict(baseline=name, measure=measure, estimate=math.nan, ci_low=math.nan, ci_high=math.nan, n=0, note=reason)
                 )
             continue
-        scored = response_metrics(frame.assign(logprob=math.nan))
         reasons = sorted({str(r) for r in frame["note"].dropna()})
         empty = [r for r in reasons if not r.startswith("fell back")]
-        fallback = [r for r in reasons if r.startswith("fell back")]
+        estimates = boot.estimate(frame, OPTION_MEASURES)
         for measure in OPTION_MEASURES:
-            point, arr, n = boot.draw(scored, measure)
-            draws[("baseline", name, measure)] = (point, arr, n)
-            lo, hi = _ci(arr)
+            e = estimates[measure]
             why = None
-            if math.isnan(point):
-                why = note(f"{BASELINE_LABELS.get(name, name)}: cannot be fitted: {'; '.join(empty) or 'no predictions'}.")
+            if math.isnan(e.point):
+                why = note(f"{label}: cannot be fitted: {'; '.join(empty) or 'no predictions'}.")
             elif empty:
                 missing = int(frame["option_probs"].isna().sum())
                 why = note(
-                    f"{BASELINE_LABELS.get(name, name)}: {missing} of {len(frame)} responses have no prediction "
-                    f"({'; '.join(empty)}); the estimate uses the others."
+                    f"{label}: {missing} of {len(frame)} responses have no prediction ({'; '.join(empty)}); the estimate uses the others."
                 )
-            elif math.isnan(lo):
+            elif math.isnan(e.ci_low):
                 why = note("One participant per study: no confidence interval.")
-            elif fallback:
+            elif name != "uniform" and frame["note"].fillna("").str.startswith("fell back").any():
                 share = frame["note"].fillna("").str.startswith("fell back").mean()
+                fallback = "population frequencies" if name == "profile" else "study-level frequencies"
                 why = note(
-                    f"{BASELINE_LABELS.get(name, name)}: {share:.0%} of responses are predicted by population frequencies "
-                    "(their item is not shared by other participants, or its responses never vary)."
+                    f"{label}: {share:.0%} of responses are predicted from {fallback} (their item was answered by no other participant, or its answers never vary)."
                 )
-            bl_rows.append(dict(baseline=name, measure=measure, estimate=point, ci_low=lo, ci_high=hi, n=n, note=why))
+            bl_rows.append(
+                dict(baseline=name, measure=measure, estimate=e.point, ci_low=e.ci_low, ci_high=e.ci_high, n=e.n, note=why)
+            )
     baselines = pd.DataFrame(bl_rows, columns=["baseline", "measure", "estimate", "ci_low", "ci_high", "n", "note"])
 
-    comparisons, benefit = _comparisons(run, trials, draws, seed, n_boot, note)
+    comparisons, benefit = _comparisons(run, trials, bl, boot, seed, n_boot, note)
     post = _post_training(run, trials, note)
     studies = _study_table(trials)
     report = Report(run, metrics, baselines, comparisons, post, studies, benefit, notes=notes)
     report.paragraphs = _paragraphs(report)
     return report
+
+
+def _context_notes(man, trials, note) -> None:
+    """Notes on what is not scored alike in every arm: pooled option sets, responses dropped to fit a context, skipped personas."""
+    studies = man.get("studies", {})
+    pooled = sorted(s for s, v in studies.items() if v.get("pooled_options"))
+    if pooled:
+        note(
+            f"Options of {', '.join(pooled)} are pooled (every distinct response of the study, not what each trial offered): "
+            "chance, option NLL and pseudo-R² there are approximate, and no comparison over them is called reliable."
+        )
+    skipped = sorted(s for s, v in studies.items() if not v.get("profiles", True))
+    if skipped:
+        note(
+            f"{', '.join(skipped)}: no profile fields, so persona conditions were not run there (no_persona only); persona comparisons use the other studies."
+        )
+    if "context_dropped" in trials and len(trials):
+        per_prompt = trials.groupby([*CONDITION_KEYS, "experiment", "participant"], sort=False)["context_dropped"].first()
+        dropped = per_prompt[per_prompt > 0]
+        if len(dropped):
+            by = dropped.groupby(["experiment", "condition"]).sum()
+            listing = "; ".join(f"{exp} / {cond}: {int(n)}" for (exp, cond), n in by.items())
+            note(
+                "Responses dropped to fit the model's context (scoring.context: drop_oldest), per study and condition: "
+                f"{listing}. Paired comparisons use only the responses scored in both arms."
+            )
 
 
 def _condition_types(man) -> dict[str, dict[str, str]]:
@@ -265,8 +246,33 @@ def _condition_types(man) -> dict[str, dict[str, str]]:
     return {c: {"type": c, "format": "interview"} for c in man.get("conditions", [])}
 
 
-def _comparisons(run, trials, draws, seed, n_boot, note):
-    """Persona benefit, persona specificity (paired over participants) and headroom recovered, per model × format."""
+def _paired_rows(comparison, model, fmt, condition, measure, table, note_for) -> list[dict[str, Any]]:
+    """Comparison-table rows from a :func:`psysim.metrics.compare_conditions`-style table (one row per study and overall)."""
+    out = []
+    for r in table.itertuples(index=False):
+        why = note_for(r) if note_for else None
+        out.append(
+            dict(
+                comparison=comparison,
+                model=model if model is not None else r.model,
+                format=fmt if fmt is not None else r.format,
+                condition=condition,
+                experiment=r.experiment,
+                measure=measure,
+                estimate=r.mean,
+                ci_low=r.ci_low,
+                ci_high=r.ci_high,
+                d_z=r.d_z,
+                n=r.n,
+                responses=r.responses,
+                note=why,
+            )
+        )
+    return out
+
+
+def _comparisons(run, trials, bl, boot, seed, n_boot, note):
+    """Paired comparisons per model × format (× condition), over studies and per study, and headroom recovered."""
     import numpy as np
     import pandas as pd
 
@@ -287,7 +293,17 @@ def _comparisons(run, trials, draws, seed, n_boot, note):
         )
     if not by_type.get("shuffled_persona") and by_type.get("persona"):
         note("Persona specificity needs a shuffled_persona condition (someone else's profile); this run has none.")
-    pop, ceiling = draws.get(("baseline", "population", "option_nll")), draws.get(("baseline", "individual", "option_nll"))
+
+    def few(label):
+        def check(r):
+            if r.n < 2:
+                return note(f"{label}: fewer than two participants have both arms.")
+            if r.n < MIN_PARTICIPANTS:
+                return note(f"Fewer than {MIN_PARTICIPANTS} participants: the interval is shown, but not called reliable.")
+            return None
+
+        return check
+
     for persona in by_type.get("persona", []):
         pairs = []
         if plain is not None:
@@ -298,86 +314,133 @@ def _comparisons(run, trials, draws, seed, n_boot, note):
         for label, before, after in pairs:
             for measure in ("nll", "option_nll"):
                 table = compare_conditions(trials, before, after, measure=measure, seed=seed, n_boot=n_boot)
-                for r in table.itertuples(index=False):
-                    why = None
-                    if r.n < 2:
-                        why = note(f"{label} ({before} → {after}): fewer than two participants have both conditions.")
-                    rows.append(_paired_row(label, r.model, r.format, f"{after} − {before}", measure, r, why))
+                rows += _paired_rows(
+                    label, None, None, f"{after} - {before}", measure, table, few(f"{label} ({before} → {after})")
+                )
             if label == "persona benefit":
-                parts = response_metrics(trials).groupby([*CONDITION_KEYS, "experiment", "participant"])["nll"].mean()
-                wide = parts.unstack("condition")
-                if before in wide and after in wide:
-                    diff = (wide[after] - wide[before]).dropna().reset_index(name="difference")
-                    benefit.append(diff.assign(persona=after))
-    # Headroom: the share of the population → individual-ceiling gap (option NLL) a condition closes.
-    if pop is not None and ceiling is not None and not math.isnan(pop[0]) and not math.isnan(ceiling[0]):
-        gap = pop[0] - ceiling[0]
-        for key in sorted({k[:3] for k in draws if k[0] != "baseline"}, key=str):
-            model = draws.get((*key, "option_nll"))
-            if model is None or math.isnan(model[0]):
-                continue
-            why = None
-            if gap <= 0:
-                estimate, lo, hi = math.nan, math.nan, math.nan
-                why = note(
-                    f"Headroom is undefined: the individual ceiling (option NLL {ceiling[0]:.3f}) is no better than the "
-                    f"population baseline ({pop[0]:.3f}): by this measure there is no individual-specific headroom for a "
-                    "persona to recover."
+                parts = (
+                    trials.groupby([*CONDITION_KEYS, "experiment", "participant", "trial"])["nll"].first().unstack("condition")
                 )
-            else:
-                estimate = (pop[0] - model[0]) / gap
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    arr = (pop[1] - model[1]) / (pop[1] - ceiling[1])
-                lo, hi = _ci(arr)
-            rows.append(
-                dict(
-                    comparison="headroom recovered",
-                    model=key[0],
-                    format=key[1],
-                    condition=key[2],
-                    measure="option_nll",
-                    estimate=estimate,
-                    ci_low=lo,
-                    ci_high=hi,
-                    d_z=math.nan,
-                    n=model[2],
-                    note=why,
-                )
-            )
-    else:  # a baseline was not declared, or could not be fitted (e.g. one participant)
-        note("Headroom recovered needs both the population and the individual-ceiling baselines (option NLL).")
-    # Fine-tuning: the same participants scored by a base model and its fine-tuned version, paired.
-    from .metrics import compare_models
+                if before in parts and after in parts:
+                    both = parts[[before, after]].dropna()  # the responses both arms scored
+                    diff = (both[after] - both[before]).groupby(["model", "format", "experiment", "participant"]).mean()
+                    benefit.append(diff.reset_index(name="difference").assign(persona=after))
 
+    # Each model against each baseline, in option NLL, on the responses both scored.
+    keyed = ["experiment", "participant", "trial"]
+    base_values = {}
+    if len(bl):
+        for name in AGAINST:
+            frame = bl[bl["baseline"] == name]
+            if len(frame) and frame["option_nll"].notna().any():
+                base_values[name] = frame.set_index(keyed)["option_nll"].rename(name)
+    for (model, fmt, cond), group in trials.groupby(CONDITION_KEYS, sort=False):
+        if group["option_nll"].isna().all() or not base_values:
+            continue
+        wide = group.set_index(keyed)["option_nll"].rename("model").to_frame()
+        for name, values in base_values.items():
+            wide = wide.join(values, how="left")
+        wide = wide.reset_index()
+        for name in base_values:
+            table = pd.DataFrame([{**r, "mean": r.pop("estimate")} for r in paired(boot, wide, name, "model")])
+            label = f"model - {name}"
+            rows += _paired_rows(label, model, fmt, cond, "option_nll", table, few(label))
+        rows += _headroom(boot, wide, model, fmt, cond, note)
+    if "population" in base_values and "individual" in base_values:
+        wide = pd.concat([base_values["population"], base_values["individual"], base_values.get("uniform")], axis=1).reset_index()
+        for before, after in (("uniform", "population"), ("population", "individual")):
+            if before in wide and after in wide:
+                table = pd.DataFrame([{**r, "mean": r.pop("estimate")} for r in paired(boot, wide, before, after)])
+                label = f"{after} - {before}"
+                rows += _paired_rows(label, "(baselines)", "", label, "option_nll", table, few(label))
     for pair in man.get("evaluation", {}).get("fine_tuning", []):
         for measure in ("nll", "accuracy"):
             table = compare_models(trials, pair["base"], pair["fine_tuned"], measure=measure, seed=seed, n_boot=n_boot)
+            what = f"{pair['fine_tuned']} - {pair['base']}"
             for r in table.itertuples(index=False):
-                why = None if r.n >= 2 else note("fine-tuning: fewer than two participants scored by both models.")
-                what = f"{pair['fine_tuned']} − {pair['base']}"
-                rows.append(_paired_row("fine-tuning", what, r.format, r.condition, measure, r, why))
-    columns = ["comparison", "model", "format", "condition", "measure", "estimate", "ci_low", "ci_high", "d_z", "n", "note"]
+                why = few("fine-tuning")(r)
+                rows.append(
+                    dict(
+                        comparison="fine-tuning",
+                        model=what,
+                        format=r.format,
+                        condition=r.condition,
+                        experiment=r.experiment,
+                        measure=measure,
+                        estimate=r.mean,
+                        ci_low=r.ci_low,
+                        ci_high=r.ci_high,
+                        d_z=r.d_z,
+                        n=r.n,
+                        responses=r.responses,
+                        note=why,
+                    )
+                )
+    columns = [
+        "comparison",
+        "model",
+        "format",
+        "condition",
+        "experiment",
+        "measure",
+        "estimate",
+        "ci_low",
+        "ci_high",
+        "d_z",
+        "n",
+        "responses",
+        "note",
+    ]
     benefit_frame = (
-        pd.concat(benefit, ignore_index=True) if benefit else pd.DataFrame(columns=["model", "format", "persona", "difference"])
+        pd.concat(benefit, ignore_index=True)
+        if benefit
+        else pd.DataFrame(columns=["model", "format", "experiment", "participant", "difference", "persona"])
     )
+    del np
     return pd.DataFrame(rows, columns=columns), benefit_frame
 
 
-def _paired_row(comparison, model, fmt, condition, measure, stats, note) -> dict[str, Any]:
-    """A comparisons-table row from one :func:`psysim.metrics.paired_bootstrap` result (mean difference, CI, d_z, n)."""
-    return dict(
-        comparison=comparison,
+def _headroom(boot, wide, model, fmt, cond, note) -> list[dict[str, Any]]:
+    """Headroom recovered on the responses scored by the model and both baselines: shown only where it means something."""
+    if "population" not in wide or "individual" not in wide:
+        return []
+    common = wide[["experiment", "participant", "model", "population", "individual"]].dropna()
+    if not len(common):
+        return []
+    est = boot.estimate(
+        common.assign(gap=common["population"] - common["individual"], gain=common["population"] - common["model"]),
+        ["gap", "gain", "model", "population", "individual"],
+    )
+    gap, gain = est["gap"], est["gain"]
+    row = dict(
+        comparison="headroom recovered",
         model=model,
         format=fmt,
-        condition=condition,
-        measure=measure,
-        estimate=stats.mean,
-        ci_low=stats.ci_low,
-        ci_high=stats.ci_high,
-        d_z=stats.d_z,
-        n=stats.n,
-        note=note,
+        condition=cond,
+        experiment=OVERALL,
+        measure="option_nll",
+        estimate=math.nan,
+        ci_low=math.nan,
+        ci_high=math.nan,
+        d_z=math.nan,
+        n=gap.n,
+        responses=len(common),
+        note=None,
     )
+    if not (gap.ci_low > 0):
+        row["note"] = note(
+            f"Headroom recovered is not shown where the person-adjusted population is not reliably better than the population "
+            f"(gap {gap.point:.3f} nats, 95% CI [{gap.ci_low:.3f}, {gap.ci_high:.3f}]): there is no established individual-level gap to close."
+        )
+    elif not (est["individual"].point <= est["model"].point <= est["population"].point):
+        row["note"] = note(
+            "Headroom recovered is not shown where the model lies outside the gap (worse than the population, or better than the "
+            "person-adjusted population): a share of a gap the model is not in would mislead."
+        )
+    else:
+        row["estimate"] = gain.point / gap.point
+        row["ci_low"], row["ci_high"] = boot.ratio(gain, gap)
+    return [row]
 
 
 def _post_training(run, trials, note):
@@ -458,32 +521,34 @@ def _percent_interval(lo: float, hi: float) -> str:
     return "no CI" if math.isnan(lo) or math.isnan(hi) else f"95% CI [{lo:.0%}, {hi:.0%}]"
 
 
-def _direction(lo: float, hi: float, lower: str, higher: str, neither: str) -> str:
-    if math.isnan(lo) or math.isnan(hi):
-        return neither
-    if hi < 0:
-        return lower
-    if lo > 0:
-        return higher
-    return neither
+def _pick(comps, comparison, model=None, fmt=None, condition=None, measure="option_nll"):
+    sel = comps[(comps["comparison"] == comparison) & (comps["experiment"] == OVERALL) & (comps["measure"] == measure)]
+    if model is not None:
+        sel = sel[(sel["model"] == model) & (sel["format"] == fmt)]
+    if condition is not None:
+        sel = sel[sel["condition"] == condition]
+    return sel.iloc[0] if len(sel) else None
 
 
 def _paragraphs(report: Report) -> list[str]:
-    """What the numbers show, in plain words; every claim follows from a CI in the tables."""
+    """What the numbers show, in plain words; every claim rests on a paired CI over enough participants."""
     man = report.run.manifest
     m = report.metrics
     out = []
     n = man.get("participants", 0)
     studies = sorted(set(report.run.trials["experiment"]))
     n_models, n_conditions = len(man.get("model_order", [])), len(man.get("conditions", []))
+    pooled = any(v.get("pooled_options") for v in man.get("studies", {}).values())
     out.append(
         ("DRY RUN: every number below comes from psysim's mock model, not a language model. " if man.get("dry_run") else "")
         + f"This run scored {n} participants from {len(studies)} {'study' if len(studies) == 1 else 'studies'} "
         f"({', '.join(studies)}) with {n_models} {'model' if n_models == 1 else 'models'} under "
         f"{n_conditions} {'condition' if n_conditions == 1 else 'conditions'}. "
-        "NLL is the negative log-likelihood of each human response "
-        "in nats (lower is better); intervals are 95% bootstrap intervals over participants "
-        f"({man.get('evaluation', {}).get('bootstrap', 10_000):,} resamples, seed {man.get('seed')})."
+        "NLL is the negative log-likelihood of each human response in nats (lower is better); option NLL renormalises "
+        "over the options the response's own trial offered. Every comparison below is paired: the difference on exactly "
+        "the responses both sides scored, with a 95% bootstrap interval over participants resampled within studies "
+        f"({man.get('evaluation', {}).get('bootstrap', 10_000):,} resamples, seed {man.get('seed')}); "
+        f"with fewer than {MIN_PARTICIPANTS} participants an interval is shown but not called reliable."
     )
     comps = report.comparisons
     types = _condition_types(man)
@@ -492,57 +557,75 @@ def _paragraphs(report: Report) -> list[str]:
         sentences = []
         if plain is not None:
             row = group[(group["condition"] == plain) & (group["measure"] == "nll")]
+            onll = group[(group["condition"] == plain) & (group["measure"] == "option_nll")]
             acc = group[(group["condition"] == plain) & (group["measure"] == "accuracy")]
             if len(row):
                 r = row.iloc[0]
-                s = (
-                    f"Without a persona, {model} ({fmt} format) assigned the human responses an NLL of "
-                    f"{_fmt(r.estimate)} ({_interval(r.ci_low, r.ci_high)})"
-                )
+                s = f"Without a persona, {model} ({fmt} format) assigned the human responses an NLL of {_fmt(r.estimate)} ({_interval(r.ci_low, r.ci_high)})"
+                if len(onll) and not math.isnan(onll.iloc[0].estimate):
+                    s += f", an option NLL of {_fmt(onll.iloc[0].estimate)}"
                 if len(acc) and not math.isnan(acc.iloc[0].estimate):
-                    s += f" and chose the human's option {acc.iloc[0].estimate:.0%} of the time"
+                    s += f", and chose the human's option {acc.iloc[0].estimate:.0%} of the time"
                 sentences.append(s + ".")
+            against = []
+            for name, words in (
+                ("uniform", "chance (a uniform guess over each trial's options)"),
+                ("population", "the population baseline"),
+                ("individual", "the person-adjusted population"),
+            ):
+                r = _pick(comps, f"model - {name}", model, fmt, plain)
+                if r is None or math.isnan(r.estimate):
+                    continue
+                v = verdict(
+                    r.ci_low, r.ci_high, r.n, "reliably better than", "reliably worse than", "not reliably different from"
+                )
+                if pooled and "reliably" in v and not v.startswith("not"):
+                    v = "different (over pooled options: approximate) from"
+                against.append(f"{v} {words} ({_fmt(r.estimate, 3)} nats, {_interval(r.ci_low, r.ci_high)})")
+            if against:
+                sentences.append(f"In option NLL it was {'; '.join(against)}.")
         for label in ("persona benefit", "persona specificity"):
             sel = comps[
                 (comps["comparison"] == label)
                 & (comps["model"] == model)
                 & (comps["format"] == fmt)
                 & (comps["measure"] == "nll")
+                & (comps["experiment"] == OVERALL)
             ]
             for r in sel.itertuples(index=False):
-                after, before = r.condition.split(" − ")
+                after, before = r.condition.split(" - ")
                 if label == "persona benefit":
-                    verdict = _direction(
+                    v = verdict(
                         r.ci_low,
                         r.ci_high,
+                        r.n,
                         "so the profile reliably helped",
                         "so the profile reliably made predictions worse",
                         "so there is no reliable benefit of the profile",
                     )
                     sentences.append(
                         f"Conditioning on each participant's own profile ({after}) changed NLL by {_fmt(r.estimate, 4)} "
-                        f"({_interval(r.ci_low, r.ci_high, 4)}, d_z = {_fmt(r.d_z, 2)}, n = {r.n}), {verdict}."
+                        f"({_interval(r.ci_low, r.ci_high, 4)}, d_z = {_fmt(r.d_z, 2)}, n = {r.n}), {v}."
                     )
                 else:
-                    verdict = _direction(
+                    v = verdict(
                         r.ci_low,
                         r.ci_high,
+                        r.n,
                         "a person's own profile predicts them better than someone else's",
                         "someone else's profile predicts them better than their own",
                         "a person's own profile predicts them no better than someone else's",
                     )
                     sentences.append(
-                        f"Against a shuffled profile ({before}), the own profile changed NLL by {_fmt(r.estimate, 4)} "
-                        f"({_interval(r.ci_low, r.ci_high, 4)}): {verdict}."
+                        f"Against a shuffled profile ({before}), the own profile changed NLL by {_fmt(r.estimate, 4)} ({_interval(r.ci_low, r.ci_high, 4)}): {v}."
                     )
         head = comps[(comps["comparison"] == "headroom recovered") & (comps["model"] == model) & (comps["format"] == fmt)]
         for r in head.itertuples(index=False):
             if types.get(r.condition, {}).get("type") != "persona" or math.isnan(r.estimate):
                 continue
             sentences.append(
-                f"With the profile ({r.condition}) it closes {r.estimate:.0%} "
-                f"({_percent_interval(r.ci_low, r.ci_high)}) of the gap "
-                "in option NLL between the population baseline and the individual ceiling."
+                f"With the profile ({r.condition}) it closes {r.estimate:.0%} ({_percent_interval(r.ci_low, r.ci_high)}) of the gap "
+                "in option NLL between the population and the person-adjusted population."
             )
         if sentences:
             out.append(" ".join(sentences))
@@ -550,38 +633,33 @@ def _paragraphs(report: Report) -> list[str]:
     if ("population", "option_nll") in bl.index and ("individual", "option_nll") in bl.index:
         pop, ind = bl.loc[("population", "option_nll")], bl.loc[("individual", "option_nll")]
         if not math.isnan(pop.estimate) and not math.isnan(ind.estimate):
-            better = [
-                f"{model} ({fmt})"
-                for (model, fmt), g in m[(m["measure"] == "option_nll") & (m["condition"] == plain)].groupby(["model", "format"])
-                for r in g.itertuples(index=False)
-                if r.ci_high < pop.ci_low
-            ]
             s = (
-                f"Without any language model, the population's response frequencies reach an option NLL of {_fmt(pop.estimate)} "
-                f"and the participant's own other trials {_fmt(ind.estimate)}"
+                f"Without any language model, the population's choices on the same item reach an option NLL of {_fmt(pop.estimate)}, "
+                f"and the population adjusted to each person's other trials {_fmt(ind.estimate)}"
             )
-            s += (
-                "; a participant's own response frequencies on their other trials predict them no better than the "
-                "population does on the same item, so by this measure there is no individual-specific headroom for a "
-                "persona to recover."
-                if ind.estimate >= pop.estimate
-                else "."
-            )
-            if better:
-                s += f" Reliably better than the population baseline without a persona: {', '.join(better)}."
-            out.append(s)
-    tuned = comps[(comps["comparison"] == "fine-tuning") & (comps["measure"] == "nll")]
+            r = _pick(comps, "individual - population")
+            if r is not None and not math.isnan(r.ci_low):
+                s += ": " + verdict(
+                    r.ci_low,
+                    r.ci_high,
+                    r.n,
+                    f"the person's other trials reliably add to the population ({_fmt(r.estimate)} nats, {_interval(r.ci_low, r.ci_high)}), so there is individual-level signal for a persona to recover",
+                    f"the person-adjusted model is reliably worse than the population ({_interval(r.ci_low, r.ci_high)})",
+                    f"the person's other trials add nothing reliable to the population ({_interval(r.ci_low, r.ci_high)}), so by this measure there is no established individual-level headroom",
+                )
+            out.append(s + ".")
+    tuned = comps[(comps["comparison"] == "fine-tuning") & (comps["measure"] == "nll") & (comps["experiment"] == OVERALL)]
     for r in tuned.itertuples(index=False):
-        verdict = _direction(
+        v = verdict(
             r.ci_low,
             r.ci_high,
+            r.n,
             "fine-tuning reliably improved the prediction of these people",
             "fine-tuning reliably made it worse",
             "no reliable difference",
         )
         out.append(
-            f"Fine-tuning ({r.model}, {r.format}, {r.condition}) changed NLL by {_fmt(r.estimate, 4)} "
-            f"({_interval(r.ci_low, r.ci_high, 4)}, d_z = {_fmt(r.d_z, 2)}, n = {r.n}): {verdict}."
+            f"Fine-tuning ({r.model}, {r.format}, {r.condition}) changed NLL by {_fmt(r.estimate, 4)} ({_interval(r.ci_low, r.ci_high, 4)}, d_z = {_fmt(r.d_z, 2)}, n = {r.n}): {v}."
         )
     post = report.post_training
     if len(post):
@@ -685,6 +763,7 @@ def plot_benefit(report: Report) -> str | None:
     keys = list(b.groupby(["model", "format", "persona"], sort=False).groups)
     fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys) + 0.5, 2.8), squeeze=False, sharey=True)
     comps = report.comparisons
+    comps = comps[comps["experiment"] == OVERALL]
     for ax, (model, fmt, persona) in zip(axes[0], keys, strict=True):
         d = b[(b["model"] == model) & (b["format"] == fmt) & (b["persona"] == persona)]["difference"].to_numpy(float)
         lim = max(abs(d).max(), 1e-3)
@@ -695,7 +774,7 @@ def plot_benefit(report: Report) -> str | None:
             & (comps["model"] == model)
             & (comps["format"] == fmt)
             & (comps["measure"] == "nll")
-            & (comps["condition"].str.startswith(f"{persona} − "))
+            & (comps["condition"].str.startswith(f"{persona} - "))
         ]
         if len(c):
             r = c.iloc[0]

@@ -108,7 +108,7 @@ def run_experiment(
     if limit is not None:
         if limit < 1:
             raise PsysimError(f"--limit must be at least 1, found {limit}")
-        participants = participants[:limit]
+        participants = limited(exp, participants, limit)
     cfg = exp.config
     folds = cfg.evaluation.folds
     if folds is not None and folds > len(participants):
@@ -144,6 +144,18 @@ def run_experiment(
     return RunResult(trials, folder, store.manifest, resumed=resumed > 0)
 
 
+def limited(exp: Experiment, participants: list[str], limit: int) -> list[str]:
+    """``--limit N``: the first N participants (cohort order) of each study."""
+    seen: dict[str, int] = {}
+    out = []
+    for pid in participants:
+        study = exp.study(pid)
+        if seen.get(study, 0) < limit:
+            seen[study] = seen.get(study, 0) + 1
+            out.append(pid)
+    return out
+
+
 def backend_for(model, base: Path, backends: dict[str, Backend] | None, dry_run: bool, progress: bool) -> Backend:
     """The backend of one model entry: a ready one by name, the mock for a dry run, else loaded (once per model)."""
     if backends and model.name in backends:
@@ -163,9 +175,11 @@ def _score_model(exp, model, batches, todo, store: RunFolder, backends, dry_run,
     cfg = exp.config
     backend = backend_for(model, cfg.folder, backends, dry_run, progress)
     store.record_model(model.name, backend.identity())
-    per_participant = len(model.formats) * len(cfg.conditions)
-    total = per_participant * sum(len(b) for b in batches)
-    done = total - per_participant * sum(len(batches[b]) for b in todo)
+    def prompts_of(batch):
+        return len(model.formats) * sum(len(exp.conditions_for(pid)) for pid in batch)
+
+    total = sum(prompts_of(b) for b in batches)
+    done = total - sum(prompts_of(batches[b]) for b in todo)
     bar = _progress(total, model.name, enabled=progress, initial=done)
     for b in todo:
         prompts = [
@@ -173,6 +187,7 @@ def _score_model(exp, model, batches, todo, store: RunFolder, backends, dry_run,
             for fmt in model.formats
             for cond in cfg.conditions
             for pid in batches[b]
+            if cond in exp.conditions_for(pid)  # a study without profiles is scored without a persona only
         ]
         requests = [
             ScoreRequest(
@@ -221,6 +236,8 @@ def _canonical(rows, cfg, participants):
 def _rows(model: str, prompt: Prompt, dropped: int, result) -> list[dict[str, Any]]:
     rows = []
     for t, score in enumerate(result.responses):
+        if prompt.excluded and prompt.excluded[t]:
+            continue  # outside its trial's options under outside_options: drop: read as context, not scored
         options = prompt.options[t] if prompt.options else None
         row = {
             "model": model,
@@ -283,7 +300,11 @@ def _inputs(exp: Experiment) -> dict[str, str]:
     from .models import file_sha256
 
     cfg = exp.config
-    files = {"data.path": cfg.data.path, "cohort.schema": cfg.cohort.schema}
+    files = {"cohort.schema": cfg.cohort.schema}
+    if len(cfg.studies) > 1:
+        files.update({f"data.{s.name}.path": s.path for s in cfg.studies})
+    else:
+        files["data.path"] = cfg.data.path
     if cfg.cohort.path is not None:
         files["cohort.path"] = cfg.cohort.path
     files.update({f"data.templates.{k}": v for k, v in cfg.data.templates.items()})
@@ -348,7 +369,26 @@ def _manifest(exp: Experiment, participants, batches, dry_run, limit) -> dict[st
             "fine_tuning": [{"base": b, "fine_tuned": t} for b, t in cfg.evaluation.fine_tuning],
         },
         "formats": {m.name: list(m.formats) for m in cfg.models},
+        "studies": study_manifest(exp, participants),
     }
+
+
+def study_manifest(exp: Experiment, participants) -> dict[str, dict[str, Any]]:
+    """Per study: its declared option and item rules, whether options are pooled, and whether it has profiles."""
+    chosen = set(participants)
+    out = {}
+    for prof in exp.study_profiles():
+        if not any(exp.study(p) == prof.name for p in chosen):
+            continue
+        out[prof.name] = {
+            "options": prof.options,
+            "item": prof.item,
+            "pooled_options": prof.approximate,
+            "profiles": prof.has_profiles,
+            "items": prof.items,
+            "excluded": prof.excluded,
+        }
+    return out
 
 
 def participant_table(exp: Experiment, trials):

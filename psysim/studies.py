@@ -196,7 +196,11 @@ def apply_rules(
             if missing:
                 found = ", ".join(map(str, r.data)) or "none"
                 problems.append(
-                    Problem(f"item columns {missing} are not columns of the trial table (its columns: {found})", file=file, where=where)
+                    Problem(
+                        f"item columns {missing} are not columns of the trial table (its columns: {found})",
+                        file=file,
+                        where=where,
+                    )
                 )
                 return transcript, problems
             item = columns_item(study.item_columns, r.data)
@@ -253,11 +257,18 @@ class StudyProfile:
         elif self.responses:
             rows.append(("", "no options: only NLL is computed (option NLL, accuracy, Brier and pseudo-R² need options)"))
         if self.excluded:
-            rows.append(("", f"{self.excluded} responses are not among their trial's options and are left out (outside_options: drop)"))
+            rows.append(
+                ("", f"{self.excluded} responses are not among their trial's options and are left out (outside_options: drop)")
+            )
         med, lo, hi = self.per_item
         rows.append(("items", f"{self.item}: {self.items} distinct, responses per item median {med:g} (min {lo}, max {hi})"))
         if self.responses and self.items == 1:
-            rows.append(("", f"warning: one item for the whole study ({self.responses} responses): the population baseline is study-level frequencies"))
+            rows.append(
+                (
+                    "",
+                    f"warning: one item for the whole study ({self.responses} responses): the population baseline is study-level frequencies",
+                )
+            )
         if self.unshared:
             share = self.unshared / max(self.responses, 1)
             rows.append(
