@@ -221,6 +221,24 @@ class PersonAdjustedPopulation(_Baseline):
         self.l2 = l2
 
     # -- features ------------------------------------------------------------
+    @staticmethod
+    def _names(keys: list[str]) -> list[tuple[str, str]]:
+        """Per option: the two things a person may prefer, its key and its position among this many options."""
+        return [(k, f"#{j}/{len(keys)}") for j, k in enumerate(keys)]
+
+    def _reference(self, table) -> tuple[Counter, Counter]:
+        """Study-level counts of how often a key / a position was chosen and offered: the features' reference rates."""
+        offered: Counter = Counter()
+        chosen: Counter = Counter()
+        for exp, keys, choice in zip(table["experiment"], _keys(table), _choices(table), strict=True):
+            for pair in self._names(keys):
+                for name in pair:
+                    offered[(exp, name)] += 1
+            if choice in keys:
+                for name in self._names(keys)[keys.index(choice)]:
+                    chosen[(exp, name)] += 1
+        return chosen, offered
+
     def _design(self, table, population: PopulationFrequency, minus_own: bool):
         """(offsets, features, mask): the conditional logit's inputs, padded to the most options of a row.
 
@@ -234,22 +252,17 @@ class PersonAdjustedPopulation(_Baseline):
         exps, pids, items = list(table["experiment"]), list(table["participant"]), list(table["item"])
         previous = list(table["previous"]) if "previous" in table else [None] * len(table)
 
-        def names(keys: list[str]) -> list[tuple[str, str]]:
-            return [(k, f"#{j}/{len(keys)}") for j, k in enumerate(keys)]
-
-        # Study-level rates of choosing a key / a position when offered: the reference of the features.
-        offered: Counter = Counter()
-        chosen: Counter = Counter()
+        names = self._names
+        # The reference rates are the training participants' (fitted), never the predicted rows'.
+        chosen, offered = self.reference_
         own_off: Counter = Counter()
         own_cho: Counter = Counter()
         for exp, pid, keys, choice in zip(exps, pids, keys_all, choices, strict=True):
             for pair in names(keys):
                 for name in pair:
-                    offered[(exp, name)] += 1
                     own_off[(exp, pid, name)] += 1
             if choice in keys:
                 for name in names(keys)[keys.index(choice)]:
-                    chosen[(exp, name)] += 1
                     own_cho[(exp, pid, name)] += 1
         width = max((len(k) for k in keys_all), default=1)
         offsets = np.full((len(table), width), -np.inf)
@@ -292,6 +305,7 @@ class PersonAdjustedPopulation(_Baseline):
         if not self.prior > 0 or not self.l2 >= 0:
             raise ValueError(f"prior must be > 0 and l2 >= 0, got prior={self.prior!r}, l2={self.l2!r}")
         self.population_ = PopulationFrequency(self.alpha).fit(table)
+        self.reference_ = self._reference(table)
         offsets, features = self._design(table, self.population_, minus_own=True)
         targets = np.array([k.index(c) if c in k else -1 for k, c in zip(_keys(table), _choices(table), strict=True)])
         keep = targets >= 0

@@ -365,6 +365,8 @@ def _semantic_problems(data: dict[str, Any], at, resolve) -> list[Problem]:
     for at_data, d in entries:
         for path in _expand(d, resolve):
             name = _study_name(d, path)
+            if not name:
+                continue  # named by the file's experiment values when it is read
             if name in names and names[name] != at_data + (path,):
                 where = at_data + ("name",) if "name" in d else at_data + ("path",)
                 problems.append(
@@ -477,19 +479,15 @@ def _expand(d: dict[str, Any], resolve) -> list[Path]:
 
 
 def _study_name(d: dict[str, Any], path: Path) -> str:
-    """A study's name: ``data.name``; else a Psych-201 folder's name (``<study>/prompts.jsonl``), else the file's stem."""
+    """A study's name: ``data.name``; else a Psych-201 folder's name (``<study>/prompts.jsonl``); else "" (then the
+    file's own ``experiment`` value names it, or each of its values names one study, when the file is read)."""
     if isinstance(d.get("name"), str) and not any(ch in str(d.get("path", "")) for ch in GLOB_CHARS):
         return d["name"]
     if d.get("format") == "trials":
         return d.get("experiment") or d.get("name") or ""
-    stem = path.name
-    for suffix in (".jsonl.zip", ".jsonl", ".zip"):
-        if stem.lower().endswith(suffix):
-            stem = stem[: -len(suffix)]
-            break
-    if stem == "prompts" and path.parent.name:
+    if path.name.lower() in ("prompts.jsonl", "prompts.jsonl.zip") and path.parent.name:
         return path.parent.name
-    return stem
+    return ""
 
 
 def _pattern_problem(pattern: Any, groups: int | None = 1) -> str | None:
@@ -620,7 +618,7 @@ def _study(d: dict[str, Any], at_data: tuple[Any, ...], path: Path, resolve, exp
     cols = d.get("columns", {})
     opts = d.get("options")
     item = d.get("item", "text")
-    name = _study_name(d, path) or experiment_name
+    name = _study_name(d, path) or (experiment_name if d["format"] == "trials" else "")
     return DataConfig(
         format=d["format"],
         path=path,

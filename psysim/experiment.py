@@ -170,7 +170,7 @@ class Experiment:
         self.task: StructuredTask | None = None
         self.transcripts: dict[str, Transcript] = {}
         #: The studies by name (one entry of ``data:`` per study; a glob gives one per file).
-        self.studies = {s.name: s for s in config.studies} if config.studies else {config.data.name: config.data}
+        self.studies = {s.name: s for s in config.studies if s.name} if config.studies else {config.data.name: config.data}
         #: Each participant's study (Psych-201 data; a trial table is one study).
         self.study_of: dict[str, str] = {}
         self._lines: dict[str, tuple[str, int]] = {}
@@ -270,10 +270,13 @@ class Experiment:
             located = []
             for study in c.studies:
                 shown = display_path(study.path)
-                records = read_psych201(study.path, study=study.name, prefix=f"{study.name}/" if several else "")
+                prefix = f"{study.name or _stem(study.path)}/" if several else ""
+                records = read_psych201(study.path, study=study.name or None, prefix=prefix)
                 for r in records:
+                    name = r.transcript.experiment
+                    self.studies.setdefault(name, replace(study, name=name))
                     self.transcripts[r.transcript.participant] = r.transcript
-                    self.study_of[r.transcript.participant] = study.name
+                    self.study_of[r.transcript.participant] = name
                     self._lines[r.transcript.participant] = (shown, r.line)
                     located.append((r.transcript.participant, r.profile, Location(shown, line=r.line)))
             if c.cohort.path is None:
@@ -648,6 +651,15 @@ class Experiment:
             for name, ts in by_study.items()
             if ts
         ]
+
+
+def _stem(path: Path) -> str:
+    """A data file's name without its suffixes (``studies/a.jsonl.zip`` → ``a``)."""
+    name = path.name
+    for suffix in (".jsonl.zip", ".jsonl", ".zip"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
 
 
 def _examples(ids: list[str], most: int = 5) -> str:

@@ -148,7 +148,14 @@ def _paired(trials, across: str, before: str, after: str, *, measure: str, seed:
         wide = wide.reset_index()
         for r in paired(boot, wide, before, after):
             rows.append(
-                {**dict(zip(within, key, strict=True)), "measure": measure, "before": before, "after": after, "mean": r.pop("estimate"), **r}
+                {
+                    **dict(zip(within, key, strict=True)),
+                    "measure": measure,
+                    "before": before,
+                    "after": after,
+                    "mean": r.pop("estimate"),
+                    **r,
+                }
             )
     columns = [*within, "measure", "before", "after", "experiment", "mean", "ci_low", "ci_high", "n", "responses", "d_z"]
     return pd.DataFrame(rows, columns=columns)

@@ -175,6 +175,7 @@ def _score_model(exp, model, batches, todo, store: RunFolder, backends, dry_run,
     cfg = exp.config
     backend = backend_for(model, cfg.folder, backends, dry_run, progress)
     store.record_model(model.name, backend.identity())
+
     def prompts_of(batch):
         return len(model.formats) * sum(len(exp.conditions_for(pid)) for pid in batch)
 

@@ -251,16 +251,19 @@ def read_psych201(path: str | Path, *, study: str | None = None, prefix: str = "
     A participant is identified by (sub-experiment, participant): in a file
     that holds several values of ``experiment``, ids are written
     ``<experiment>/<participant>``, so one id in two sub-experiments is two
-    people. ``prefix`` is put before every id (``<study>/`` when an experiment
-    reads several studies); ``study`` names the transcripts' experiment (the
-    study; default: the file's own ``experiment`` value).
+    people, and each sub-experiment is a study of its own (named by its
+    value). ``prefix`` is put before every id (``<study>/`` when an
+    experiment reads several files); ``study`` names the transcripts' study
+    when the file holds one sub-experiment (default: its ``experiment`` value).
     """
     problems: list[Problem] = []
     table = read_jsonl(path, what="Psych-201 data file", problems=problems)
     shown = table.path
     records: list[PsychRecord] = []
     first_line: dict[str, int] = {}
-    subs = {row.get("experiment") for row in table.rows if isinstance(row.get("experiment"), str)}
+    subs = {
+        row["experiment"].strip() for row in table.rows if isinstance(row.get("experiment"), str) and row["experiment"].strip()
+    }
     for row, line in zip(table.rows, table.lines, strict=True):
         pid = participant_id(row.get("participant"))
         if pid is not None:
@@ -337,7 +340,8 @@ def read_psych201(path: str | Path, *, study: str | None = None, prefix: str = "
             )
             for i, (s, e) in enumerate(spans)
         )
-        transcript = Transcript(pid, study or experiment, text, responses, f"{shown}:{line}")
+        name = experiment.strip() if len(subs) > 1 or not study else study
+        transcript = Transcript(pid, name, text, responses, f"{shown}:{line}")
         records.append(PsychRecord(transcript, profile, line))
     if not table.rows and not problems:
         problems.append(Problem("the file has no participants", file=shown))

@@ -42,6 +42,12 @@ def test_the_unbroken_toy_experiment_is_valid(toy, run_cli):
         "  participants 3",
         "  responses    6 (per participant: median 2, min 2, max 2)",
         "  profiles     known fields: age 2, gender 3",
+        "  study        toy: 3 participants, 6 responses",
+        "    options    none (NLL only)",
+        "               no options: only NLL is computed (option NLL, accuracy, Brier and pseudo-R² need options)",
+        "    items      the trial's text since the previous response: 2 distinct, responses per item median 3 (min 3, max 3)",
+        "    example    participant p1, trial 1: 'Pick A or B. You pick' → options none, response 'A'",
+        "    example    participant p1, trial 2: '. Again? You pick' → options none, response 'B'",
         "  conditions   no_persona, persona (interview), shuffled_persona (interview)",
         "  models       tiny (raw, chat)",
         "  output       runs/toy",
@@ -80,7 +86,7 @@ def test_unknown_top_level_key_suggests_the_right_one(toy, run_cli):
             "  path: data.jsonl\n",
             "  path: data.jsonl\n  fromat: psych201\n",
             "  - experiment.yaml:6:3: data.fromat: unknown key 'fromat' (did you mean 'format'?); "
-            "expected one of: columns, experiment, format, items, layout, options, path, separator, templates",
+            "expected one of: columns, experiment, format, item, items, layout, name, options, outside_options, path, separator, templates",
         ),
         (
             "    chat_template: chatml\n",

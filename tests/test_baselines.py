@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from psysim.baselines import (
-    IndividualCeiling,
+    PersonAdjustedPopulation,
     PopulationFrequency,
     ProfileModel,
     UniformBaseline,
@@ -32,14 +32,22 @@ TABLE = pd.DataFrame(
     **{"profile.age": [30.0, 30.0, 30.0, 60.0, 60.0, None, None], "profile.group": ["a", "a", "a", "b", "b", "b", None]},
 )
 
-ALL = [UniformBaseline, PopulationFrequency, ProfileModel, IndividualCeiling]
+ALL = [UniformBaseline, PopulationFrequency, ProfileModel, PersonAdjustedPopulation]
 
 
 @pytest.mark.parametrize("cls", ALL)
 def test_scikit_learn_contract(cls):
     """Parameters in __init__, fit returns self, learned attributes end in '_', predict_proba gives distributions."""
+    from sklearn.base import BaseEstimator, clone
+
     est = cls()
-    assert est.get_params() == ({"alpha": 1.0, "C": 1.0} if cls is ProfileModel else {"alpha": 1.0})
+    params = {
+        "alpha": 1.0,
+        **({"C": 1.0} if cls is ProfileModel else {}),
+        **({"l2": 1.0, "prior": 2.0} if cls is PersonAdjustedPopulation else {}),
+    }
+    assert isinstance(est, BaseEstimator) and est.get_params() == params
+    assert clone(est).get_params() == params
     assert est.set_params(alpha=0.5) is est and est.alpha == 0.5
     assert not [k for k in vars(est) if k.endswith("_")]
     assert est.fit(TABLE) is est
@@ -48,8 +56,8 @@ def test_scikit_learn_contract(cls):
     assert len(probs) == len(TABLE)
     assert all(len(p) == 2 and sum(p) == pytest.approx(1.0) and min(p) > 0 for p in probs)
     with pytest.raises(ValueError, match="alpha must be > 0"):
-        cls(alpha=0)
-    with pytest.raises(ValueError, match="unknown parameter 'beta'"):
+        cls(alpha=0).fit(TABLE)  # scikit-learn's convention: parameters are checked in fit
+    with pytest.raises(ValueError, match="beta"):
         est.set_params(beta=1)
 
 
@@ -61,12 +69,91 @@ def test_population_frequency_by_hand():
     assert probs[1] == pytest.approx([(3 + 1) / (5 + 2), (2 + 1) / (5 + 2)])  # item z unseen: the study
 
 
-def test_individual_ceiling_leaves_the_trial_out():
-    """p1 answered A, A, B: predicting its trial 2 (B) uses A, A only."""
-    est = IndividualCeiling().fit(TABLE)
-    probs = est.predict_proba(TABLE[TABLE["participant"] == "p1"])
-    assert probs[0] == pytest.approx([(1 + 1) / 4, (1 + 1) / 4])  # without this A: one A, one B
-    assert probs[2] == pytest.approx([(2 + 1) / 4, (0 + 1) / 4])  # without this B: two A
+def _cohort(n_people: int, n_trials: int, biased: bool, seed: int):
+    """A synthetic two-option study: each trial shows keys A/B in a random order; every item is shared.
+
+    ``biased``: every person has a strong, stable preference (0.9 for their own favourite key, half the
+    people A, half B); otherwise everyone chooses A with probability 0.6 whatever they did before.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n_people):
+        favourite = "A" if i % 2 else "B"
+        for t in range(n_trials):
+            options = ["A", "B"] if rng.random() < 0.5 else ["B", "A"]
+            p_a = (0.9 if favourite == "A" else 0.1) if biased else 0.6
+            rows.append(("s", f"p{i}", t, f"item {t}", options, "A" if rng.random() < p_a else "B"))
+    return pd.DataFrame(rows, columns=["experiment", "participant", "trial", "item", "options", "response"])
+
+
+def _nll(cv, name):
+    import math
+
+    g = cv[cv["baseline"] == name]
+    return sum(-math.log(p[o.index(r)]) for p, o, r in zip(g["option_probs"], g["options"], g["response"], strict=True)) / len(g)
+
+
+def test_person_adjusted_population_beats_the_population_where_people_differ():
+    """Every person has a strong stable bias: their other trials predict them far better than the population."""
+    cv = cross_validate(
+        _cohort(30, 12, biased=True, seed=1), {"population": PopulationFrequency(), "individual": PersonAdjustedPopulation()}
+    )
+    pop, ind = _nll(cv, "population"), _nll(cv, "individual")
+    assert pop > 0.65  # the population mixes A-people and B-people: near a coin flip
+    assert ind < pop - 0.2  # the person's own rate carries their preference
+
+
+def test_person_adjusted_population_stays_near_the_population_where_people_do_not_differ():
+    """Nobody differs: the learned weights stay near zero and the baseline is within noise of the population, never far worse."""
+    for seed in range(3):
+        cv = cross_validate(
+            _cohort(30, 12, biased=False, seed=seed),
+            {"population": PopulationFrequency(), "individual": PersonAdjustedPopulation()},
+        )
+        assert abs(_nll(cv, "individual") - _nll(cv, "population")) < 0.02
+
+
+def test_person_adjusted_population_never_reads_the_predicted_response():
+    """Flipping the predicted response changes nothing in its own prediction (other rows may change: they see it)."""
+    table = _cohort(10, 6, biased=True, seed=4)
+    est = PersonAdjustedPopulation().fit(table[table["participant"] != "p0"])
+    rows = table[table["participant"] == "p0"].reset_index(drop=True)
+    before = est.predict_proba(rows)[3]
+    flipped = rows.copy()
+    flipped.loc[3, "response"] = "B" if rows.loc[3, "response"] == "A" else "A"
+    assert est.predict_proba(flipped)[3] == pytest.approx(before)
+
+
+def test_roles_pool_counterbalanced_keys():
+    """Keys are counterbalanced (half the people press C for 'exists', half R): pooled by role, the population
+    predicts everyone as well as they deserve; pooled by letter, it would be no better than a coin flip."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(20):
+        keys = ["C", "R"] if i % 2 else ["R", "C"]  # first key means "exists"
+        for t in range(8):
+            exists = rng.random() < 0.9
+            rows.append(
+                (
+                    "s",
+                    f"p{i}",
+                    t,
+                    f"word {t}",
+                    keys,
+                    ["exists", "absent"],
+                    keys[0] if exists else keys[1],
+                    "exists" if exists else "absent",
+                )
+            )
+    table = pd.DataFrame(rows, columns=["experiment", "participant", "trial", "item", "options", "keys", "response", "choice"])
+    by_role = cross_validate(table, {"population": PopulationFrequency(), "uniform": UniformBaseline()})
+    by_letter = cross_validate(table.drop(columns=["keys", "choice"]), {"population": PopulationFrequency()})
+    assert _nll(by_role, "population") < 0.45 < 0.69 < _nll(by_role, "uniform")
+    assert _nll(by_letter, "population") > _nll(by_role, "population") + 0.1
 
 
 def test_cross_validation_never_sees_the_predicted_participant():
@@ -78,21 +165,22 @@ def test_cross_validation_never_sees_the_predicted_participant():
     assert got == expected
     uniform = cv[cv["baseline"] == "uniform"].reset_index(drop=True)
     assert uniform["option_probs"].tolist() == [[0.5, 0.5]] * 7
-    assert uniform["correct"].tolist() == [r == "A" for r in TABLE["response"]]  # ties go to the first option
+    assert uniform["correct"].tolist() == [0.5] * 7  # chance as it is: the expected accuracy 1/k
 
 
 def test_response_table_of_the_quickstart():
-    """The quickstart's responses, with items that pair up participants who saw the same trial text."""
+    """The quickstart's responses: each trial's two letters, roles, and items shared across people."""
     from conftest import REPO
 
     import psysim
 
     exp = psysim.load_experiment(REPO / "experiments" / "quickstart.yaml")
     table = response_table(exp)
-    assert len(table) == 450 and table["options"].notna().all()
+    assert len(table) == 450 and table["options"].map(len).eq(2).all()
     first = table.iloc[0]
-    assert first["item"].endswith("You predict <<") and first["response"] in first["options"]
-    assert table.groupby("item")["participant"].nunique().max() > 1  # items are shared across people
+    assert first["item"] == "trial 1" and first["response"] in first["options"]
+    assert sorted(first["keys"]) == ["seven", "three"] and first["choice"] in first["keys"]
+    assert table.groupby("item")["participant"].nunique().min() == 50  # every item is shared by everyone
 
 
 def test_profile_model_learns_what_the_profile_determines():
@@ -115,7 +203,7 @@ def test_profile_model_learns_what_the_profile_determines():
     fitted = ProfileModel().fit(table)
     assert fitted.predict_proba(unseen) == PopulationFrequency().fit(table).predict_proba(unseen)
     with pytest.raises(ValueError, match="C must be > 0"):
-        ProfileModel(C=0)
+        ProfileModel(C=0).fit(table)
 
 
 def test_participant_folds_are_seeded_balanced_and_cover_everyone():
@@ -126,7 +214,7 @@ def test_participant_folds_are_seeded_balanced_and_cover_everyone():
     folds = participant_folds(pids, 3, seed=5)
     assert sorted(folds) == sorted(set(pids))
     sizes = sorted(pd.Series(folds).value_counts().tolist())
-    assert sizes == [3, 3, 4]
+    assert sizes == [3, 3, 4]  # scikit-learn's GroupKFold, participants as groups
     assert participant_folds(pids, 3, seed=5) == folds
     assert participant_folds(pids, 3, seed=6) != folds
     assert participant_folds(pids, None, seed=5) == {f"p{i}": i for i in range(10)}  # leave one out
@@ -154,7 +242,7 @@ def test_k_fold_population_equals_fitting_on_the_other_folds_by_hand():
 
 
 def test_unfittable_baselines_say_why_instead_of_guessing():
-    """One participant: no population to learn from; one response: no other trials for the ceiling."""
+    """One participant: no population to learn from; one response: the person-adjusted model is the population."""
     one = TABLE[TABLE["participant"] == "p1"]
     out = cross_validate(one)
     pop = out[out["baseline"] == "population"]
@@ -162,11 +250,11 @@ def test_unfittable_baselines_say_why_instead_of_guessing():
     assert set(pop["note"]) == {"no other participant in study s to learn from"}
     assert out[out["baseline"] == "uniform"]["note"].isna().all()
     single = TABLE[(TABLE["participant"] == "p2") & (TABLE["trial"] == 0)]
-    ceiling = cross_validate(pd.concat([single, TABLE[TABLE["participant"] == "p1"]]), {"individual": IndividualCeiling()})
-    p2 = ceiling[ceiling["participant"] == "p2"]
-    assert p2["option_probs"].isna().all()
-    assert p2["note"].tolist() == ["only one response: no other trials of this participant to learn from"]
-    assert ceiling[ceiling["participant"] == "p1"]["note"].isna().all()
+    both = pd.concat([single, TABLE[TABLE["participant"] != "p2"]])
+    adjusted = cross_validate(both, {"individual": PersonAdjustedPopulation(), "population": PopulationFrequency()})
+    p2 = adjusted[(adjusted["participant"] == "p2")].set_index("baseline")
+    assert p2.loc["individual", "note"] == "fell back to the population: no other trials of this participant to learn from"
+    assert p2.loc["individual", "option_probs"] == pytest.approx(p2.loc["population", "option_probs"])
 
 
 def test_profile_model_notes_its_population_fallback():

@@ -29,13 +29,22 @@ def test_quickstart_validates_with_exact_summary(run_cli, monkeypatch):
     monkeypatch.chdir(REPO)
     r = run_cli("validate", "experiments/quickstart.yaml")
     assert r.exit_code == 0, r.stderr
-    assert r.stdout.splitlines() == [
+    lines = r.stdout.splitlines()
+    assert lines[:6] == [
         "ok: experiments/quickstart.yaml is valid",
-        "  experiment   quickstart (Thoma_et_al_2025_risky_choice)",
+        "  experiment   quickstart (thoma2025riskychoice)",
         "  data         participants/thoma2025riskychoice/prompts.jsonl (Psych-201 JSONL)",
         "  participants 50 (a seeded sample of 301)",
         "  responses    450 (per participant: median 9, min 9, max 9)",
         "  profiles     known fields: age 50, gender 50, condition 50",
+    ]
+    # Per study: the declared option rule, options per trial, items, and example trials with their options.
+    assert lines[6] == "  study        thoma2025riskychoice: 50 participants, 450 responses"
+    assert lines[7].startswith("    options    pattern «(?i)(?P<role>seven|three)")
+    assert lines[8].strip() == "per trial: 2 options: 450 responses; roles: seven, three"
+    assert lines[9] == "    items      the trial's position: 9 distinct, responses per item median 50 (min 50, max 50)"
+    assert lines[10].endswith("→ options ['Z', 'V'], response 'Z'")
+    assert lines[12:] == [
         "  conditions   no_persona, persona (interview), shuffled_persona (interview)",
         "  models       smollm2-135m-instruct (raw)",
         "  output       runs/quickstart",

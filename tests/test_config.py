@@ -242,7 +242,9 @@ def test_trials_only_keys_are_rejected_under_psych201(toy, extra):
 def test_options_column_is_rejected_under_psych201(toy):
     """psych201 data takes options only as a list, not as {column, sep}."""
     toy.write_yaml(EXPERIMENT.replace("  path: data.jsonl\n", "  path: data.jsonl\n  options: {column: x}\n"))
-    assert problems_of("experiment.yaml") == ['experiment.yaml:6:12: data.options: expected a list or "infer", found a mapping']
+    assert problems_of("experiment.yaml") == [
+        "experiment.yaml:6:12: data.options: {column, sep} applies to trials data; for psych201 give a list, {pattern}, pooled or none"
+    ]
 
 
 def test_psych201_options_list_is_accepted(toy):
@@ -270,7 +272,7 @@ def test_wrong_data_suffix_for_the_format(toy):
     """A psych201 data path must be a .jsonl file."""
     toy.write_yaml(EXPERIMENT.replace("path: data.jsonl", "path: schema.json"))
     assert problems_of("experiment.yaml") == [
-        "experiment.yaml:5:9: data.path: expected a .jsonl file for format psych201, found 'schema.json'"
+        "experiment.yaml:5:9: data.path: expected a .jsonl or .jsonl.zip file for format psych201, found 'schema.json'"
     ]
 
 

@@ -36,7 +36,7 @@ TRIALS = pd.DataFrame(
         row("s1", "p2", "A", math.log(0.25), [0.5, 0.5]),
         row("s2", "q1", "B", math.log(0.9), [0.1, 0.9]),
     ]
-)
+).assign(trial=[0, 1, 0, 0])
 
 
 def test_response_level_measures_by_hand():
@@ -74,31 +74,75 @@ def test_aggregation_follows_psych201():
     assert cond["accuracy"] == pytest.approx((2 / 3 + 1) / 2)
 
 
-def test_paired_bootstrap_equals_a_plain_reference():
-    """Mean difference, percentile CI and d_z equal a plain-Python computation from the same resampling draws."""
+def _reference_bootstrap(values: dict[str, dict[str, list[float]]], seed: int, n_boot: int, chunk: int = 256):
+    """An independent, plain-Python reference of psysim.stats.Bootstrap's documented scheme.
+
+    ``values[study][participant]`` are one series' response values. Per study (sorted names; participants sorted),
+    resample participants with replacement using numpy's generator seeded [seed, study index, chunk index] for each
+    chunk of ``chunk`` resamples; a study's resampled score is the mean of the resampled participants' responses
+    (a response-weighted mean); a resample's score is the plain mean over studies; the interval is the 2.5% and
+    97.5% linear quantiles.
+    """
     import statistics
 
     import numpy as np
 
-    from psysim.metrics import paired_bootstrap
-
-    before = [1.0, 2.0, 1.5, 3.0, 2.5, 0.5]
-    after = [0.8, 2.1, 1.0, 2.0, 2.6, 0.1]
-    got = paired_bootstrap(before, after, seed=11, n_boot=2000)
-    diff = [b - a for a, b in zip(before, after, strict=True)]
-    draws = np.random.default_rng(11).integers(0, len(diff), size=(2000, len(diff))).tolist()
-    means = sorted(statistics.fmean(diff[i] for i in row) for row in draws)
+    per_study = []
+    for si, study in enumerate(sorted(values)):
+        pids = sorted(values[study])
+        scores = []
+        for c, start in enumerate(range(0, n_boot, chunk)):
+            draws = np.random.default_rng([seed, si, c]).integers(0, len(pids), size=(min(chunk, n_boot - start), len(pids)))
+            for row_ in draws.tolist():
+                picked = [v for i in row_ for v in values[study][pids[i]]]
+                scores.append(statistics.fmean(picked))
+        per_study.append(scores)
+    means = sorted(statistics.fmean(col) for col in zip(*per_study, strict=True))
 
     def quantile(q):  # numpy's default (linear) definition
         pos = q * (len(means) - 1)
         lo = int(pos)
         return means[lo] + (means[min(lo + 1, len(means) - 1)] - means[lo]) * (pos - lo)
 
-    assert got["n"] == 6
-    assert got["mean"] == pytest.approx(statistics.fmean(diff))
-    assert got["ci_low"] == pytest.approx(quantile(0.025)) and got["ci_high"] == pytest.approx(quantile(0.975))
-    assert got["d_z"] == pytest.approx(statistics.fmean(diff) / statistics.stdev(diff))
-    assert paired_bootstrap(before, after, seed=11, n_boot=2000) == got  # same seed, same interval
+    point = statistics.fmean(statistics.fmean([v for vs in values[s].values() for v in vs]) for s in sorted(values))
+    return point, quantile(0.025), quantile(0.975)
+
+
+def test_the_one_bootstrap_equals_an_independent_reference():
+    """Study-stratified, participant-resampled, response-weighted per study, unweighted over studies; chunked draws."""
+    from psysim.stats import Bootstrap
+
+    values = {
+        "s1": {"a": [1.0, 2.0], "b": [0.5], "c": [3.0, 1.0, 2.0], "d": [0.0]},
+        "s2": {"x": [4.0], "y": [2.0, 2.5], "z": [1.0]},
+    }
+    frame = pd.DataFrame(
+        [(s, p, v) for s, ps in values.items() for p, vs in ps.items() for v in vs], columns=["experiment", "participant", "v"]
+    )
+    for chunk in (7, 256):  # the chunk size bounds memory; draws are defined per chunk, so test two
+        boot = Bootstrap(frame[["experiment", "participant"]], n_boot=600, seed=3, chunk=chunk)
+        got = boot.estimate(frame, ["v"])["v"]
+        point, lo, hi = _reference_bootstrap(values, seed=3, n_boot=600, chunk=chunk)
+        assert got.point == pytest.approx(point) and got.n == 7
+        assert (got.ci_low, got.ci_high) == (pytest.approx(lo), pytest.approx(hi))
+
+
+def test_the_bootstrap_keeps_memory_bounded_on_a_large_cohort():
+    """20,000 participants, 10,000 resamples: chunked draws never hold n_boot × n indices (1.6 GB) at once."""
+    import tracemalloc
+
+    import numpy as np
+
+    from psysim.stats import Bootstrap
+
+    n = 20_000
+    frame = pd.DataFrame({"experiment": "s", "participant": np.arange(n), "v": np.random.default_rng(0).random(n)})
+    boot = Bootstrap(frame[["experiment", "participant"]], n_boot=10_000, seed=0)
+    tracemalloc.start()
+    est = boot.estimate(frame, ["v"])["v"]
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 200e6 and est.ci_low < 0.5 < est.ci_high
 
 
 def test_compare_conditions_pairs_participants():
@@ -109,8 +153,9 @@ def test_compare_conditions_pairs_participants():
     for cond, shift in (("no_persona", 0.0), ("persona", -0.5)):
         for pid, lp in (("p1", -1.0), ("p2", -2.0), ("p3", -4.0)):
             rows.append(dict(row("s", pid, "A", lp - shift), condition=cond))
-    out = compare_conditions(pd.DataFrame(rows), "no_persona", "persona", seed=1, n_boot=500)
+    out = compare_conditions(pd.DataFrame(rows).assign(trial=0), "no_persona", "persona", seed=1, n_boot=500)
     [res] = out.to_dict("records")
+    assert res["experiment"] == "all studies"
     assert (res["model"], res["format"], res["n"]) == ("m", "raw", 3)
     assert res["mean"] == pytest.approx(-0.5)  # the persona lowers every participant's NLL by 0.5
     assert res["ci_low"] == pytest.approx(-0.5) and res["ci_high"] == pytest.approx(-0.5)
@@ -145,22 +190,24 @@ def test_headroom_recovered():
     """Share of the population-to-ceiling gap a model closes; undefined without headroom."""
     from psysim.metrics import headroom_recovered
 
-    assert headroom_recovered(model=1.5, population=2.0, ceiling=1.0) == pytest.approx(0.5)
-    assert headroom_recovered(model=2.0, population=2.0, ceiling=1.0) == 0.0
-    assert math.isnan(headroom_recovered(model=1.0, population=1.0, ceiling=1.2))
+    assert headroom_recovered(model=1.5, population=2.0, individual=1.0) == pytest.approx(0.5)
+    assert headroom_recovered(model=2.0, population=2.0, individual=1.0) == 0.0
+    assert math.isnan(headroom_recovered(model=1.0, population=1.0, individual=1.2))  # no gap
+    assert math.isnan(headroom_recovered(model=2.5, population=2.0, individual=1.0))  # worse than the population: not "−50%"
 
 
-def test_compare_models_is_the_paired_difference_of_participant_means():
-    """Fine-tuned minus base, per participant (mean NLL over their responses), bootstrapped as paired_bootstrap does."""
-    from psysim.metrics import compare_models, paired_bootstrap
+def test_compare_models_is_the_paired_difference_on_common_responses():
+    """Fine-tuned minus base: the difference of Psych-201 scores on the responses both scored, per study and over studies."""
+    from psysim.metrics import compare_models
 
     tuned = TRIALS.assign(model="tuned", logprob=TRIALS["logprob"] + pd.Series([0.1, 0.3, -0.2, 0.05]))
     both = pd.concat([TRIALS, tuned], ignore_index=True)
-    table = compare_models(both, "m", "tuned", measure="nll", seed=4, n_boot=500)
-    assert len(table) == 1
-    r = table.iloc[0]
-    # per participant: p1 mean change (-0.1 - 0.3) / 2 = -0.2; p2: +0.2; q1: -0.05 (NLL = -logprob)
-    assert r["mean"] == pytest.approx((-0.2 + 0.2 - 0.05) / 3, abs=1e-12)
-    expected = paired_bootstrap([0.0, 0.0, 0.0], [-0.2, 0.2, -0.05], seed=4, n_boot=500)
-    assert (r["ci_low"], r["ci_high"]) == (pytest.approx(expected["ci_low"]), pytest.approx(expected["ci_high"]))
-    assert r["n"] == 3 and (r["before"], r["after"]) == ("m", "tuned")
+    table = compare_models(both, "m", "tuned", measure="nll", seed=4, n_boot=500).set_index("experiment")
+    # NLL changes by -0.1, -0.3 (s1, p1), +0.2 (s1, p2), -0.05 (s2): s1's mean over responses -0.2/3, s2 -0.05
+    assert table.loc["s1", "mean"] == pytest.approx((-0.1 - 0.3 + 0.2) / 3)
+    assert table.loc["all studies", "mean"] == pytest.approx(((-0.1 - 0.3 + 0.2) / 3 - 0.05) / 2)
+    assert table.loc["all studies", "n"] == 3 and table.loc["all studies", "responses"] == 4
+    half = both.drop(index=[5])  # the tuned model did not score p1's second response: it leaves both arms
+    assert (
+        compare_models(half, "m", "tuned", measure="nll", seed=4, n_boot=500).set_index("experiment").loc["s1", "responses"] == 2
+    )

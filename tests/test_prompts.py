@@ -590,7 +590,7 @@ def test_derangement_needs_two_ids(ids):
         psysim.derangement(ids, 0)
 
 
-GROUPS = {"e1": [f"a{i}" for i in range(6)], "e2": ["b0", "b1", "b2"]}
+GROUPS_RAW = GROUPS = {"e1": [f"a{i}" for i in range(6)], "e2": ["b0", "b1", "b2"]}
 
 
 def grouped_records() -> list[dict]:
@@ -617,6 +617,8 @@ def test_shuffled_persona_mapping_is_a_seeded_derangement_within_each_experiment
     first = psysim.load_experiment(toy.yaml)
     second = psysim.load_experiment(toy.yaml)
     assert first.shuffle == second.shuffle
+    # The file holds two sub-experiments: each is a study, its ids written <experiment>/<participant>.
+    GROUPS = {e: [f"{e}/{p}" for p in ids] for e, ids in GROUPS_RAW.items()}
     expected = {**psysim.derangement(GROUPS["e1"], 7), **psysim.derangement(GROUPS["e2"], 7)}
     assert first.shuffle == expected
     for experiment, ids in GROUPS.items():
@@ -629,14 +631,14 @@ def test_shuffled_persona_mapping_is_a_seeded_derangement_within_each_experiment
     assert other.shuffle == {**psysim.derangement(GROUPS["e1"], 8), **psysim.derangement(GROUPS["e2"], 8)}
     assert other.shuffle != first.shuffle
 
-    by_id = {r["participant"]: r for r in records}
+    by_id = {f"{r['experiment']}/{r['participant']}": r for r in records}
     for pid, source in first.shuffle.items():
         for fmt in ("raw", "chat"):
             shuffled = first.render(pid, "shuffled_persona", format=fmt)
             assert shuffled.persona_of == source
             assert shuffled.persona == first.render(source, "persona").persona
             assert shuffled.persona == psych201_persona(by_id[source], TOY_QUESTIONS)
-            assert [shuffled.text[s:e] for s, e in shuffled.spans] == [pid]
+            assert [shuffled.text[s:e] for s, e in shuffled.spans] == [pid.split("/")[-1]]
         assert first.render(pid, "shuffled_persona").text == psych201_persona(by_id[source], TOY_QUESTIONS) + by_id[pid]["text"]
 
 

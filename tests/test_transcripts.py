@@ -256,9 +256,16 @@ def test_read_psych201_toy(toy):
     assert records[1].profile == {"age": "N/A", "gender": "Male"}
 
 
-def test_read_psych201_options_attached(toy):
-    records = read_psych201("data.jsonl", options=("A", "B"))
-    assert {r.options for rec in records for r in rec.transcript.responses} == {("A", "B")}
+def test_read_psych201_ids_are_unique_per_sub_experiment(tmp_path):
+    """One id in two sub-experiments of a file is two people: ids become <experiment>/<participant>, each its own study."""
+    path = tmp_path / "d.jsonl"
+    rows = [{"text": "<<a>>", "experiment": e, "participant": 1} for e in ("e1", "e2")]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    got = [(r.transcript.participant, r.transcript.experiment) for r in read_psych201(path, prefix="s/")]
+    assert got == [("s/e1/1", "e1"), ("s/e2/1", "e2")]
+    path.write_text(json.dumps(rows[0]) + "\n" + json.dumps(rows[0]) + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match="duplicate participant id"):
+        read_psych201(path)
 
 
 def test_read_psych201_normalises_integer_ids(tmp_path):
