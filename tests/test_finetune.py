@@ -24,7 +24,7 @@ seed: 3
 data:
   format: psych201
   path: {repo}/{thoma}/prompts.jsonl
-  options: infer
+  options: pooled
 cohort:
   schema: {repo}/{thoma}/schema.json
   sample: 20
