@@ -320,7 +320,7 @@ class PersonAdjustedPopulation(_Baseline):
 
         start = np.zeros(len(self.FEATURES))
         self.coef_ = minimize(loss, start, jac=True, method="L-BFGS-B").x if len(targets) else start
-        self.n_fit_ = int(len(targets))
+        self.n_fit_ = len(targets)
         return self
 
     def predict_proba(self, table) -> list[list[float]]:

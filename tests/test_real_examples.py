@@ -53,7 +53,8 @@ def test_big5_validates(run_cli):
     assert lines[0].startswith("ok: ") and lines[0].endswith("big5.yaml is valid")
     assert lines[2].endswith("(wide trial table: one row per participant, 50 items of experiments/big5/items.csv)")
     assert lines[3] == "  participants 200 (a seeded sample of 19719)"
-    assert re.fullmatch(r"  profiles     known fields: race \d+, age \d+ \(\d+ invalid, treated as unknown\), .*", lines[-5])
+    profiles = next(line for line in lines if line.startswith("  profiles"))
+    assert re.fullmatch(r"  profiles     known fields: race \d+, age \d+ \(\d+ invalid, treated as unknown\), .*", profiles)
     assert (
         lines[-1] == "  context      smollm2-135m-instruct (raw): all 600 transcripts fit its context"
         or "not pulled" in lines[-1]
