@@ -374,7 +374,7 @@ class ProfileModel(_Baseline):
                 continue
             encode = ColumnTransformer(
                 [
-                    ("num", make_pipeline(SimpleImputer(strategy="mean"), StandardScaler()), numeric),
+                    ("num", make_pipeline(SimpleImputer(strategy="mean", keep_empty_features=True), StandardScaler()), numeric),
                     ("cat", OneHotEncoder(handle_unknown="ignore"), other),
                 ]
             )
