@@ -226,25 +226,27 @@ class PersonAdjustedPopulation(_Baseline):
         """Per option: the two things a person may prefer, its key and its position among this many options."""
         return [(k, f"#{j}/{len(keys)}") for j, k in enumerate(keys)]
 
-    def _reference(self, table) -> tuple[Counter, Counter]:
-        """Study-level counts of how often a key / a position was chosen and offered: the features' reference rates."""
+    def _tally(self, table, *, per_person: bool) -> tuple[Counter, Counter]:
+        """How often each key / position was chosen and offered, per study (the features' reference rates) or per
+        study and participant (a person's own rates)."""
         offered: Counter = Counter()
         chosen: Counter = Counter()
-        for exp, keys, choice in zip(table["experiment"], _keys(table), _choices(table), strict=True):
+        whos = table["participant"] if per_person else [None] * len(table)
+        for exp, who, keys, choice in zip(table["experiment"], whos, _keys(table), _choices(table), strict=True):
+            at = (exp, who) if per_person else (exp,)
             for pair in self._names(keys):
                 for name in pair:
-                    offered[(exp, name)] += 1
+                    offered[(*at, name)] += 1
             if choice in keys:
                 for name in self._names(keys)[keys.index(choice)]:
-                    chosen[(exp, name)] += 1
+                    chosen[(*at, name)] += 1
         return chosen, offered
 
     def _design(self, table, population: PopulationFrequency, minus_own: bool):
-        """(offsets, features, mask): the conditional logit's inputs, padded to the most options of a row.
+        """(offsets, features): the conditional logit's inputs, padded to the most options of a row.
 
         ``offsets[i, j]`` is the population's log-probability of row ``i``'s
-        option ``j``; ``features[i, j]`` its three features; ``mask`` marks
-        real options (padding gets a log-probability of −inf).
+        option ``j`` (−inf for padding); ``features[i, j]`` its three features.
         """
         import numpy as np
 
@@ -255,15 +257,7 @@ class PersonAdjustedPopulation(_Baseline):
         names = self._names
         # The reference rates are the training participants' (fitted), never the predicted rows'.
         chosen, offered = self.reference_
-        own_off: Counter = Counter()
-        own_cho: Counter = Counter()
-        for exp, pid, keys, choice in zip(exps, pids, keys_all, choices, strict=True):
-            for pair in names(keys):
-                for name in pair:
-                    own_off[(exp, pid, name)] += 1
-            if choice in keys:
-                for name in names(keys)[keys.index(choice)]:
-                    own_cho[(exp, pid, name)] += 1
+        own_cho, own_off = self._tally(table, per_person=True)
         width = max((len(k) for k in keys_all), default=1)
         offsets = np.full((len(table), width), -np.inf)
         features = np.zeros((len(table), width, len(self.FEATURES)))
@@ -305,7 +299,7 @@ class PersonAdjustedPopulation(_Baseline):
         if not self.prior > 0 or not self.l2 >= 0:
             raise ValueError(f"prior must be > 0 and l2 >= 0, got prior={self.prior!r}, l2={self.l2!r}")
         self.population_ = PopulationFrequency(self.alpha).fit(table)
-        self.reference_ = self._reference(table)
+        self.reference_ = self._tally(table, per_person=False)
         offsets, features = self._design(table, self.population_, minus_own=True)
         targets = np.array([k.index(c) if c in k else -1 for k, c in zip(_keys(table), _choices(table), strict=True)])
         keep = targets >= 0

@@ -92,8 +92,6 @@ class DataConfig:
     layout: str = "long"
     #: The study's name in results (``data.name``; derived from the file when not given).
     name: str = ""
-    #: Where the entry is in the YAML file: ``("data",)`` or ``("data", i)``.
-    yaml_path: tuple[Any, ...] = ("data",)
 
     @property
     def declared_options(self) -> str:
@@ -377,8 +375,6 @@ def _semantic_problems(data: dict[str, Any], at, resolve) -> list[Problem]:
                 )
             names.setdefault(name, at_data + (path,))
     d = entries[0][1] if len(entries) == 1 else {}
-    if len(entries) > 1 and "path" in c:
-        pass  # ids of several studies are qualified (study/participant); the cohort file must use them
     # Table suffixes are checked here too, so that a wrong one points at its line of the YAML file.
     for yaml_path, value, allowed in (
         (("data", "items", "path"), d["items"].get("path") if isinstance(d.get("items"), dict) else None, TRIAL_TABLE_SUFFIXES),
@@ -613,7 +609,7 @@ def _finetune(f: dict[str, Any]) -> FinetuneConfig:
     )
 
 
-def _study(d: dict[str, Any], at_data: tuple[Any, ...], path: Path, resolve, experiment_name: str) -> DataConfig:
+def _study(d: dict[str, Any], path: Path, resolve, experiment_name: str) -> DataConfig:
     """One validated ``data`` entry (one file of a glob) as a :class:`DataConfig`."""
     cols = d.get("columns", {})
     opts = d.get("options")
@@ -643,7 +639,6 @@ def _study(d: dict[str, Any], at_data: tuple[Any, ...], path: Path, resolve, exp
         items_key=d.get("items", {}).get("key", "item"),
         layout=d.get("layout", "long"),
         name=name,
-        yaml_path=at_data,
     )
 
 
@@ -689,9 +684,7 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
     problems.sort(key=lambda pr: (pr.line or 0, pr.column or 0))
     raise_if(problems, ConfigError, f"invalid experiment file {shown}")
 
-    studies = tuple(
-        _study(d, at_data, path, resolve, data["name"]) for at_data, d in _entries(data["data"]) for path in _expand(d, resolve)
-    )
+    studies = tuple(_study(d, path, resolve, data["name"]) for _, d in _entries(data["data"]) for path in _expand(d, resolve))
     c = data["cohort"]
     cohort_cfg = CohortConfig(
         schema=resolve(c["schema"]),

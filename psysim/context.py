@@ -100,10 +100,10 @@ def drop_oldest_to_fit(exp, pid: str, condition: str, fmt: str, model: str | Non
     removed = [starts[k] - starts[0] for k in range(n)]
     lo, tokens_lo = 0, length(render(0))  # known not to fit
     hi = n - 1
-    tokens_hi = length(render(hi))
+    fitted = render(hi)
+    tokens_hi = length(fitted)
     if tokens_hi > limit or hi <= lo + 1:
-        prompt = render(hi)
-        return prompt, hi, tokens_hi
+        return fitted, hi, tokens_hi
     for step in itertools.count():
         if hi - lo <= 1:
             break
@@ -114,12 +114,13 @@ def drop_oldest_to_fit(exp, pid: str, condition: str, fmt: str, model: str | Non
             k = min(max(k, lo + 1), hi - 1)
         else:
             k = (lo + hi) // 2  # a guaranteed halving when interpolation is slow to converge
-        tokens = length(render(k))
+        prompt = render(k)
+        tokens = length(prompt)
         if tokens <= limit:
-            hi, tokens_hi = k, tokens
+            hi, tokens_hi, fitted = k, tokens, prompt
         else:
             lo, tokens_lo = k, tokens
-    return render(hi), hi, tokens_hi
+    return fitted, hi, tokens_hi
 
 
 @dataclass

@@ -205,13 +205,8 @@ class Experiment:
             groups.setdefault(self._experiment_of(pid), []).append(i)
         keep: set[int] = set()
         for members in groups.values():
-            if n >= len(members):
-                keep.update(members)
-            elif len(groups) == 1:
-                # One study: the same file and seed always give the same people (as before several studies existed).
-                keep.update(members[j] for j in random.Random(self.config.seed).sample(range(len(members)), n))
-            else:
-                keep.update(random.Random(self.config.seed).sample(members, n))
+            # random.sample draws positions, not values: one study draws the same people as before studies existed.
+            keep.update(members if n >= len(members) else random.Random(self.config.seed).sample(members, n))
         return [p for i, p in enumerate(self.participants) if i in keep]
 
     def _studies_without_profiles(self) -> set[str]:
@@ -327,11 +322,10 @@ class Experiment:
 
     def _match_participants(self) -> list[Problem]:
         """Problems of participants with a profile but no data or data but no profile; ``drop`` keeps those with both."""
-        shown = display_path(self.config.data.path)
+        shown = ", ".join(self._data_files())
         if self.task:
             data_where = self.task.where
         else:
-            shown = ", ".join(self._data_files())
             data_where = {pid: Location(file, line=line) for pid, (file, line) in self._lines.items()}
         if self.config.cohort.unmatched == "drop":
             no_data = [pid for pid in self.participants if pid not in data_where]

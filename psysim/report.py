@@ -247,7 +247,10 @@ def _condition_types(man) -> dict[str, dict[str, str]]:
 
 
 def _paired_rows(comparison, model, fmt, condition, measure, table, note_for) -> list[dict[str, Any]]:
-    """Comparison-table rows from a :func:`psysim.metrics.compare_conditions`-style table (one row per study and overall)."""
+    """Comparison-table rows from a :func:`psysim.metrics.compare_conditions`-style table (one row per study and overall).
+
+    ``model``, ``fmt`` and ``condition`` label every row; ``None`` takes each row's own column.
+    """
     out = []
     for r in table.itertuples(index=False):
         why = note_for(r) if note_for else None
@@ -256,7 +259,7 @@ def _paired_rows(comparison, model, fmt, condition, measure, table, note_for) ->
                 comparison=comparison,
                 model=model if model is not None else r.model,
                 format=fmt if fmt is not None else r.format,
-                condition=condition,
+                condition=condition if condition is not None else r.condition,
                 experiment=r.experiment,
                 measure=measure,
                 estimate=r.mean,
@@ -273,7 +276,6 @@ def _paired_rows(comparison, model, fmt, condition, measure, table, note_for) ->
 
 def _comparisons(run, trials, bl, boot, seed, n_boot, note):
     """Paired comparisons per model × format (× condition), over studies and per study, and headroom recovered."""
-    import numpy as np
     import pandas as pd
 
     man = run.manifest
@@ -357,25 +359,7 @@ def _comparisons(run, trials, bl, boot, seed, n_boot, note):
         for measure in ("nll", "accuracy"):
             table = compare_models(trials, pair["base"], pair["fine_tuned"], measure=measure, seed=seed, n_boot=n_boot)
             what = f"{pair['fine_tuned']} - {pair['base']}"
-            for r in table.itertuples(index=False):
-                why = few("fine-tuning")(r)
-                rows.append(
-                    dict(
-                        comparison="fine-tuning",
-                        model=what,
-                        format=r.format,
-                        condition=r.condition,
-                        experiment=r.experiment,
-                        measure=measure,
-                        estimate=r.mean,
-                        ci_low=r.ci_low,
-                        ci_high=r.ci_high,
-                        d_z=r.d_z,
-                        n=r.n,
-                        responses=r.responses,
-                        note=why,
-                    )
-                )
+            rows += _paired_rows("fine-tuning", what, None, None, measure, table, few("fine-tuning"))
     columns = [
         "comparison",
         "model",
@@ -396,7 +380,6 @@ def _comparisons(run, trials, bl, boot, seed, n_boot, note):
         if benefit
         else pd.DataFrame(columns=["model", "format", "experiment", "participant", "difference", "persona"])
     )
-    del np
     return pd.DataFrame(rows, columns=columns), benefit_frame
 
 

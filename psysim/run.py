@@ -376,10 +376,10 @@ def _manifest(exp: Experiment, participants, batches, dry_run, limit) -> dict[st
 
 def study_manifest(exp: Experiment, participants) -> dict[str, dict[str, Any]]:
     """Per study: its declared option and item rules, whether options are pooled, and whether it has profiles."""
-    chosen = set(participants)
+    chosen = {exp.study(p) for p in participants}
     out = {}
     for prof in exp.study_profiles():
-        if not any(exp.study(p) == prof.name for p in chosen):
+        if prof.name not in chosen:
             continue
         out[prof.name] = {
             "options": prof.options,

@@ -96,6 +96,7 @@ class Bootstrap:
         study_points: dict[str, list[float]] = {c: [] for c in columns}
         study_draws: dict[str, list[Any]] = {c: [] for c in columns}
         people: dict[str, set] = {c: set() for c in columns}
+        most: dict[str, int] = dict.fromkeys(columns, 0)  # the most participants any one study has for a column
         for si, (exp, pids) in enumerate(self.studies.items()):
             rows = frame[frame["experiment"] == exp]
             if not len(rows):
@@ -113,7 +114,9 @@ class Bootstrap:
                 sums[c] = np.bincount(pos[ok].astype(int), weights=values[ok], minlength=len(pids))
                 counts[c] = np.bincount(pos[ok].astype(int), minlength=len(pids)).astype(float)
                 study_points[c].append(sums[c].sum() / counts[c].sum())
-                people[c].update(rows.loc[ok, "participant"])
+                present = set(rows.loc[ok, "participant"])
+                people[c].update(present)
+                most[c] = max(most[c], len(present))
             if not sums:
                 continue
             boots = {c: [] for c in sums}
@@ -127,19 +130,11 @@ class Bootstrap:
             if not study_points[c]:
                 out[c] = Estimate(math.nan, math.nan, math.nan, 0)
                 continue
-            draws = np.nanmean(np.vstack(study_draws[c]), axis=0) if len(people[c]) > 1 else None
-            with np.errstate(invalid="ignore"):
-                lo, hi = _interval(draws)
-            if draws is not None and all(len(self._present(frame, c, exp)) < 2 for exp in self.studies):
-                # One participant per study: every resample is that participant; a zero-width interval would lie.
-                draws, lo, hi = None, math.nan, math.nan
+            # One participant per study: every resample is that participant; a zero-width interval would lie.
+            draws = np.nanmean(np.vstack(study_draws[c]), axis=0) if most[c] > 1 else None
+            lo, hi = _interval(draws)
             out[c] = Estimate(float(np.mean(study_points[c])), lo, hi, len(people[c]), draws)
         return out
-
-    @staticmethod
-    def _present(frame, column: str, exp: str) -> set:
-        rows = frame[(frame["experiment"] == exp) & frame[column].notna()]
-        return set(rows["participant"])
 
     def ratio(self, numerator: Estimate, denominator: Estimate) -> tuple[float, float]:
         """The percentile interval of the ratio of two series estimated with this instance (paired draws)."""

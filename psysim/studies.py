@@ -43,7 +43,6 @@ __all__ = [
     "pooled_options",
     "profile_study",
     "role_key",
-    "trial_item",
 ]
 
 #: How many example trials ``psysim validate`` shows per study.
@@ -72,17 +71,6 @@ def pattern_item(pattern: re.Pattern[str], text: str) -> str | None:
 def columns_item(columns: Iterable[str], row: dict) -> str:
     """A trial table's item: the values of the columns that identify the stimulus (``domain=gains | set=3``)."""
     return " | ".join(f"{c}={row.get(c)}" for c in columns)
-
-
-def trial_item(study: DataConfig, before: str, row: dict, number: int) -> str | None:
-    """The item of a trial-table trial from its rendered text, its row and its trial number (simulation uses this)."""
-    if study.item_rule == "position":
-        return f"trial {number}"
-    if study.item_rule == "columns":
-        return columns_item(study.item_columns, row)
-    if study.item_rule == "pattern":
-        return pattern_item(re.compile(study.item_pattern), before)
-    return normalise(before)
 
 
 def _options(pattern: re.Pattern[str], text: str, roles: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
