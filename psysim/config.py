@@ -370,7 +370,8 @@ def _semantic_problems(data: dict[str, Any], at, resolve) -> list[Problem]:
                 problems.append(
                     at(
                         where,
-                        f"two studies are named {name!r} (also {_jsonschema.format_path(names[name][:-1])}); give each a distinct data.name",
+                        f"two studies are named {name!r} (also {_jsonschema.format_path(names[name][:-1])}); give "
+                        "each a distinct data.name",
                     )
                 )
             names.setdefault(name, at_data + (path,))

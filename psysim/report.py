@@ -60,6 +60,8 @@ LABELS = {
 #: The comparison of a model with each baseline, in option NLL (model − baseline: negative means the model is better).
 AGAINST = ("uniform", "population", "individual")
 OVERALL = "all studies"
+#: How the note on studies without options begins (the per-study table footnotes its dashes with it).
+NO_OPTIONS = "No options are declared for"
 
 
 # ----------------------------------------------------------------------------- the report
@@ -135,7 +137,7 @@ def build_report(run: SavedRun | str | os.PathLike) -> Report:
     no_options = sorted(set(trials.loc[trials["options"].isna(), "experiment"]))
     option_note = (
         note(
-            f"No options are declared for {', '.join(no_options)}: option NLL, accuracy, Brier and pseudo-R² need each "
+            f"{NO_OPTIONS} {', '.join(no_options)}: option NLL, accuracy, Brier and pseudo-R² need each "
             "trial's options (declare data.options for the study: a list, or a pattern read on each trial)."
         )
         if no_options
@@ -190,7 +192,8 @@ def build_report(run: SavedRun | str | os.PathLike) -> Report:
             elif empty:
                 missing = int(frame["option_probs"].isna().sum())
                 why = note(
-                    f"{label}: {missing} of {len(frame)} responses have no prediction ({'; '.join(empty)}); the estimate uses the others."
+                    f"{label}: {missing} of {len(frame)} responses have no prediction ({'; '.join(empty)}); the "
+                    "estimate uses the others."
                 )
             elif math.isnan(e.ci_low):
                 why = note("One participant per study: no confidence interval.")
@@ -198,7 +201,8 @@ def build_report(run: SavedRun | str | os.PathLike) -> Report:
                 share = frame["note"].fillna("").str.startswith("fell back").mean()
                 fallback = "population frequencies" if name == "profile" else "study-level frequencies"
                 why = note(
-                    f"{label}: {share:.0%} of responses are predicted from {fallback} (their item was answered by no other participant, or its answers never vary)."
+                    f"{label}: {share:.0%} of responses are predicted from {fallback} (their item was answered by "
+                    "no other participant, or its answers never vary)."
                 )
             bl_rows.append(
                 dict(baseline=name, measure=measure, estimate=e.point, ci_low=e.ci_low, ci_high=e.ci_high, n=e.n, note=why)
@@ -214,7 +218,8 @@ def build_report(run: SavedRun | str | os.PathLike) -> Report:
 
 
 def _context_notes(man, trials, note) -> None:
-    """Notes on what is not scored alike in every arm: pooled option sets, responses dropped to fit a context, skipped personas."""
+    """Notes on what is not scored alike in every arm: pooled option sets, responses dropped to fit a context, "
+    "skipped personas."""
     studies = man.get("studies", {})
     pooled = sorted(s for s, v in studies.items() if v.get("pooled_options"))
     if pooled:
@@ -225,7 +230,8 @@ def _context_notes(man, trials, note) -> None:
     skipped = sorted(s for s, v in studies.items() if not v.get("profiles", True))
     if skipped:
         note(
-            f"{', '.join(skipped)}: no profile fields, so persona conditions were not run there (no_persona only); persona comparisons use the other studies."
+            f"{', '.join(skipped)}: no profile fields, so persona conditions were not run there (no_persona "
+            "only); persona comparisons use the other studies."
         )
     if "context_dropped" in trials and len(trials):
         per_prompt = trials.groupby([*CONDITION_KEYS, "experiment", "participant"], sort=False)["context_dropped"].first()
@@ -340,7 +346,7 @@ def _comparisons(run, trials, bl, boot, seed, n_boot, note):
         if group["option_nll"].isna().all() or not base_values:
             continue
         wide = group.set_index(keyed)["option_nll"].rename("model").to_frame()
-        for name, values in base_values.items():
+        for values in base_values.values():
             wide = wide.join(values, how="left")
         wide = wide.reset_index()
         for name in base_values:
@@ -348,7 +354,9 @@ def _comparisons(run, trials, bl, boot, seed, n_boot, note):
             label = f"model - {name}"
             rows += _paired_rows(label, model, fmt, cond, "option_nll", table, few(label))
         rows += _headroom(boot, wide, model, fmt, cond, note)
-    if "population" in base_values and "individual" in base_values:
+    if not {"population", "individual"} <= set(base_values):  # not declared, or not fittable (e.g. one participant)
+        note("Headroom recovered needs both the population and the person-adjusted population baselines (option NLL).")
+    else:
         wide = pd.concat([base_values["population"], base_values["individual"], base_values.get("uniform")], axis=1).reset_index()
         for before, after in (("uniform", "population"), ("population", "individual")):
             if before in wide and after in wide:
@@ -413,7 +421,8 @@ def _headroom(boot, wide, model, fmt, cond, note) -> list[dict[str, Any]]:
     if not (gap.ci_low > 0):
         row["note"] = note(
             f"Headroom recovered is not shown where the person-adjusted population is not reliably better than the population "
-            f"(gap {gap.point:.3f} nats, 95% CI [{gap.ci_low:.3f}, {gap.ci_high:.3f}]): there is no established individual-level gap to close."
+            f"(gap {gap.point:.3f} nats, 95% CI [{gap.ci_low:.3f}, {gap.ci_high:.3f}]): there is no established "
+            "individual-level gap to close."
         )
     elif not (est["individual"].point <= est["model"].point <= est["population"].point):
         row["note"] = note(
@@ -544,7 +553,10 @@ def _paragraphs(report: Report) -> list[str]:
             acc = group[(group["condition"] == plain) & (group["measure"] == "accuracy")]
             if len(row):
                 r = row.iloc[0]
-                s = f"Without a persona, {model} ({fmt} format) assigned the human responses an NLL of {_fmt(r.estimate)} ({_interval(r.ci_low, r.ci_high)})"
+                s = (
+                    f"Without a persona, {model} ({fmt} format) assigned the human responses an NLL of {_fmt(r.estimate)} "
+                    f"({_interval(r.ci_low, r.ci_high)})"
+                )
                 if len(onll) and not math.isnan(onll.iloc[0].estimate):
                     s += f", an option NLL of {_fmt(onll.iloc[0].estimate)}"
                 if len(acc) and not math.isnan(acc.iloc[0].estimate):
@@ -600,14 +612,16 @@ def _paragraphs(report: Report) -> list[str]:
                         "a person's own profile predicts them no better than someone else's",
                     )
                     sentences.append(
-                        f"Against a shuffled profile ({before}), the own profile changed NLL by {_fmt(r.estimate, 4)} ({_interval(r.ci_low, r.ci_high, 4)}): {v}."
+                        f"Against a shuffled profile ({before}), the own profile changed NLL by "
+                        f"{_fmt(r.estimate, 4)} ({_interval(r.ci_low, r.ci_high, 4)}): {v}."
                     )
         head = comps[(comps["comparison"] == "headroom recovered") & (comps["model"] == model) & (comps["format"] == fmt)]
         for r in head.itertuples(index=False):
             if types.get(r.condition, {}).get("type") != "persona" or math.isnan(r.estimate):
                 continue
             sentences.append(
-                f"With the profile ({r.condition}) it closes {r.estimate:.0%} ({_percent_interval(r.ci_low, r.ci_high)}) of the gap "
+                f"With the profile ({r.condition}) it closes {r.estimate:.0%} "
+                f"({_percent_interval(r.ci_low, r.ci_high)}) of the gap "
                 "in option NLL between the population and the person-adjusted population."
             )
         if sentences:
@@ -617,7 +631,8 @@ def _paragraphs(report: Report) -> list[str]:
         pop, ind = bl.loc[("population", "option_nll")], bl.loc[("individual", "option_nll")]
         if not math.isnan(pop.estimate) and not math.isnan(ind.estimate):
             s = (
-                f"Without any language model, the population's choices on the same item reach an option NLL of {_fmt(pop.estimate)}, "
+                "Without any language model, the population's choices on the same item reach an option NLL of "
+                f"{_fmt(pop.estimate)}, "
                 f"and the population adjusted to each person's other trials {_fmt(ind.estimate)}"
             )
             r = _pick(comps, "individual - population")
@@ -626,9 +641,11 @@ def _paragraphs(report: Report) -> list[str]:
                     r.ci_low,
                     r.ci_high,
                     r.n,
-                    f"the person's other trials reliably add to the population ({_fmt(r.estimate)} nats, {_interval(r.ci_low, r.ci_high)}), so there is individual-level signal for a persona to recover",
+                    f"the person's other trials reliably add to the population ({_fmt(r.estimate)} nats, "
+                    f"{_interval(r.ci_low, r.ci_high)}), so there is individual-level signal for a persona to recover",
                     f"the person-adjusted model is reliably worse than the population ({_interval(r.ci_low, r.ci_high)})",
-                    f"the person's other trials add nothing reliable to the population ({_interval(r.ci_low, r.ci_high)}), so by this measure there is no established individual-level headroom",
+                    "the person's other trials add nothing reliable to the population "
+                    f"({_interval(r.ci_low, r.ci_high)}), so by this measure there is no established individual-level headroom",
                 )
             out.append(s + ".")
     tuned = comps[(comps["comparison"] == "fine-tuning") & (comps["measure"] == "nll") & (comps["experiment"] == OVERALL)]
@@ -642,7 +659,8 @@ def _paragraphs(report: Report) -> list[str]:
             "no reliable difference",
         )
         out.append(
-            f"Fine-tuning ({r.model}, {r.format}, {r.condition}) changed NLL by {_fmt(r.estimate, 4)} ({_interval(r.ci_low, r.ci_high, 4)}, d_z = {_fmt(r.d_z, 2)}, n = {r.n}): {v}."
+            f"Fine-tuning ({r.model}, {r.format}, {r.condition}) changed NLL by {_fmt(r.estimate, 4)} "
+            f"({_interval(r.ci_low, r.ci_high, 4)}, d_z = {_fmt(r.d_z, 2)}, n = {r.n}): {v}."
         )
     post = report.post_training
     if len(post):
@@ -892,7 +910,7 @@ def _metric_rows(report: Report) -> list[dict[str, Any]]:
 
 def _study_rows(report: Report) -> list[dict[str, Any]]:
     """Per-study rows with one cell per measure; an option measure of a study without options is footnoted."""
-    missing = next((n for n in report.notes if n.startswith("No options are known for")), None)
+    missing = next((n for n in report.notes if n.startswith(NO_OPTIONS)), None)
     rows = []
     for r in _records(report.studies):
         cells = {}

@@ -135,7 +135,8 @@ def apply_rules(
             problems.append(
                 Problem(
                     f"options pattern {study.options_pattern!r} reads {len(from_instructions[0])} option(s) in the "
-                    f"participant's instructions, expected at least two; the instructions end: {_shown(transcript.instructions())}",
+                    "participant's instructions, expected at least two; the instructions end: "
+                    f"{_shown(transcript.instructions())}",
                     file=file,
                     line=line,
                     where=where,
@@ -254,7 +255,8 @@ class StudyProfile:
             rows.append(
                 (
                     "",
-                    f"warning: one item for the whole study ({self.responses} responses): the population baseline is study-level frequencies",
+                    f"warning: one item for the whole study ({self.responses} responses): the population baseline "
+                    "is study-level frequencies",
                 )
             )
         if self.unshared:

@@ -86,7 +86,8 @@ def test_unknown_top_level_key_suggests_the_right_one(toy, run_cli):
             "  path: data.jsonl\n",
             "  path: data.jsonl\n  fromat: psych201\n",
             "  - experiment.yaml:6:3: data.fromat: unknown key 'fromat' (did you mean 'format'?); "
-            "expected one of: columns, experiment, format, item, items, layout, name, options, outside_options, path, separator, templates",
+            "expected one of: columns, experiment, format, item, items, layout, name, options, outside_options, "
+            "path, separator, templates",
         ),
         (
             "    chat_template: chatml\n",

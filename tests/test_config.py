@@ -243,7 +243,8 @@ def test_options_column_is_rejected_under_psych201(toy):
     """psych201 data takes options only as a list, not as {column, sep}."""
     toy.write_yaml(EXPERIMENT.replace("  path: data.jsonl\n", "  path: data.jsonl\n  options: {column: x}\n"))
     assert problems_of("experiment.yaml") == [
-        "experiment.yaml:6:12: data.options: {column, sep} applies to trials data; for psych201 give a list, {pattern}, pooled or none"
+        "experiment.yaml:6:12: data.options: {column, sep} applies to trials data; for psych201 give a list, "
+        "{pattern}, pooled or none"
     ]
 
 

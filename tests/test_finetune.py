@@ -119,9 +119,11 @@ def test_finetune_then_run_on_held_out_people(ft, run_cli):
     from psysim.report import build_report
 
     comps = build_report(ft / "evalrun").comparisons
-    row = comps[(comps["comparison"] == "fine-tuning") & (comps["measure"] == "nll")].iloc[0]
+    row = comps[
+        (comps["comparison"] == "fine-tuning") & (comps["measure"] == "nll") & (comps["experiment"] == "all studies")
+    ].iloc[0]
     per_person = -trials.groupby(["model", "participant"])["logprob"].mean()
-    assert row["model"] == "tuned − base" and row["n"] == 4
+    assert row["model"] == "tuned - base" and row["n"] == 4
     assert row["estimate"] == pytest.approx((per_person["tuned"] - per_person["base"]).mean(), abs=1e-12)
 
 

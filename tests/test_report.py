@@ -162,14 +162,24 @@ def argmax_first(values) -> int:
     return best
 
 
-def option_values(options, probs, response) -> dict[str, float]:
-    """The four option measures of one response, from its option probabilities."""
+def tie_accuracy(probs, k: int) -> float:
+    """Expected accuracy when ties among the most probable options are broken at random (the baselines' accuracy)."""
+    top = [i for i, p in enumerate(probs) if p == max(probs)]
+    return 1.0 / len(top) if k in top else 0.0
+
+
+def option_values(options, probs, response, *, ties: str = "first") -> dict[str, float]:
+    """The four option measures of one response, from its option probabilities.
+
+    ``ties``: ``first`` (a model's accuracy: its argmax, ties to the first option) or ``random`` (a baseline's:
+    the expected accuracy of a random pick among the most probable, 1/k for chance).
+    """
     options = list(options)
     k = options.index(response)
     nll = -math.log(probs[k])
     return {
         "option_nll": nll,
-        "accuracy": 1.0 if argmax_first(probs) == k else 0.0,
+        "accuracy": (1.0 if argmax_first(probs) == k else 0.0) if ties == "first" else tie_accuracy(probs, k),
         "brier": sum((p - (1.0 if i == k else 0.0)) ** 2 for i, p in enumerate(probs)),
         "pseudo_r2": 1.0 - nll / math.log(len(options)),
     }
@@ -192,7 +202,7 @@ def baseline_responses(bl: pd.DataFrame) -> dict[str, list[tuple[str, str, dict]
         if r.option_probs is None:
             continue
         out.setdefault(r.baseline, []).append(
-            (r.experiment, r.participant, option_values(r.options, list(r.option_probs), r.response))
+            (r.experiment, r.participant, option_values(r.options, list(r.option_probs), r.response, ties="random"))
         )
     return out
 
@@ -214,14 +224,19 @@ def units_of(trials: pd.DataFrame) -> dict[str, list[str]]:
 
 
 class Resamples:
-    """StudyBootstrap as documented: default_rng(seed); per study (sorted), pids sorted, integers(0, n_s, (n_boot, n_s))."""
+    """psysim.stats.Bootstrap as documented: per study (sorted; index si), pids sorted, resamples drawn in chunks of
+    256 with default_rng([seed, si, chunk]).integers(0, n_s, (rows, n_s))."""
 
-    def __init__(self, units: dict[str, list[str]], n_boot: int, seed: int):
-        rng = np.random.default_rng(seed)
+    def __init__(self, units: dict[str, list[str]], n_boot: int, seed: int, chunk: int = 256):
         self.n_boot = n_boot
-        self.studies = [
-            (exp, units[exp], rng.integers(0, len(units[exp]), size=(n_boot, len(units[exp])))) for exp in sorted(units)
-        ]
+        self.studies = []
+        for si, exp in enumerate(sorted(units)):
+            n = len(units[exp])
+            parts = [
+                np.random.default_rng([seed, si, c]).integers(0, n, size=(min(chunk, n_boot - start), n))
+                for c, start in enumerate(range(0, n_boot, chunk))
+            ]
+            self.studies.append((exp, units[exp], np.vstack(parts)))
 
     def series(self, rows, measure: str) -> list[float]:
         """Per resample: the mean over studies of (sum of the drawn participants' sums / sum of their counts)."""
@@ -422,26 +437,25 @@ def test_baselines_table_is_the_reference_over_baselines_parquet(big, big_report
             assert (r.ci_low, r.ci_high) == (pytest.approx(lo, abs=1e-12), pytest.approx(hi, abs=1e-12)), (name, measure)
             assert r.ci_low <= r.estimate <= r.ci_high
             assert r.n == 12
-    # `correct` in baselines.parquet is the argmax (ties to the first option) of its probabilities
+    # `correct` in baselines.parquet is the expected accuracy of a random pick among the most probable options
     for r in bl.itertuples(index=False):
-        assert bool(r.correct) == (list(r.options)[argmax_first(list(r.option_probs))] == r.response)
+        assert r.correct == tie_accuracy(list(r.option_probs), list(r.options).index(r.response))
     assert one(table, baseline="uniform", measure="option_nll").estimate == pytest.approx(math.log(2), abs=1e-15)
+    assert one(table, baseline="uniform", measure="accuracy").estimate == 0.5  # chance as it is: 1/k
 
 
-def test_population_and_ceiling_predictions_are_the_hand_computed_frequencies(big, big_report):
-    """LOPO population: Laplace-smoothed counts of the *other* participants' answers on the same trial of the study;
-    individual ceiling: the participant's own other trials, Laplace-smoothed."""
+def test_population_predictions_are_the_hand_computed_frequencies(big, big_report):
+    """LOPO population: Laplace-smoothed counts of the *other* participants' answers on the same trial of the study.
+    (The person-adjusted population's properties are tested in tests/test_baselines.py.)"""
     bl = pd.read_parquet(big / "baselines.parquet")
-    expected: dict[str, list] = {"population": [], "individual": []}
+    expected: dict[str, list] = {"population": []}
     for exp, people in CONSISTENT.items():
         for i, answers in enumerate(people):
             for t, answer in enumerate(answers):
                 others = [p[t] for j, p in enumerate(people) if j != i]
                 pop = [(others.count(o) + 1) / (len(others) + 2) for o in "AB"]
-                own = answers[:t] + answers[t + 1 :]
-                ind = [(own.count(o) + 1) / (len(own) + 2) for o in "AB"]
-                expected["population"].append((exp, f"{exp}p{i}", t, answer, pop))
-                expected["individual"].append((exp, f"{exp}p{i}", t, answer, ind))
+                # the file holds two sub-experiments (s1, s2): ids are <experiment>/<participant>
+                expected["population"].append((exp, f"{exp}/{exp}p{i}", t, answer, pop))
     for name, rows in expected.items():
         got = bl[bl["baseline"] == name]
         assert len(got) == len(rows)
@@ -460,24 +474,23 @@ def test_population_and_ceiling_predictions_are_the_hand_computed_frequencies(bi
 # --------------------------------------------------------------------------------------------- 3. comparisons
 
 
-def paired_reference(rows_before, rows_after, measure: str):
-    """Per-participant means, after − before, in (experiment, participant) order; mean, bootstrap CI, d_z."""
-    before, after = per_participant_mean(rows_before, measure), per_participant_mean(rows_after, measure)
-    keys = sorted(set(before) & set(after))
-    diff = [after[k] - before[k] for k in keys]
-    n = len(diff)
-    mean = sum(diff) / n
-    sd = math.sqrt(sum((d - mean) ** 2 for d in diff) / (n - 1))
-    rng = np.random.default_rng(SEED)
-    idx = rng.integers(0, n, size=(N_BOOT, n))
-    means = [sum(diff[j] for j in row) / n for row in idx]
-    lo, hi = np.quantile(means, [0.025, 0.975])
-    return dict(zip(keys, diff, strict=True)), mean, float(lo), float(hi), mean / sd
+def paired_reference(rows_before, rows_after, measure: str, boot):
+    """The documented paired comparison, by hand: on responses both arms scored (here all), the difference of
+    Psych-201 scores, its percentile CI from the study-stratified resamples, and d_z of per-participant differences."""
+    diffs = [(e, p, {measure: vb[measure] - va[measure]}) for (e, p, va), (_, _, vb) in zip(rows_before, rows_after, strict=True)]
+    mean = psych201_score(diffs, measure)
+    lo, hi = percentile_ci(boot.series(diffs, measure))
+    per_person = per_participant_mean(diffs, measure)
+    d = list(per_person.values())
+    m = sum(d) / len(d)
+    sd = math.sqrt(sum((x - m) ** 2 for x in d) / (len(d) - 1))
+    return per_person, mean, lo, hi, m / sd
 
 
 def test_persona_benefit_and_specificity_are_paired_participant_differences(big, big_report):
     trials = pd.read_parquet(big / "trials.parquet")
     rows = model_responses(trials)
+    boot = Resamples(units_of(trials), N_BOOT, SEED)
     comps = big_report.comparisons
     for label, before, after in (
         ("persona benefit", "no_persona", "persona"),
@@ -486,16 +499,21 @@ def test_persona_benefit_and_specificity_are_paired_participant_differences(big,
         for measure in ("nll", "option_nll"):
             lib = compare_conditions(response_metrics(trials), before, after, measure=measure, seed=SEED, n_boot=N_BOOT)
             for fmt in ("raw", "chat"):
-                diffs, mean, lo, hi, d_z = paired_reference(rows[("tiny", fmt, before)], rows[("tiny", fmt, after)], measure)
-                r = one(comps, comparison=label, format=fmt, measure=measure)
-                assert r.condition == f"{after} − {before}"
+                diffs, mean, lo, hi, d_z = paired_reference(
+                    rows[("tiny", fmt, before)], rows[("tiny", fmt, after)], measure, boot
+                )
+                r = one(comps, comparison=label, format=fmt, measure=measure, experiment="all studies")
+                assert r.condition == f"{after} - {before}"
                 assert (r.n, r.model) == (12, "tiny")
                 assert r.estimate == pytest.approx(mean, abs=1e-12), (label, fmt, measure)
                 assert r.ci_low == pytest.approx(lo, abs=1e-12) and r.ci_high == pytest.approx(hi, abs=1e-12)
                 assert r.d_z == pytest.approx(d_z, abs=1e-12)
                 assert r.ci_low <= r.estimate <= r.ci_high and pd.isna(r.note)
-                c = one(lib, format=fmt)
+                c = one(lib, format=fmt, experiment="all studies")
                 assert (c["mean"], c.ci_low, c.ci_high, c.d_z, c.n) == (r.estimate, r.ci_low, r.ci_high, r.d_z, r.n)
+                # per study too; s2 has 4 participants: shown, with the note that it is too few to call reliable
+                s2 = one(comps, comparison=label, format=fmt, measure=measure, experiment="s2")
+                assert s2.n == 4 and s2.note.startswith("Fewer than 10 participants")
                 if label == "persona benefit" and measure == "nll":
                     b = big_report.benefit[(big_report.benefit["format"] == fmt) & (big_report.benefit["persona"] == after)]
                     got = {(e, p): d for e, p, d in zip(b["experiment"], b["participant"], b["difference"], strict=True)}
@@ -504,27 +522,35 @@ def test_persona_benefit_and_specificity_are_paired_participant_differences(big,
                         assert got[k] == pytest.approx(d, abs=1e-12), k
 
 
-def test_headroom_recovered_is_the_share_of_the_population_to_ceiling_gap(big, big_report):
-    trials = pd.read_parquet(big / "trials.parquet")
+def test_headroom_recovered_is_shown_only_inside_a_reliable_gap(big, big_report):
+    """(population − model) / (population − person-adjusted), on common responses with paired resamples; a number
+    only where the gap's CI is above 0 and the model lies inside the gap, else a dash with the reason."""
+    trials = response_metrics(pd.read_parquet(big / "trials.parquet"))
+    bl = response_metrics(pd.read_parquet(big / "baselines.parquet").assign(logprob=math.nan))
     boot = Resamples(units_of(trials), N_BOOT, SEED)
-    bl = big_report.baselines
-    pop = one(bl, baseline="population", measure="option_nll").estimate
-    ceiling = one(bl, baseline="individual", measure="option_nll").estimate
-    assert pop - ceiling > 0.05  # consistent participants: the ceiling is clearly better
-    per = baseline_responses(pd.read_parquet(big / "baselines.parquet"))
-    pop_b, ceil_b = boot.series(per["population"], "option_nll"), boot.series(per["individual"], "option_nll")
+    key = ["experiment", "participant", "trial"]
+    base = {name: g.set_index(key)["option_nll"] for name, g in bl.groupby("baseline")}
     heads = big_report.comparisons[big_report.comparisons["comparison"] == "headroom recovered"]
-    rows = model_responses(trials)
-    assert len(heads) == len(rows) == 6
-    for (model, fmt, cond), responses in rows.items():
+    assert len(heads) == 6
+    for (model, fmt, cond), g in trials.groupby(["model", "format", "condition"]):
+        m = g.set_index(key)["option_nll"]
+        rows = [
+            (e, p, {"model": m[(e, p, t)], "pop": base["population"][(e, p, t)], "ind": base["individual"][(e, p, t)]})
+            for e, p, t in m.index
+        ]
+        for _, _, v in rows:
+            v["gap"], v["gain"] = v["pop"] - v["ind"], v["pop"] - v["model"]
+        gap_lo, _ = percentile_ci(boot.series(rows, "gap"))
+        point = {k: psych201_score(rows, k) for k in ("model", "pop", "ind", "gap", "gain")}
         r = one(heads, model=model, format=fmt, condition=cond)
-        m = one(big_report.metrics, model=model, format=fmt, condition=cond, measure="option_nll").estimate
-        assert r.estimate == pytest.approx((pop - m) / (pop - ceiling), abs=1e-12)
-        model_b = boot.series(responses, "option_nll")
-        ratio = [(p - x) / (p - c) for p, x, c in zip(pop_b, model_b, ceil_b, strict=True)]
-        lo, hi = percentile_ci(ratio)
-        assert r.ci_low == pytest.approx(lo, abs=1e-12) and r.ci_high == pytest.approx(hi, abs=1e-12)
-        assert r.measure == "option_nll" and r.n == 12 and pd.isna(r.note)
+        assert r.measure == "option_nll" and r.n == 12
+        if gap_lo > 0 and point["ind"] <= point["model"] <= point["pop"]:
+            assert r.estimate == pytest.approx(point["gain"] / point["gap"], abs=1e-12)
+            ratio = [x / y for x, y in zip(boot.series(rows, "gain"), boot.series(rows, "gap"), strict=True)]
+            lo, hi = percentile_ci(ratio)
+            assert r.ci_low == pytest.approx(lo, abs=1e-12) and r.ci_high == pytest.approx(hi, abs=1e-12)
+        else:
+            assert math.isnan(r.estimate) and r.note.startswith("Headroom recovered is not shown")
 
 
 # --------------------------------------------------------------------------------------------- 5. summary.csv, 8. determinism
@@ -603,24 +629,23 @@ def test_one_participant_baselines_are_dashes_with_their_reason(one_participant,
     assert r.stdout.endswith("wrote out/summary.csv and out/report.html\n")
     rep = build_report(out)
     bl = rep.baselines
-    for name in ("population", "profile"):
+    # The person-adjusted population learns its weights from other participants too: with one, nothing to learn from.
+    for name in ("population", "profile", "individual"):
         sel = bl[bl["baseline"] == name]
         assert len(sel) == 4 and sel["estimate"].isna().all() and sel["n"].eq(0).all()
         assert sel["note"].str.contains("no other participant in study toy", regex=False).all(), sel["note"].tolist()
-    ind = bl[bl["baseline"] == "individual"]
-    assert ind["estimate"].notna().all()
-    # p1 answered A then B: each trial is predicted from the other, (0 + 1) / (1 + 2) for the human's answer
-    assert one(bl, baseline="individual", measure="option_nll").estimate == pytest.approx(math.log(3), abs=1e-12)
     comps = rep.comparisons
     benefit = comps[comps["comparison"] == "persona benefit"]
     assert len(benefit) == 4 and benefit["ci_low"].isna().all() and benefit["n"].eq(1).all()
-    assert benefit["note"].str.contains("fewer than two participants have both conditions").all()
+    assert benefit["note"].str.contains("fewer than two participants have both arms").all()
     assert "headroom recovered" not in set(comps["comparison"])
-    assert any("Headroom recovered needs both the population and the individual-ceiling baselines" in n for n in rep.notes)
+    assert any(
+        "Headroom recovered needs both the population and the person-adjusted population baselines" in n for n in rep.notes
+    )
 
     page = page_of(out)
     bl_rows = {row[0]["text"].strip(): row for row in page.table("baseline")}
-    for label in ("population frequency", "profile-only model"):
+    for label in ("population frequency", "profile-only model", "person-adjusted population"):
         cells = bl_rows[label][2:]
         assert [c["text"].strip()[:1] for c in cells] == ["—"] * 4
         (link,) = set(cells[0]["links"])
@@ -654,24 +679,28 @@ def test_without_persona_conditions_the_notes_say_what_is_missing(tmp_path):
         n.startswith("Persona benefit needs a no_persona and a persona condition; this run has: no_persona") for n in rep.notes
     ), rep.notes
     comps = rep.comparisons
-    assert set(comps["comparison"]) == {"headroom recovered"}
+    assert not {"persona benefit", "persona specificity"} & set(comps["comparison"])
+    assert "headroom recovered" in set(comps["comparison"])
     assert rep.benefit.empty
 
-    # headroom: the ceiling is no better than the population, so it is undefined
+    # Everyone alternates: the person-adjusted population learns it from their other trials (the old ceiling, blind
+    # to the sequence, was worse than the population here); the mock model is worse than the population, outside
+    # the gap, so no share of the gap is shown.
     bl = rep.baselines
     pop = one(bl, baseline="population", measure="option_nll").estimate
-    ceiling = one(bl, baseline="individual", measure="option_nll").estimate
-    assert ceiling > pop
+    adjusted = one(bl, baseline="individual", measure="option_nll").estimate
+    assert adjusted < pop - 0.5
     r = one(comps, comparison="headroom recovered")
     assert math.isnan(r.estimate) and math.isnan(r.ci_low) and math.isnan(r.ci_high)
-    assert r.note.startswith("Headroom is undefined: the individual ceiling")
-    assert f"(option NLL {ceiling:.3f})" in r.note and f"population baseline ({pop:.3f})" in r.note
+    assert r.note.startswith("Headroom recovered is not shown where the model lies outside the gap")
+    worse = one(comps, comparison="model - population", experiment="all studies")
+    assert worse.ci_low > 0  # the model is reliably worse than the population: outside the gap indeed
 
     page = page_of(out)
     assert "Persona benefit needs a no_persona and a persona condition" in " ".join(page.notes.values())
-    (head,) = page.table("comparison")
-    assert head[5]["text"].strip().startswith("—") and head[5]["links"]
-    assert page.notes[head[5]["links"][0]].startswith("Headroom is undefined")
+    (head,) = [row for row in page.table("comparison") if row[0]["text"].strip() == "headroom recovered"]
+    assert head[6]["text"].strip().startswith("—") and head[6]["links"]
+    assert page.notes[head[6]["links"][0]].startswith("Headroom recovered is not shown")
     assert_no_nan_text(out)
     assert_empty_cells_are_explained(out)
 
@@ -690,8 +719,8 @@ def test_without_options_option_measures_are_dashes_and_there_are_no_baselines(n
     assert len(pd.read_parquet(out / "baselines.parquet")) == 0
     rep = build_report(out)
     why = (
-        "No options are known for toy: option NLL, accuracy, Brier and pseudo-R² need each trial's options "
-        "(set data.options, or options: infer)."
+        "No options are declared for toy: option NLL, accuracy, Brier and pseudo-R² need each trial's options "
+        "(declare data.options for the study: a list, or a pattern read on each trial)."
     )
     assert why in rep.notes
     m = rep.metrics
@@ -741,17 +770,18 @@ MIXED = """\
 name: mixed
 seed: 11
 data:
-  format: psych201
-  path: data.jsonl
-  options: infer
+  - format: psych201
+    path: s1.jsonl
+    options: [A, B]
+  - format: psych201
+    path: s2.jsonl
+    options: none
 cohort:
   schema: schema.json
 models:
   - name: tiny
     formats: [raw]
 conditions: [no_persona]
-scoring:
-  infer_options_max: 2
 evaluation:
   baselines: [uniform]
   bootstrap: 200
@@ -760,9 +790,13 @@ evaluation:
 
 @pytest.fixture(scope="module")
 def mixed(tmp_path_factory):
-    """Two studies; options are inferred for s1 (answers A/B) but not s2 (four distinct answers > infer_options_max)."""
+    """Two studies in two files; options are declared for s1 (answers A/B) but not s2 (options: none)."""
     patterns = {"s1": CONSISTENT["s1"], "s2": ["AB", "CA", "DD", "AC"]}
-    out = dry_run(make_experiment(tmp_path_factory.mktemp("mixed"), MIXED, records(patterns)))
+    folder = make_experiment(tmp_path_factory.mktemp("mixed"), MIXED, [])
+    for exp in patterns:
+        recs = records({exp: patterns[exp]})
+        (folder / f"{exp}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs), encoding="utf-8")
+    out = dry_run(folder)
     write_report(out)
     return out
 
@@ -789,13 +823,13 @@ def test_option_measures_average_over_the_studies_that_have_options(mixed):
         lo, hi = percentile_ci(s1_boot.series(s1, measure))
         assert (r.ci_low, r.ci_high) == (pytest.approx(lo, abs=1e-12), pytest.approx(hi, abs=1e-12))
         assert r.n == 8
-    assert rep.notes[0].startswith("No options are known for s2: ")
+    assert rep.notes[0].startswith("No options are declared for s2: ")
 
 
 def test_option_measures_over_fewer_studies_say_so(mixed):
     m = build_report(mixed).metrics
     options = m[m["measure"] != "nll"]
-    assert options["note"].fillna("").str.startswith("No options are known for s2").all(), options["note"].tolist()
+    assert options["note"].fillna("").str.startswith("No options are declared for s2").all(), options["note"].tolist()
 
 
 def test_report_renders_without_a_description(tmp_path):

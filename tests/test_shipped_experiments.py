@@ -40,22 +40,51 @@ def _config(path: Path) -> dict:
     return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
-def _expected_rows(path: Path) -> tuple[list[str], int]:
-    """The first LIMIT participants a run scores, and the rows it must write for them."""
-    cfg = _config(path)
-    assert cfg["data"]["format"] == "psych201", "this test counts responses of Psych-201 JSONL data"
-    data = (path.parent / cfg["data"]["path"]).resolve()
-    records = [json.loads(line) for line in data.read_text(encoding="utf-8").splitlines() if line.strip()]
-    responses = {str(r["participant"]): r["text"].count("<<") for r in records}
-    if "sample" in cfg.get("cohort", {}):
-        # A seeded sample: which participants it draws is psysim's to decide; their responses are counted here.
-        exp = psysim.load_experiment(path)
-        first = exp.participants[:LIMIT]
-        assert [len(exp.transcript(pid).responses) for pid in first] == [responses[pid] for pid in first]
+def _records(path: Path) -> list[dict]:
+    """A Psych-201 file's records, read here without psysim (a .jsonl.zip holds one .jsonl)."""
+    if path.name.endswith(".zip"):
+        import zipfile
+
+        with zipfile.ZipFile(path) as archive:
+            [member] = [m for m in archive.namelist() if m.endswith(".jsonl")]
+            text = archive.read(member).decode("utf-8")
     else:
-        first = [str(r["participant"]) for r in records[:LIMIT]]
+        text = path.read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _has_profiles(records: list[dict]) -> bool:
+    """Whether any record has a profile field (a key that is neither reserved nor per-response data)."""
+    return any(k not in ("text", "participant", "experiment") and not isinstance(v, list) for r in records for k, v in r.items())
+
+
+def _expected_rows(path: Path) -> tuple[list[str], int]:
+    """The first LIMIT participants a run scores (per study), and the rows it must write for them."""
+    cfg = _config(path)
+    studies = cfg["data"] if isinstance(cfg["data"], list) else [cfg["data"]]
+    assert all(d["format"] == "psych201" for d in studies), "this test counts responses of Psych-201 JSONL data"
     model_formats = sum(len(m.get("formats", ["raw"])) for m in cfg["models"])
-    return first, model_formats * len(cfg["conditions"]) * sum(responses[pid] for pid in first)
+    conditions = cfg["conditions"]
+    plain = sum(1 for c in conditions if (c if isinstance(c, str) else c["type"]) == "no_persona")
+    first, rows = [], 0
+    for d in studies:
+        data = (path.parent / d["path"]).resolve()
+        records = _records(data)
+        # Several studies: ids are <study>/<participant>, the study named after a Psych-201 file's folder.
+        prefix = f"{data.parent.name}/" if len(studies) > 1 else ""
+        responses = {prefix + str(r["participant"]): r["text"].count("<<") for r in records}
+        if "sample" in cfg.get("cohort", {}):
+            # A seeded sample: which participants it draws is psysim's to decide; their responses are counted here.
+            exp = psysim.load_experiment(path)
+            ids = exp.participants[:LIMIT]
+            assert [len(exp.transcript(pid).responses) for pid in ids] == [responses[pid] for pid in ids]
+        else:
+            ids = [prefix + str(r["participant"]) for r in records[:LIMIT]]
+        # A study without profile fields is scored under its no_persona conditions only.
+        n_conditions = len(conditions) if _has_profiles(records) else plain
+        first += ids
+        rows += model_formats * n_conditions * sum(responses[pid] for pid in ids)
+    return first, rows
 
 
 def test_experiments_are_shipped():
