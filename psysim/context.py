@@ -66,7 +66,7 @@ def fit_prompt(exp, pid: str, condition: str, fmt: str, model: str, *, limit: in
                 )
             ],
         )
-    prompt, dropped, length = drop_oldest_to_fit(exp, pid, condition, fmt, model, limit, count)
+    prompt, dropped, length = drop_oldest_to_fit(exp, pid, condition, fmt, model, limit, count, tokens=length)
     if length > limit:
         raise ModelError(
             f"participant {pid}: even the last trial alone does not fit the context of model {model!r} ({limit} tokens)"
@@ -74,7 +74,9 @@ def fit_prompt(exp, pid: str, condition: str, fmt: str, model: str, *, limit: in
     return prompt, dropped
 
 
-def drop_oldest_to_fit(exp, pid: str, condition: str, fmt: str, model: str | None, limit: int, count: Count):
+def drop_oldest_to_fit(
+    exp, pid: str, condition: str, fmt: str, model: str | None, limit: int, count: Count, *, tokens: int | None = None
+):
     """``(prompt, dropped, tokens)``: the prompt with the fewest oldest trials dropped so that it fits ``limit``.
 
     For a prompt already known not to fit whole. Persona and instructions are
@@ -83,7 +85,9 @@ def drop_oldest_to_fit(exp, pid: str, condition: str, fmt: str, model: str | Non
     ``tokens > limit`` when even the last trial alone does not fit (then the
     last trial is what is returned: never an empty transcript). The search
     interpolates on characters and falls back to bisection, so it is exact
-    (the fewest trials) in a handful of counts.
+    (the fewest trials) in a handful of counts. ``tokens``: the whole
+    prompt's length where the caller has counted it already (the longest
+    count of all: not done twice).
     """
 
     def render(k):
@@ -98,7 +102,7 @@ def drop_oldest_to_fit(exp, pid: str, condition: str, fmt: str, model: str | Non
     # Characters removed by dropping k trials; tokens per character are nearly constant within a transcript, so
     # interpolating on characters finds the cut in a few exact counts instead of a bisection's log2(n).
     removed = [starts[k] - starts[0] for k in range(n)]
-    lo, tokens_lo = 0, length(render(0))  # known not to fit
+    lo, tokens_lo = 0, tokens if tokens is not None else length(render(0))  # known not to fit
     hi = n - 1
     fitted = render(hi)
     tokens_hi = length(fitted)
@@ -216,12 +220,13 @@ def context_counts(exp, counters: dict[str, TokenCounter], participants=None) ->
                     row[0] += 1
                     row[2] += len(transcript.responses)
                     prompt = exp.render(pid, cond.name, format=fmt, model=model.name)
-                    if counter.count_tokens(prompt.text, prompt.spans, fmt == "raw") <= counter.max_length:
+                    whole = counter.count_tokens(prompt.text, prompt.spans, fmt == "raw")
+                    if whole <= counter.max_length:
                         continue
                     row[1] += 1
                     if cfg.context_policy == "drop_oldest":
                         _, dropped, tokens = drop_oldest_to_fit(
-                            exp, pid, cond.name, fmt, model.name, counter.max_length, counter.count_tokens
+                            exp, pid, cond.name, fmt, model.name, counter.max_length, counter.count_tokens, tokens=whole
                         )
                         row[3] += dropped
                         row[4] += tokens > counter.max_length
