@@ -134,7 +134,7 @@ def apply_rules(
         if len(from_instructions[0]) < 2:
             problems.append(
                 Problem(
-                    f"options pattern {study.options_pattern!r} reads {len(from_instructions[0])} option(s) in the "
+                    f"options pattern «{study.options_pattern}» reads {len(from_instructions[0])} option(s) in the "
                     "participant's instructions, expected at least two; the instructions end: "
                     f"{_shown(transcript.instructions())}",
                     file=file,
@@ -144,21 +144,21 @@ def apply_rules(
             )
             return transcript, problems
     out = []
+    # Per kind of problem, the trials it occurs on: a rule that fails on one trial usually fails on all of a
+    # participant's trials, and one located example with a count says it without a thousand lines.
+    failed: dict[str, list[tuple[int, str]]] = {}
     for r, text in zip(transcript.responses, texts, strict=True):
-        trial = f"{where}, trial {r.index + 1}"
         options, roles = r.options, r.roles
         if from_instructions is not None:
             options, roles = from_instructions
         elif option_pattern is not None:
             options, roles = _options(option_pattern, text, study.options_roles)
             if len(options) < 2:
-                problems.append(
-                    Problem(
-                        f"options pattern {study.options_pattern!r} reads {list(options) or 'no option'} on this trial, "
+                failed.setdefault("options", []).append(
+                    (
+                        r.index + 1,
+                        f"options pattern «{study.options_pattern}» reads {list(options) or 'no option'} on this trial, "
                         f"expected at least two options; the trial's text: {_shown(text)}",
-                        file=file,
-                        line=line,
-                        where=trial,
                     )
                 )
                 continue
@@ -171,12 +171,10 @@ def apply_rules(
         elif item_pattern is not None:
             item = pattern_item(item_pattern, text)
             if item is None:
-                problems.append(
-                    Problem(
-                        f"item pattern {study.item_pattern!r} matches nothing on this trial; the trial's text: {_shown(text)}",
-                        file=file,
-                        line=line,
-                        where=trial,
+                failed.setdefault("item", []).append(
+                    (
+                        r.index + 1,
+                        f"item pattern «{study.item_pattern}» matches nothing on this trial; the trial's text: {_shown(text)}",
                     )
                 )
                 continue
@@ -200,16 +198,20 @@ def apply_rules(
             if study.outside_options == "drop":
                 excluded = f"not among its trial's options {list(options)}"
             else:
-                problems.append(
-                    Problem(
+                failed.setdefault("outside", []).append(
+                    (
+                        r.index + 1,
                         f"response {r.text!r} is not among its trial's options {list(options)} "
                         f"(options: {study.declared_options}); set data.outside_options: drop to leave such responses out",
-                        file=file,
-                        line=line,
-                        where=trial,
                     )
                 )
         out.append(replace(r, options=options, roles=roles, item=item, excluded=excluded))
+    for trials in failed.values():
+        (first, message), rest = trials[0], trials[1:]
+        if rest:
+            shown = ", ".join(str(k) for k, _ in rest[:5]) + (", …" if len(rest) > 5 else "")
+            message += f" (the same kind of problem on {len(rest)} more trials of this participant: {shown})"
+        problems.append(Problem(message, file=file, line=line, where=f"{where}, trial {first}"))
     return replace(transcript, responses=tuple(out)), problems
 
 
