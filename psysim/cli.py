@@ -213,10 +213,15 @@ def run(experiment: Path, out: Path | None, limit: int | None, dry_run: bool, qu
         f"({result.manifest.get('seconds', 0):.1f} s{note})"
     )
     if len(trials):
-        from .metrics import CONDITION_KEYS, condition_metrics
+        from .metrics import CONDITION_KEYS, condition_metrics, dropped_to_fit
 
         summary = condition_metrics(trials).set_index(CONDITION_KEYS)
         columns = ["responses", "nll"] + [c for c in ("option_nll", "accuracy", "pseudo_r2") if summary[c].notna().any()]
+        dropped = dropped_to_fit(trials, by=tuple(CONDITION_KEYS))
+        if dropped is not None and len(dropped):
+            # Responses left out to fit the context are not in "responses": show them beside it, not only in the report.
+            summary["dropped to fit"] = dropped.reindex(summary.index, fill_value=0)
+            columns.insert(1, "dropped to fit")
         click.echo(summary[columns].to_string(float_format=lambda x: f"{x:.3f}"))
         click.echo(f"baselines, comparisons with CIs and plots: psysim report {display_path(result.out)}")
 

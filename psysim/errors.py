@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ConfigError", "DataError", "ModelError", "Problem", "PsysimError", "TemplateError"]
+__all__ = ["SHOWN_PROBLEMS", "ConfigError", "DataError", "ModelError", "Problem", "PsysimError", "TemplateError"]
+
+#: An error prints at most this many of its problems (a message says how many more there are).
+SHOWN_PROBLEMS = 50
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,14 @@ class PsysimError(Exception):
         if not self.problems:
             return self.message
         lines = [self.message]
-        lines += [f"  - {p}" for p in self.problems]
+        lines += [f"  - {p}" for p in self.problems[:SHOWN_PROBLEMS]]
+        rest = len(self.problems) - SHOWN_PROBLEMS
+        if rest > 0:
+            # A wrong rule on a large study fails for every participant: the first ones show what to fix.
+            lines.append(
+                f"  … and {rest} more (the first {SHOWN_PROBLEMS} of {len(self.problems)} are shown; "
+                "the exception's .problems lists every one)"
+            )
         return "\n".join(lines)
 
 

@@ -108,6 +108,20 @@ def study_metrics(trials):
     return _mean_by(trials, [*CONDITION_KEYS, "experiment"])
 
 
+def dropped_to_fit(trials, by: tuple[str, ...] = ("experiment", "condition")):
+    """Responses left unscored to fit a model's context (``scoring.context: drop_oldest``), summed per ``by``.
+
+    Each scored prompt records how many of its oldest trials it dropped
+    (``context_dropped``, the same on every row of the prompt); only groups
+    with at least one dropped response are returned.
+    """
+    if "context_dropped" not in trials or not len(trials):
+        return trials.iloc[:0].groupby(list(by))["context_dropped"].sum() if "context_dropped" in trials else None
+    per_prompt = trials.groupby([*CONDITION_KEYS, "experiment", "participant"], sort=False)["context_dropped"].first()
+    dropped = per_prompt[per_prompt > 0]
+    return dropped.groupby(list(by)).sum().astype(int)
+
+
 def condition_metrics(trials):
     """One row per model × format × condition: the unweighted mean over studies of each study's score."""
     studies = study_metrics(trials)
@@ -256,6 +270,11 @@ def distribution_distance(p, q, options, scale: str = "auto") -> tuple[str, floa
     return "jsd", jensen_shannon(p, q)
 
 
+#: An item's noise floor needs at least this many human responses: resampling one human answer always gives it
+#: back (a floor of 0), and a handful more still makes any simulator look far beyond the floor.
+FLOOR_MIN_HUMANS = 5
+
+
 def population_comparison(
     synthetic, humans, *, seed: int, n_boot: int = 200, by: str | None = None, level=None, scale: str = "auto"
 ):
@@ -263,16 +282,21 @@ def population_comparison(
 
     ``synthetic`` has one row per model × condition × synthetic participant ×
     trial (``simulated.parquet``), ``humans`` one row per human response
-    (``humans.parquet``); items are matched by experiment and item text.
-    Per model × condition × item: the response proportions of both, their
-    distance (:func:`distribution_distance`: Wasserstein-1 in scale points for
-    numeric rating options, else Jensen–Shannon divergence in bits), and the
-    *noise floor*: the mean distance between the humans' proportions and those
-    of ``n`` responses resampled from the humans (``n`` = the number of
-    synthetic responses; ``n_boot`` seeded resamples) — the distance a perfect
-    simulator would still show from sampling alone — with its 95th percentile.
-    ``by``/``level`` restrict both to participants whose ``profile.<by>`` equals
-    ``level`` (a subgroup); ``scale`` is passed to :func:`distribution_distance`.
+    (``humans.parquet``); items are matched by experiment and item (the
+    study's item rule, :mod:`psysim.studies`). Per model × condition × item:
+    the response proportions of both over the options the item offered (in
+    order of first appearance), their distance (:func:`distribution_distance`:
+    Wasserstein-1 in scale points for numeric rating options, else
+    Jensen–Shannon divergence in bits), and the *noise floor*: the mean
+    distance between the humans' proportions and those of ``n`` responses
+    resampled from the humans (``n`` = the number of synthetic responses;
+    ``n_boot`` seeded resamples) — the distance a perfect simulator would still
+    show from sampling alone — with its 95th percentile. Every synthetic item
+    has a row: where no human answered it, distance and floor are NaN; where
+    fewer than :data:`FLOOR_MIN_HUMANS` did, the floor is NaN; ``note`` says
+    which. ``by``/``level`` restrict both to participants whose
+    ``profile.<by>`` equals ``level`` (a subgroup); ``scale`` is passed to
+    :func:`distribution_distance`.
     """
     import numpy as np
     import pandas as pd
@@ -285,36 +309,40 @@ def population_comparison(
     rows = []
     for (model, condition, exp, item), g in synthetic.groupby(["model", "condition", "experiment", "item"], sort=False):
         h = human_items.get((exp, item))
-        if h is None or not len(h):
-            continue
-        options = list(g["options"].iloc[0])
+        offered = [*g["options"], *(h["options"] if h is not None and "options" in h else [])]
+        options = list(dict.fromkeys(o for opts in offered for o in opts))
         p = proportions(g["response"], options)
-        q = proportions(h["response"], options)
-        measure, distance = distribution_distance(p, q, options, scale)
-        human = h["response"].to_numpy()
-        floors = [
-            distribution_distance(proportions(human[rng.integers(0, len(human), size=len(g))], options), q, options, scale)[1]
-            for _ in range(n_boot)
-        ]
-        rows.append(
-            {
-                "model": model,
-                "condition": condition,
-                "experiment": exp,
-                "item": item,
-                "options": options,
-                "synthetic": p,
-                "human": q,
-                "n_synthetic": len(g),
-                "n_human": len(h),
-                "measure": measure,
-                "distance": distance,
-                "floor": float(np.mean(floors)),
-                "floor_p95": float(np.quantile(floors, 0.95)),
-            }
-        )
+        row = {
+            "model": model,
+            "condition": condition,
+            "experiment": exp,
+            "item": item,
+            "options": options,
+            "synthetic": p,
+            "human": None,
+            "n_synthetic": len(g),
+            "n_human": 0 if h is None else len(h),
+            "measure": None,
+            "distance": math.nan,
+            "floor": math.nan,
+            "floor_p95": math.nan,
+            "note": "no human response on this item",
+        }
+        if h is not None and len(h):
+            q = proportions(h["response"], options)
+            row["human"] = q
+            row["measure"], row["distance"] = distribution_distance(p, q, options, scale)
+            row["note"] = ""
+            if len(h) >= FLOOR_MIN_HUMANS:
+                human = h["response"].to_numpy()
+                draws = (human[rng.integers(0, len(human), size=len(g))] for _ in range(n_boot))
+                floors = [distribution_distance(proportions(d, options), q, options, scale)[1] for d in draws]
+                row["floor"], row["floor_p95"] = float(np.mean(floors)), float(np.quantile(floors, 0.95))
+            else:
+                row["note"] = f"{len(h)} human response(s): too few for a noise floor (at least {FLOOR_MIN_HUMANS})"
+        rows.append(row)
     columns = ["model", "condition", "experiment", "item", "options", "synthetic", "human", "n_synthetic", "n_human"]
-    return pd.DataFrame(rows, columns=[*columns, "measure", "distance", "floor", "floor_p95"])
+    return pd.DataFrame(rows, columns=[*columns, "measure", "distance", "floor", "floor_p95", "note"])
 
 
 def compare_models(trials, before: str, after: str, *, measure: str = "nll", seed: int, n_boot: int = 10_000):

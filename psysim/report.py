@@ -42,7 +42,7 @@ from typing import Any
 
 from .baselines import LABELS as BASELINE_LABELS
 from .files import display_path
-from .metrics import CONDITION_KEYS, compare_conditions, compare_models, post_training_d, response_metrics
+from .metrics import CONDITION_KEYS, compare_conditions, compare_models, dropped_to_fit, post_training_d, response_metrics
 from .stats import MIN_PARTICIPANTS, Bootstrap, paired, verdict
 from .store import SavedRun, open_run, write_atomic
 
@@ -233,16 +233,13 @@ def _context_notes(man, trials, note) -> None:
             f"{', '.join(skipped)}: no profile fields, so persona conditions were not run there (no_persona "
             "only); persona comparisons use the other studies."
         )
-    if "context_dropped" in trials and len(trials):
-        per_prompt = trials.groupby([*CONDITION_KEYS, "experiment", "participant"], sort=False)["context_dropped"].first()
-        dropped = per_prompt[per_prompt > 0]
-        if len(dropped):
-            by = dropped.groupby(["experiment", "condition"]).sum()
-            listing = "; ".join(f"{exp} / {cond}: {int(n)}" for (exp, cond), n in by.items())
-            note(
-                "Responses dropped to fit the model's context (scoring.context: drop_oldest), per study and condition: "
-                f"{listing}. Paired comparisons use only the responses scored in both arms."
-            )
+    dropped = dropped_to_fit(trials)
+    if dropped is not None and len(dropped):
+        listing = "; ".join(f"{exp} / {cond}: {n}" for (exp, cond), n in dropped.items())
+        note(
+            "Responses dropped to fit the model's context (scoring.context: drop_oldest), per study and condition: "
+            f"{listing}. Paired comparisons use only the responses scored in both arms."
+        )
 
 
 def _condition_types(man) -> dict[str, dict[str, str]]:
@@ -986,28 +983,57 @@ def _fmt_cut(x: float) -> str:
     return f"{x:g}"
 
 
-def _subgroups(humans, synthetic, max_levels: int = 6) -> list[tuple[str, str]]:
-    """(field, level) pairs for profile fields with 2..max_levels categorical levels shared by both cohorts.
+#: A categorical profile field splits the cohort into subgroups when it has 2 to this many levels among the humans.
+MAX_LEVELS = 6
 
-    Numeric fields count through their bands (:func:`add_bands`), not their raw values.
+
+def _subgroups(humans, synthetic, max_levels: int = MAX_LEVELS) -> tuple[list[tuple[str, str, str]], list[str]]:
+    """Subgroups to compare, and notes on fields that are not split.
+
+    Returns ``(field, level, reason)`` for every level of a categorical profile
+    field with 2..``max_levels`` levels among the humans or the synthetic
+    participants (``reason`` is empty where both cohorts have the level, else
+    says which has none), and one note per profile field that is not split
+    (too many levels, one level). Numeric fields count through their bands
+    (:func:`add_bands`), not their raw values.
     """
-    out = []
+    out, notes = [], []
     for column in [c for c in humans.columns if c.startswith("profile.") and c in synthetic.columns]:
+        name = column[len("profile.") :]
         values = humans[column].dropna().tolist()
         if not values or _numeric(values):
             continue
         levels = sorted({str(v) for v in values})
-        if 2 <= len(levels) <= max_levels:
-            shared = set(synthetic[column].dropna().astype(str))
-            out += [(column[len("profile.") :], level) for level in levels if level in shared]
-    return out
+        shared = set(synthetic[column].dropna().astype(str))
+        if len(levels) > max_levels:
+            notes.append(f"{name} has {len(levels)} levels among the humans: not split into subgroups (at most {max_levels}).")
+            continue
+        if len(levels) < 2:
+            continue
+        for level in sorted(set(levels) | shared):
+            reason = (
+                ""
+                if level in shared and level in levels
+                else "no synthetic participant in this subgroup"
+                if level not in shared
+                else "no human in this subgroup"
+            )
+            out.append((name, level, reason))
+    return out, notes
 
 
 def build_simulation_report(run: SavedRun | str | os.PathLike) -> SimulationReport:
-    """Synthetic vs human response distributions per item, overall and per subgroup, with the human noise floor."""
+    """Synthetic vs human response distributions per item, overall and per subgroup, with the human noise floor.
+
+    Each summary row (model × condition × measure × subgroup) averages the
+    distance over the items both cohorts answered, and compares distance and
+    floor over the items with at least :data:`psysim.metrics.FLOOR_MIN_HUMANS`
+    human responses (a floor needs them); the counts of items without humans
+    and without a floor are columns, and ``note`` says why a row has no number.
+    """
     import pandas as pd
 
-    from .metrics import population_comparison
+    from .metrics import FLOOR_MIN_HUMANS, population_comparison
 
     if not isinstance(run, SavedRun):
         run = open_run(run)
@@ -1028,36 +1054,65 @@ def build_simulation_report(run: SavedRun | str | os.PathLike) -> SimulationRepo
     scale = man.get("simulation", {}).get("scale", "auto")
     items = population_comparison(sim, humans, seed=seed, scale=scale)
     rows = []
+    units = list(dict.fromkeys(zip(sim["model"], sim["condition"], strict=True)))
 
-    def summarise(table, group: str, level: str) -> None:
-        for (model, condition, measure), g in table.groupby(["model", "condition", "measure"], sort=False):
-            rows.append(
-                {
-                    "model": model,
-                    "condition": condition,
-                    "subgroup": group,
-                    "level": level,
-                    "measure": measure,
-                    "items": len(g),
-                    "distance": g["distance"].mean(),
-                    "floor": g["floor"].mean(),
-                    "ratio": g["distance"].mean() / g["floor"].mean() if g["floor"].mean() > 0 else math.nan,
-                    "beyond_noise": float((g["distance"] > g["floor_p95"]).mean()),
-                    "n_synthetic": int(g["n_synthetic"].sum()),
-                    "n_human": int(g["n_human"].sum()),
-                }
-            )
+    def summarise(table, group: str, level: str, reason: str = "") -> None:
+        for model, condition in units:
+            g = table[(table["model"] == model) & (table["condition"] == condition)]
+            compared = g[g["n_human"] > 0]
+            floored = compared[compared["floor"].notna()]
+            note = reason
+            if not note and not len(compared):
+                note = "no item answered by both cohorts"
+            elif not note and not len(floored):
+                note = f"no item has {FLOOR_MIN_HUMANS} human responses: no noise floor"
+            measures = list(dict.fromkeys(compared["measure"])) or [None]
+            for measure in measures:
+                c = compared[compared["measure"] == measure] if measure else compared
+                f = floored[floored["measure"] == measure] if measure else floored
+                floor = f["floor"].mean() if len(f) else math.nan
+                rows.append(
+                    {
+                        "model": model,
+                        "condition": condition,
+                        "subgroup": group,
+                        "level": level,
+                        "measure": measure,
+                        "items": len(c),
+                        "distance": c["distance"].mean() if len(c) else math.nan,
+                        "items_with_floor": len(f),
+                        "distance_with_floor": f["distance"].mean() if len(f) else math.nan,
+                        "floor": floor,
+                        "ratio": f["distance"].mean() / floor if len(f) and floor > 0 else math.nan,
+                        "beyond_noise": float((f["distance"] > f["floor_p95"]).mean()) if len(f) else math.nan,
+                        "items_without_humans": int((g["n_human"] == 0).sum()),
+                        "n_synthetic": int(c["n_synthetic"].sum()),
+                        "n_human": int(c["n_human"].sum()),
+                        "note": note,
+                    }
+                )
 
     summarise(items, "everyone", "")
     add_bands(humans, sim)
     labels = man.get("value_labels", {})
-    for by, level in _subgroups(humans, sim):
+    groups, split_notes = _subgroups(humans, sim)
+    for by, level, reason in groups:
         shown = f"{level} ({labels[by][level]})" if level in labels.get(by, {}) else level
-        summarise(population_comparison(sim, humans, seed=seed, by=by, level=level, scale=scale), by, shown)
+        table = items.iloc[:0] if reason else population_comparison(sim, humans, seed=seed, by=by, level=level, scale=scale)
+        summarise(table, by, shown, reason)
+    notes += split_notes
     summary = pd.DataFrame(rows)
-    unmatched = sorted(set(sim["item"]) - set(humans["item"]))
+    everyone = items.drop_duplicates(["experiment", "item"])
+    unmatched = int((everyone["n_human"] == 0).sum())
     if unmatched:
-        notes.append(f"{len(unmatched)} simulated items have no human responses to compare with (not in the table).")
+        notes.append(f"{unmatched} simulated items have no human responses to compare with; they are counted, not compared.")
+    thin = int(((everyone["n_human"] > 0) & everyone["floor"].isna()).sum())
+    if thin:
+        notes.append(
+            f"{thin} of {int((everyone['n_human'] > 0).sum())} items have fewer than {FLOOR_MIN_HUMANS} human responses: "
+            "their distances are averaged, but no noise floor can be computed there, so the comparison with the floor "
+            "uses the other items only."
+        )
     rep = SimulationReport(run, items, summary, notes=notes)
     rep.paragraphs = _simulation_paragraphs(rep)
     return rep
@@ -1079,28 +1134,47 @@ def _simulation_paragraphs(rep: SimulationReport) -> list[str]:
         return out
     overall = rep.summary[rep.summary["subgroup"] == "everyone"]
     for r in overall.itertuples(index=False):
+        if not r.items_with_floor:
+            out.append(
+                f"{r.model} ({r.condition}): mean {r.measure} {r.distance:.3f} over {r.items} items; {r.note}, so it "
+                "cannot be told apart from human sampling noise or not."
+                if r.items
+                else f"{r.model} ({r.condition}): {r.note}."
+            )
+            continue
         verdict = (
             "indistinguishable from human sampling noise"
             if r.beyond_noise <= 0.05
-            else f"beyond human sampling noise on {r.beyond_noise:.0%} of items"
+            else f"beyond human sampling noise on {r.beyond_noise:.0%} of them"
         )
-        times = f"{r.ratio:.1f}× the floor" if math.isfinite(r.ratio) else "a floor of 0: one human response per item"
+        times = f"{r.ratio:.1f}× the floor" if math.isfinite(r.ratio) else "a floor of 0"
+        over = (
+            f"over {r.items} items"
+            if r.items_with_floor == r.items
+            else f"over the {r.items_with_floor} of {r.items} items with a noise floor"
+        )
         out.append(
-            f"{r.model} ({r.condition}): mean {r.measure} {r.distance:.3f} over {r.items} items against a noise floor of "
+            f"{r.model} ({r.condition}): mean {r.measure} {r.distance_with_floor:.3f} {over} against a noise floor of "
             f"{r.floor:.3f} ({times}), {verdict}."
         )
-    groups = rep.summary[rep.summary["subgroup"] != "everyone"]
+    groups = rep.summary[(rep.summary["subgroup"] != "everyone") & rep.summary["floor"].notna()]
     if len(groups):
-        worst = groups.assign(gap=groups["distance"] - groups["floor"]).sort_values("gap", ascending=False).iloc[0]
+        worst = groups.assign(gap=groups["distance_with_floor"] - groups["floor"]).sort_values("gap", ascending=False).iloc[0]
         out.append(
             f"By subgroup, the largest gap is for {worst.subgroup} = {worst.level} ({worst.model}, {worst.condition}): "
-            f"{worst.distance:.3f} against a floor of {worst.floor:.3f}."
+            f"{worst.distance_with_floor:.3f} against a floor of {worst.floor:.3f}."
         )
     return out
 
 
 def plot_items(rep: SimulationReport) -> str | None:
-    """Per item: the synthetic against the human mean response (rating scales) or share of each option (otherwise)."""
+    """Per item: the synthetic against the human mean response (rating scales) or share of each option (otherwise).
+
+    One panel per model × condition, all on the same axes (the scale's range,
+    or 0–1 for shares) so panels compare at a glance; with at most
+    :data:`LABELLED_ITEMS` items each point is numbered by the item's row in
+    the per-item table.
+    """
     import matplotlib.pyplot as plt
 
     from .metrics import ordinal_values
@@ -1108,30 +1182,54 @@ def plot_items(rep: SimulationReport) -> str | None:
     items = rep.items
     if items is None or not len(items):
         return None
+    items = items[items["n_human"] > 0]
+    if not len(items):
+        return None
     keys = list(items.groupby(["model", "condition"], sort=False).groups)
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.3 * len(keys) + 0.6, 3.2), squeeze=False)
+    numbers = {item: k + 1 for k, item in enumerate(dict.fromkeys(items["item"]))}
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.3 * len(keys) + 0.6, 3.4), squeeze=False, sharex=True, sharey=True)
+    lo, hi = 0.0, 1.0
     for ax, (model, condition) in zip(axes[0], keys, strict=True):
         g = items[(items["model"] == model) & (items["condition"] == condition)]
-        xs, ys, label = [], [], "share of each option"
+        xs, ys, names, label = [], [], [], "share of each option"
         for r in g.itertuples(index=False):
             values = ordinal_values(r.options)
             if values is not None:
                 xs.append(sum(v * p for v, p in zip(values, r.human, strict=True)))
                 ys.append(sum(v * p for v, p in zip(values, r.synthetic, strict=True)))
+                names.append(str(numbers[r.item]))
+                lo, hi = min(values), max(values)
                 label = "mean response"
             else:
                 xs += list(r.human)
                 ys += list(r.synthetic)
+                names += [f"{numbers[r.item]}{o}" for o in r.options]
         ax.scatter(xs, ys, s=12, color="#4c78a8", alpha=0.8)
-        lo, hi = min(xs + ys), max(xs + ys)
+        if len(g) <= LABELLED_ITEMS:
+            for x, y, name in zip(xs, ys, names, strict=True):
+                ax.annotate(name, (x, y), xytext=(3, 2), textcoords="offset points", fontsize=6, color="0.3")
         ax.plot([lo, hi], [lo, hi], color="0.4", linewidth=1, linestyle="--")
         ax.set_xlabel(f"human {label}")
-        ax.set_ylabel(f"synthetic {label}")
         ax.set_title(f"{model}: {condition}", fontsize=8)
+    pad = (hi - lo) * 0.04
+    axes[0][0].set_xlim(lo - pad, hi + pad)
+    axes[0][0].set_ylim(lo - pad, hi + pad)
+    axes[0][0].set_ylabel(f"synthetic {label}")
     return _svg(fig)
 
 
+#: Points of the per-item figure are numbered when a panel has at most this many items.
+LABELLED_ITEMS = 20
+
+
+def _numbered(items):
+    """The per-item table with each item's number (order of first appearance), as Figure 1 labels its points."""
+    numbers = {item: k + 1 for k, item in enumerate(dict.fromkeys(items[items["n_human"] > 0]["item"]))}
+    return items.assign(number=[numbers.get(i, "") for i in items["item"]])
+
+
 def _write_simulation_report(run: SavedRun, out):
+    from .metrics import FLOOR_MIN_HUMANS
 
     rep = build_simulation_report(run)
     folder = Path(out) if out is not None else run.folder
@@ -1141,14 +1239,16 @@ def _write_simulation_report(run: SavedRun, out):
     write_atomic(csv, lambda tmp: table.to_csv(tmp, index=False, float_format="%.6g"))
     _plot_style()
     env = _environment()
-    env.filters["pct"] = lambda xs: " / ".join(f"{x:.2f}" for x in xs)
+    env.filters["pct"] = lambda xs: "—" if xs is None else " / ".join(f"{x:.2f}" for x in xs)
+    env.filters["share"] = lambda x: "—" if x is None or not math.isfinite(x) else f"{100 * x:.0f}%"
     template = env.get_template("simulation.html.j2")
     page = template.render(
         rep=rep,
         man=run.manifest,
         summary=_records(rep.summary) if len(rep.summary) else [],
-        items=_records(rep.items) if len(rep.items) else [],
+        items=_records(_numbered(rep.items)) if len(rep.items) else [],
         figure=plot_items(rep),
+        floor_min=FLOOR_MIN_HUMANS,
         run_folder=display_path(run.folder),
         generated=_dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
     )

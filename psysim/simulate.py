@@ -47,6 +47,7 @@ from .experiment import Experiment
 from .metrics import option_probs
 from .participants import Profile
 from .prompts import derangement, render_persona
+from .studies import normalise, trial_item
 from .transcripts import CLOSE, OPEN
 
 __all__ = [
@@ -57,6 +58,7 @@ __all__ = [
     "plan",
     "simulate_experiment",
     "simulate_participant",
+    "trial_items",
 ]
 
 #: Columns of simulated.parquet, in order (documented in docs/results.md).
@@ -261,12 +263,14 @@ def simulate_participant(exp: Experiment, session, who: SimParticipant, persona:
     """
     task = exp.task
     trials = task.trials[who.design_of]
+    items = trial_items(exp, who.design_of)
     sep = task.config.separator
     text = persona
     if "instructions" in task.templates:
         text += task.instructions(who.design_of) + sep
     session.read(text)
     rows, spans = [], []
+    since = ""  # the text since the previous response: where an item pattern reads an unanswered trial's item
     for k, trial in enumerate(trials):
         if not trial.options:
             raise PsysimError(
@@ -276,6 +280,11 @@ def simulate_participant(exp: Experiment, session, who: SimParticipant, persona:
         before, _ = task.render_trial(trial, trial.options[0])  # the text before the response does not depend on it
         session.read(before + OPEN)
         text += before + OPEN
+        since += before
+        item = items[k]
+        if item is None:  # no human answered this trial: its item by the same rule, on the synthetic text
+            rendered = normalise(before)
+            item = trial_item(exp.config.data, since, row=trial.row, number=trial.number, rendered=rendered) or rendered
         lps = session.options(list(trial.options))
         probs = option_probs(lps)
         sampling = option_probs(lps, temperature)
@@ -286,12 +295,13 @@ def simulate_participant(exp: Experiment, session, who: SimParticipant, persona:
         tail = CLOSE + after + (sep if k < len(trials) - 1 else "")
         session.read(tail)
         text += choice + tail
+        since = after + (sep if k < len(trials) - 1 else "")
         rows.append(
             {
                 "trial": k,
                 "trial_number": trial.number,
                 "design_of": who.design_of,
-                "item": before.strip(),
+                "item": item,
                 "options": list(trial.options),
                 "option_logprobs": lps,
                 "option_probs": probs,
@@ -394,10 +404,26 @@ def simulate_experiment(
     )
 
 
-def human_table(exp: Experiment):
-    """``humans.parquet``: every real response of the experiment's participants, item text and profile beside it.
+def trial_items(exp: Experiment, participant: str) -> list[str | None]:
+    """The item of each of a participant's trials as run and the baselines define it; ``None`` where no human answered.
 
-    What ``psysim report`` compares the synthetic cohort with (items matched by their text).
+    Items come from the participant's transcript, where the study's rules
+    (:func:`psysim.studies.apply_rules`) set them: one definition for scoring,
+    baselines, simulation and export.
+    """
+    trials = exp.task.trials[participant]
+    human = exp.transcripts.get(participant)
+    answered = [t.index for t in trials if t.response is not None]
+    known = {i: r.item for i, r in zip(answered, human.responses, strict=True)} if human is not None else {}
+    return [known.get(t.index) for t in trials]
+
+
+def human_table(exp: Experiment):
+    """``humans.parquet``: every real response of the experiment's participants, its item and profile beside it.
+
+    What ``psysim report`` compares the synthetic cohort with: items are the
+    study's items (:func:`trial_items`), the same keys as the simulated rows';
+    responses outside their trial's options (``outside_options: drop``) are left out.
     """
     import pandas as pd
 
@@ -406,19 +432,22 @@ def human_table(exp: Experiment):
     rows = []
     for pid in exp.participants:
         profile = exp.profile(pid).values
-        for k, trial in enumerate(task.trials.get(pid, [])):
-            if trial.response is None or not trial.options:
+        human = exp.transcripts.get(pid)
+        if human is None:
+            continue
+        answered = [(k, t) for k, t in enumerate(task.trials.get(pid, [])) if t.response is not None]
+        for (k, trial), r in zip(answered, human.responses, strict=True):
+            if not r.options or r.excluded:
                 continue
-            before, _ = task.render_trial(trial, trial.options[0])
             rows.append(
                 {
                     "participant": pid,
                     "experiment": task.experiment,
                     "trial": k,
                     "trial_number": trial.number,
-                    "item": before.strip(),
-                    "options": list(trial.options),
-                    "response": trial.response,
+                    "item": r.item,
+                    "options": list(r.options),
+                    "response": r.text,
                     **{f"profile.{f}": profile.get(f) for f in fields},
                 }
             )

@@ -27,8 +27,9 @@ from __future__ import annotations
 import re
 import statistics
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from .config import DataConfig
 from .errors import Problem
@@ -43,6 +44,7 @@ __all__ = [
     "pooled_options",
     "profile_study",
     "role_key",
+    "trial_item",
 ]
 
 #: How many example trials ``psysim validate`` shows per study.
@@ -71,6 +73,45 @@ def pattern_item(pattern: re.Pattern[str], text: str) -> str | None:
 def columns_item(columns: Iterable[str], row: dict) -> str:
     """A trial table's item: the values of the columns that identify the stimulus (``domain=gains | set=3``)."""
     return " | ".join(f"{c}={row.get(c)}" for c in columns)
+
+
+def trial_item(
+    study: DataConfig,
+    text: str,
+    *,
+    row: Mapping[str, Any],
+    number: Any,
+    rendered: str | None = None,
+    pattern: re.Pattern[str] | None = None,
+) -> str | None:
+    """One trial's item by the study's rule; ``None`` where the item pattern matches nothing.
+
+    ``text`` is the trial's text since the previous response, ``row`` its
+    trial-table columns, ``number`` its trial number (or 1-based position),
+    ``rendered`` a trial table's rendered trial (the default item there:
+    never the previous trial's feedback). ``pattern`` is the compiled item
+    pattern, when the caller already has it. Run, baselines, simulation and
+    export all take their items from here, through :func:`apply_rules`.
+    """
+    if study.item_rule == "position":
+        whole = _whole(number)
+        return f"trial {whole if whole is not None else number}"
+    if study.item_pattern:
+        return pattern_item(pattern or re.compile(study.item_pattern), text)
+    if study.item_rule == "columns":
+        return columns_item(study.item_columns, row)
+    return rendered if rendered is not None else normalise(text)
+
+
+def _whole(value: Any) -> int | None:
+    """A trial number as an integer where it is one (``3``, ``"3"``, ``3.0``): one item whatever the file's type."""
+    if isinstance(value, bool):
+        return None
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(f) if f.is_integer() else None
 
 
 def _options(pattern: re.Pattern[str], text: str, roles: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
@@ -166,19 +207,8 @@ def apply_rules(
             options = study.options
         elif pooled is not None:
             options = pooled
-        if study.item_rule == "position":
-            item = f"trial {r.data.get(study.trial_column, r.index + 1) if study.format == 'trials' else r.index + 1}"
-        elif item_pattern is not None:
-            item = pattern_item(item_pattern, text)
-            if item is None:
-                failed.setdefault("item", []).append(
-                    (
-                        r.index + 1,
-                        f"item pattern «{study.item_pattern}» matches nothing on this trial; the trial's text: {_shown(text)}",
-                    )
-                )
-                continue
-        elif study.item_rule == "columns":
+        number = r.data.get(study.trial_column, r.index + 1) if study.format == "trials" else r.index + 1
+        if study.item_rule == "columns":
             missing = [c for c in study.item_columns if c not in r.data]
             if missing:
                 found = ", ".join(map(str, r.data)) or "none"
@@ -190,9 +220,15 @@ def apply_rules(
                     )
                 )
                 return transcript, problems
-            item = columns_item(study.item_columns, r.data)
-        else:
-            item = r.item if r.item is not None else normalise(text)
+        item = trial_item(study, text, row=r.data, number=number, rendered=r.item, pattern=item_pattern)
+        if item is None:
+            failed.setdefault("item", []).append(
+                (
+                    r.index + 1,
+                    f"item pattern «{study.item_pattern}» matches nothing on this trial; the trial's text: {_shown(text)}",
+                )
+            )
+            continue
         excluded = None
         if options is not None and r.text not in options:
             if study.outside_options == "drop":

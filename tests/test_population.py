@@ -33,20 +33,30 @@ def test_wasserstein_uses_the_scale_values_in_order():
 
 
 def test_population_comparison_by_hand():
-    """Two items; proportions, distance and the seeded bootstrap floor recomputed independently."""
+    """Proportions, distance and the seeded bootstrap floor recomputed independently; items with too few humans
+    for a floor, or none, are rows that say so."""
     options = ["1", "2", "3"]
     sim = pd.DataFrame(
         [("m", "c", "e", "q1", options, r) for r in ["1", "1", "2", "3"]]
-        + [("m", "c", "e", "q2", options, r) for r in ["3", "3"]],
+        + [("m", "c", "e", "q2", options, r) for r in ["3", "3"]]
+        + [("m", "c", "e", "q3", options, r) for r in ["1", "2"]]
+        + [("m", "c", "e", "q4", options, r) for r in ["2"]],
         columns=["model", "condition", "experiment", "item", "options", "response"],
     )
     humans = pd.DataFrame(
-        [("e", "q1", r) for r in ["1", "2", "2", "2", "3"]] + [("e", "q2", r) for r in ["1", "3", "3"]],
+        [("e", "q1", r) for r in ["1", "2", "2", "2", "3"]]
+        + [("e", "q2", r) for r in ["1", "3", "3", "3", "2", "3"]]
+        + [("e", "q3", r) for r in ["1", "1"]],
         columns=["experiment", "item", "response"],
     )
     table = population_comparison(sim, humans, seed=3, n_boot=50)
+    assert table["item"].tolist() == ["q1", "q2", "q3", "q4"]
+    q3, q4 = table.iloc[2], table.iloc[3]
+    assert q3.distance == pytest.approx(wasserstein([0.5, 0.5, 0], [1, 0, 0], [1, 2, 3])) and np.isnan(q3.floor)
+    assert q3.note == "2 human response(s): too few for a noise floor (at least 5)"
+    assert np.isnan(q4.distance) and q4.n_human == 0 and q4.note == "no human response on this item"
     rng = np.random.default_rng(3)
-    for row, item in zip(table.itertuples(index=False), ["q1", "q2"], strict=True):
+    for row, item in zip(table.iloc[:2].itertuples(index=False), ["q1", "q2"], strict=True):
         s = sim[sim["item"] == item]["response"].tolist()
         h = humans[humans["item"] == item]["response"].to_numpy()
         p, q = proportions(s, options), proportions(h, options)
@@ -76,6 +86,9 @@ def test_simulation_report_compares_with_the_humans(gambles, run_cli):  # noqa: 
         mine = table[table["condition"] == row.condition]
         assert row.items == len(mine) == 5
         assert row.distance == pytest.approx(mine["distance"].mean(), rel=1e-5)
+        # One human per item: no noise floor anywhere, said rather than shown as a floor of 0 ("164.8× the floor").
+        assert row.items_with_floor == 0 and row.floor == "" and row.note == "no item has 5 human responses: no noise floor"
+    assert "cannot be told apart from human sampling noise or not" in " ".join(r.stdout.split())
     assert set(summary.loc[summary["subgroup"] == "gender", "level"]) == {"Female", "Male"}
     page = open("out/report.html", encoding="utf-8").read()
     assert "Does the synthetic cohort look like the real one?" in page and "<svg" in page and "<script" not in page
@@ -93,9 +106,25 @@ def test_numeric_profile_fields_become_tertile_bands_of_the_humans():
     bands = [None if pd.isna(b) else b for b in synthetic["profile.age band"]]
     assert bands == [labels[0], labels[1], labels[2], None, None]  # 80: above the humans
     assert humans["profile.age band"].value_counts().tolist() == [10, 10, 10]
-    groups = _subgroups(humans, synthetic)
-    assert ("sex", "f") in groups and ("age band", labels[1]) in groups
+    groups, notes = _subgroups(humans, synthetic)
+    assert ("sex", "f", "") in groups and ("age band", labels[1], "") in groups and not notes
     assert not [g for g in groups if g[0] == "age"]  # raw numbers are never levels
+
+
+def test_subgroups_that_cannot_be_compared_say_why():
+    """A level only one cohort has is a row with its reason; a field with too many levels is a note, not silence."""
+    from psysim.report import _subgroups
+
+    humans = pd.DataFrame({"profile.sex": ["f", "m", "x"] * 4, "profile.city": [f"c{i:02}" for i in range(12)]})
+    synthetic = pd.DataFrame({"profile.sex": ["f", "m", "other"], "profile.city": ["c01", "c02", "c03"]})
+    groups, notes = _subgroups(humans, synthetic)
+    assert groups == [
+        ("sex", "f", ""),
+        ("sex", "m", ""),
+        ("sex", "other", "no human in this subgroup"),
+        ("sex", "x", "no synthetic participant in this subgroup"),
+    ]
+    assert notes == ["city has 12 levels among the humans: not split into subgroups (at most 6)."]
 
 
 def test_subgroups_are_named_with_the_schemas_value_labels(gambles, run_cli):  # noqa: F811

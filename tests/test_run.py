@@ -354,6 +354,18 @@ def test_drop_oldest_keeps_the_newest_trials_with_their_indices(toy, run_cli, hf
         assert len(tok(exp.render(pid, cond, drop_oldest=k - 1).text)["input_ids"]) > CONTEXT  # the fewest that fit
         dropped[cond] = k
     assert dropped["persona"] > dropped["no_persona"]  # the persona takes room too, and is kept
+    # The headline counts them beside the scored responses (summed over participants), not only the report.
+    expected = trials.groupby(["condition", "participant"])["context_dropped"].first().groupby("condition").sum()
+    header = next(line for line in r.stdout.splitlines() if "dropped to fit" in line).split()
+    assert header[:4] == ["responses", "dropped", "to", "fit"]
+    # Rows read "... <condition> <responses> <dropped> <nll> ..." (model and format are printed once, sparsified).
+    rows = {}
+    for line in r.stdout.splitlines():
+        words = line.split()
+        for c in ("persona", "no_persona"):
+            if c in words:
+                rows[c] = int(words[words.index(c) + 2])
+    assert rows == expected.to_dict(), r.stdout
     model, _ = load_folder(toy.folder / "tiny-model")
     assert assert_rows_equal_reference(trials, exp, model, tok) == len(trials)
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import zipfile
+from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import EXPERIMENT, RECORDS
 
@@ -131,6 +133,21 @@ def test_a_pattern_that_reads_no_options_shows_the_trial(toy, run_cli):
     ) in r.stderr
 
 
+def test_a_rule_failing_for_every_participant_prints_the_first_problems_and_a_count(toy, run_cli):
+    """Seventy participants, one located problem each: the first 50 are printed, then how many more."""
+    toy.write_records(trial_records({f"p{i:02}": "Pick A or B. You pick <<A>>.\n" for i in range(70)}))
+    toy.write_schema({"type": "object", "properties": {"age": {"type": "number"}, "gender": {"type": "string"}}})
+    toy.write_yaml(with_data('  format: psych201\n  path: data.jsonl\n  options: {pattern: "marked (\\\\w)"}\n'))
+    r = run_cli("validate", "experiment.yaml")
+    assert r.exit_code == 2
+    shown = [line for line in r.stderr.splitlines() if line.startswith("  - ")]
+    assert len(shown) == 50 and "participant p49, trial 1" in shown[-1]
+    assert "  … and 20 more (the first 50 of 70 are shown; the exception's .problems lists every one)" in r.stderr
+    with pytest.raises(PsysimError) as info:
+        psysim.load_experiment(toy.yaml)
+    assert len(info.value.problems) == 70
+
+
 def test_one_item_for_a_whole_study_is_a_warning(toy):
     toy.write_yaml(with_data('  format: psych201\n  path: data.jsonl\n  item: {pattern: "(You pick)"}\n'))
     summary = str(psysim.load_experiment(toy.yaml).summary())
@@ -159,3 +176,92 @@ def test_several_studies_zip_glob_and_their_names(toy, run_cli):
     toy.write_yaml(with_data("  - {format: psych201, path: nowhere/*.jsonl}\n"))
     r = run_cli("validate", "experiment.yaml")
     assert r.exit_code == 2 and "the glob 'nowhere/*.jsonl' matches no file" in r.stderr, r.stderr
+
+
+# A trial table like an unseen choice study: four choice sets of two or three options, shown in an order that
+# varies per person, each trial saying "Question k of 4". Everyone prefers the same option of each set.
+CHOICE_SETS = {1: ("safe", "risky"), 2: ("north", "south", "east"), 3: ("tea", "coffee"), 4: ("red", "green", "blue")}
+PREFERRED = {1: "safe", 2: "east", 3: "coffee", 4: "blue"}
+
+
+def choice_table(people: int = 8) -> str:
+    rng = np.random.default_rng(7)
+    lines = ["participant,trial,domain,set,options,response"]
+    for p in range(1, people + 1):
+        for k, s in enumerate(rng.permutation(list(CHOICE_SETS)), start=1):
+            shown = "|".join(rng.permutation(CHOICE_SETS[s]))
+            # Seven in eight people take the preferred option; the eighth the first one shown.
+            response = PREFERRED[s] if p % 8 else shown.split("|")[0]
+            lines.append(f"p{p},{k},{'gains' if s < 3 else 'losses'},{s},{shown},{response}")
+    return "\n".join(lines) + "\n"
+
+
+CHOICE_YAML = """\
+name: choices
+seed: 3
+data:
+  format: trials
+  path: trials.csv
+  options: {column: options}
+  item: {columns: [domain, set]}
+  templates:
+    trial: trial.jinja
+cohort:
+  schema: schema.json
+  path: cohort.csv
+models:
+  - name: tiny
+conditions: [no_persona]
+evaluation:
+  cross_validation: 4
+"""
+
+
+@pytest.fixture
+def choices(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "trials.csv").write_text(choice_table(), encoding="utf-8")
+    (tmp_path / "cohort.csv").write_text("participant,age\n" + "".join(f"p{p},{20 + p}\n" for p in range(1, 9)), encoding="utf-8")
+    (tmp_path / "schema.json").write_text(json.dumps({"type": "object", "properties": {"age": {"type": "number"}}}))
+    (tmp_path / "trial.jinja").write_text(
+        "Question {{ trial + 1 }} of {{ n_trials }}: choose {{ options | join(' or ') }}. You choose {{ response }}.",
+        encoding="utf-8",
+    )
+    (tmp_path / "experiment.yaml").write_text(CHOICE_YAML, encoding="utf-8")
+    return tmp_path
+
+
+def test_trial_table_items_from_columns_serve_run_baselines_and_simulation(choices, run_cli):
+    """Items from the columns that identify the stimulus: independent of position and option order, and the same
+    keys in the scored responses, the baselines' pooling, humans.parquet and every simulated row."""
+    import pandas as pd
+
+    exp = psysim.load_experiment("experiment.yaml")
+    expected = {f"domain={'gains' if s < 3 else 'losses'} | set={s}" for s in CHOICE_SETS}
+    items = [r.item for pid in exp.participants for r in exp.transcript(pid).responses]
+    assert set(items) == expected and len(items) == 32
+    (study,) = exp.study_profiles()
+    assert (study.items, study.per_item, study.unshared) == (4, (8, 8, 8), 0)
+    assert {len(r.options) for pid in exp.participants for r in exp.transcript(pid).responses} == {2, 3}
+
+    # The rendered text as the item ("Question k of 4", options in shown order) would share almost nothing.
+    Path("text.yaml").write_text(CHOICE_YAML.replace("  item: {columns: [domain, set]}\n", ""), encoding="utf-8")
+    (as_text,) = psysim.load_experiment("text.yaml").study_profiles()
+    assert as_text.unshared > 16
+
+    r = run_cli("run", "experiment.yaml", "--dry-run", "-q", "--out", "run")
+    assert r.exit_code == 0, r.stderr
+    base = pd.read_parquet("run/baselines.parquet")
+    rows = zip(base.options, base.option_probs, base.response, strict=True)
+    nll = base.assign(lp=[-np.log(dict(zip(o, p, strict=True))[y]) for o, p, y in rows])
+    per = nll.groupby("baseline")["lp"].mean()
+    assert per["population"] < per["uniform"] - 0.3  # pooled by item, the shared preference shows
+
+    r = run_cli("simulate", "experiment.yaml", "--dry-run", "-q", "--out", "sim")
+    assert r.exit_code == 0, r.stderr
+    sim, humans = pd.read_parquet("sim/simulated.parquet"), pd.read_parquet("sim/humans.parquet")
+    assert set(sim["item"]) == set(humans["item"]) == expected
+    trials = pd.read_csv("trials.csv", dtype=str)
+    for row in sim.itertuples(index=False):
+        t = trials[(trials.participant == row.design_of) & (trials.trial == str(row.trial_number))].iloc[0]
+        assert row.item == f"domain={t.domain} | set={t.set}"
