@@ -303,11 +303,18 @@ def report(run_dir: Path, out: Path | None) -> None:
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["csv", "parquet", "psych201"]), required=True, help="What to write.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["csv", "parquet", "psych201", "wide"]),
+    required=True,
+    help="What to write: long tables (csv, parquet), Psych-201 transcripts, or one row per respondent (wide).",
+)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Where (default: RUN_DIR/export).")
 def export(run_dir: Path, fmt: str, out: Path | None) -> None:
     """Export a run as tidy CSV or Parquet (one row per response, profiles joined), or a simulation's
-    synthetic transcripts as Psych-201 JSONL; always with data_dictionary.csv describing every column.
+    synthetic transcripts as Psych-201 JSONL, or a simulation as a wide survey table (one row per respondent,
+    one column per item code); always with data_dictionary.csv (type, meaning and value labels of every column).
     """
     from .export import export_run
 

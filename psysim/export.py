@@ -12,8 +12,14 @@
   (responses in ``<<…>>``, without the persona the model was conditioned on),
   ``experiment``, ``participant`` and the profile fields — anything that
   reads Psych-201 (psysim included) reads them.
+* ``wide`` — a simulation as survey tools export a questionnaire
+  (``wide.csv``): one row per model × condition × synthetic respondent, the
+  profile columns, then one column per item named by its item code (the item
+  table's key, e.g. ``E1``; ``item1``, ``item2`` … in order of appearance
+  where the experiment has no item table), holding the sampled response.
 * Always ``data_dictionary.csv``: every column of every exported file, its
-  type and its meaning.
+  type, its meaning (an item column: the item's text) and its values (the
+  schema's value labels, ``1 = Male; 2 = Female``, or an item's options).
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ from .store import SavedRun, open_run, write_atomic
 
 __all__ = ["FORMATS", "export_run"]
 
-FORMATS = ("csv", "parquet", "psych201")
+FORMATS = ("csv", "parquet", "psych201", "wide")
 
 #: What every column means (the data dictionary); profile and per-option columns are described on the fly.
 MEANINGS = {
@@ -44,7 +50,8 @@ MEANINGS = {
     "trial_number": "The trial number in the trial table.",
     "design_of": "The real participant whose trial sequence the synthetic participant did.",
     "persona_of": "Whose profile conditioned the model: the participant, another participant (shuffled), or empty (no persona).",
-    "item": "The trial's text up to the response: what was asked.",
+    "item": "The trial's item (the stimulus participants shared), by the study's item rule.",
+    "item_code": "The item's code: its key in the item table (a wide questionnaire's column name), empty without one.",
     "options": "The options offered on the trial.",
     "option_logprobs": "Natural-log probability of each option (in the order of options), over the full vocabulary.",
     "option_probs": "The model's probability of each option, renormalised over the options (temperature 1).",
@@ -104,18 +111,60 @@ def _tidy(run: SavedRun):
     return joined
 
 
-def _dictionary(files: dict[str, Any]) -> list[dict[str, str]]:
+def _dictionary(files: dict[str, Any], labels: dict[str, dict[str, str]], items: dict[str, tuple[str, list]]) -> list[dict]:
+    """One row per column of every file: type, meaning and values (value labels, or an item column's options)."""
     rows = []
     for name, frame in files.items():
         for column in frame.columns:
+            values = ""
             if column.startswith("profile."):
-                meaning = f"Profile field {column[len('profile.') :]!r} of the participant (as validated by the cohort's schema)."
+                field = column[len("profile.") :]
+                meaning = f"Profile field {field!r} of the participant (as validated by the cohort's schema)."
+                values = "; ".join(f"{k} = {v}" for k, v in labels.get(field, {}).items())
             elif column.startswith("prob."):
                 meaning = f"The model's probability of option {column[len('prob.') :]!r} (option_probs, one column per option)."
+            elif column in items:
+                text, options = items[column]
+                meaning = f"Response to item {column}: {text}"
+                values = "options: " + ", ".join(map(str, options))
             else:
                 meaning = MEANINGS.get(column, "Profile field (Psych-201 key).")
-            rows.append({"file": name, "column": column, "type": _dtype(frame[column]), "meaning": meaning})
+                values = "; ".join(f"{k} = {v}" for k, v in labels.get(column, {}).items())
+            rows.append({"file": name, "column": column, "type": _dtype(frame[column]), "meaning": meaning, "values": values})
     return rows
+
+
+def _wide(run: SavedRun):
+    """A simulation as one row per model × condition × respondent and one column per item (see the module docstring).
+
+    Returns the table and, per item column, (item text, options) for the dictionary.
+    """
+    sim = run.table("simulated")
+    codes = sim["item_code"] if "item_code" in sim else None
+    if codes is not None and codes.notna().all():
+        sim = sim.assign(_column=codes.astype(str))
+    else:
+        names = {item: f"item{k + 1}" for k, item in enumerate(dict.fromkeys(sim["item"]))}
+        sim = sim.assign(_column=sim["item"].map(names))
+    keys = ["model", "condition", "participant"]
+    twice = sim[sim.duplicated([*keys, "_column"], keep=False)]
+    if len(twice):
+        r = twice.iloc[0]
+        raise PsysimError(
+            f"{display_path(run.folder)} cannot be one row per respondent: participant {r.participant} answered item "
+            f"{r._column} more than once",
+            [Problem("export it in long form (--format csv or parquet): one row per response")],
+        )
+    order = list(dict.fromkeys(sim["_column"]))
+    table = sim.pivot(index=keys, columns="_column", values="response")[order]
+    units = list(dict.fromkeys(zip(sim["model"], sim["condition"], sim["participant"], strict=True)))
+    table = table.reindex(units).reset_index()
+    table.columns.name = None
+    profiles = _profiles(run)
+    table = table.merge(profiles, on="participant", how="left")
+    table = table[[*keys, *(c for c in profiles.columns if c != "participant"), *order]]
+    first = sim.drop_duplicates("_column").set_index("_column")
+    return table, {c: (first.at[c, "item"], list(first.at[c, "options"])) for c in order}
 
 
 def export_run(run_dir: str | os.PathLike, format: str, out: str | os.PathLike | None = None) -> list[Path]:
@@ -131,7 +180,18 @@ def export_run(run_dir: str | os.PathLike, format: str, out: str | os.PathLike |
     folder = Path(out) if out is not None else run.folder / "export"
     folder.mkdir(parents=True, exist_ok=True)
     written: dict[str, Any] = {}
-    if format in ("csv", "parquet"):
+    items: dict[str, tuple[str, list]] = {}
+    if format == "wide":
+        if run.kind != "simulation":
+            raise PsysimError(
+                f"{display_path(run.folder)} is a scoring run: its responses are the humans' own, already in your data file",
+                [Problem("export a simulation run as wide, or this run as csv or parquet (one row per scored response)")],
+            )
+        table, items = _wide(run)
+        path = folder / "wide.csv"
+        write_atomic(path, lambda tmp: table.to_csv(tmp, index=False))
+        written[path.name] = table
+    elif format in ("csv", "parquet"):
         table = _tidy(run)
         stem = "simulated" if run.kind == "simulation" else "trials"
         path = folder / f"{stem}.{format}"
@@ -169,10 +229,11 @@ def export_run(run_dir: str | os.PathLike, format: str, out: str | os.PathLike |
             body = "\n".join(lines) + "\n"
             write_atomic(path, lambda tmp, body=body: tmp.write_text(body, encoding="utf-8"))
             written[path.name] = pd.DataFrame([json.loads(line) for line in lines])
-    dictionary = pd.DataFrame(_dictionary(written), columns=["file", "column", "type", "meaning"])
+    columns = ["file", "column", "type", "meaning", "values"]
+    dictionary = pd.DataFrame(_dictionary(written, run.manifest.get("value_labels", {}), items), columns=columns)
     path = folder / "data_dictionary.csv"
     if path.exists():  # keep the entries of files other exports wrote into this folder
-        old = pd.read_csv(path, dtype=str, keep_default_na=False)
+        old = pd.read_csv(path, dtype=str, keep_default_na=False).reindex(columns=columns, fill_value="")
         dictionary = pd.concat([old[~old["file"].isin(list(written))], dictionary], ignore_index=True)
     write_atomic(path, lambda tmp: dictionary.to_csv(tmp, index=False))
     return [folder / name for name in written] + [path]

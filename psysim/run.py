@@ -274,6 +274,10 @@ def _quiet_transformers(progress: bool) -> None:
     except ImportError:
         return
     tlog.set_verbosity_error()
+    import warnings
+
+    # peft asks transformers a deprecated question while applying an adapter; the answer is right, the warning noise.
+    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
     if progress:
         tlog.enable_progress_bar()
     else:
@@ -348,6 +352,8 @@ def manifest_base(exp: Experiment, *, limit, dry_run: bool, kind: str | None = N
         "model_order": [m.name for m in cfg.models],
         "conditions": [c.name for c in cfg.conditions],
         "condition_types": {c.name: {"type": c.type, "format": c.format} for c in cfg.conditions},
+        # The words the schema gives coded values (e.g. sex "1" = "Female"): report subgroups and export dictionaries.
+        "value_labels": {name: dict(spec.value_labels) for name, spec in exp.schema.fields.items() if spec.value_labels},
         "versions": versions,
         "python": platform.python_version(),
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},

@@ -72,6 +72,7 @@ SIM_COLUMNS = [
     "design_of",
     "persona_of",
     "item",
+    "item_code",
     "options",
     "option_logprobs",
     "option_probs",
@@ -302,6 +303,7 @@ def simulate_participant(exp: Experiment, session, who: SimParticipant, persona:
                 "trial_number": trial.number,
                 "design_of": who.design_of,
                 "item": item,
+                "item_code": task.item_code(trial),
                 "options": list(trial.options),
                 "option_logprobs": lps,
                 "option_probs": probs,
@@ -446,12 +448,13 @@ def human_table(exp: Experiment):
                     "trial": k,
                     "trial_number": trial.number,
                     "item": r.item,
+                    "item_code": task.item_code(trial),
                     "options": list(r.options),
                     "response": r.text,
                     **{f"profile.{f}": profile.get(f) for f in fields},
                 }
             )
-    columns = ["participant", "experiment", "trial", "trial_number", "item", "options", "response"]
+    columns = ["participant", "experiment", "trial", "trial_number", "item", "item_code", "options", "response"]
     return pd.DataFrame(rows, columns=[*columns, *(f"profile.{f}" for f in fields)]).astype(
         {f"profile.{f}": "object" for f in fields}
     )
@@ -520,8 +523,6 @@ def _manifest(exp: Experiment, people, batches_total: int, dry_run: bool, n: int
             "design": cfg.simulation.design or ("resample" if cfg.cohort.generate else "own"),
             "generated": cfg.cohort.generate is not None,
         },
-        # The words the schema gives coded values (e.g. Sex "1" = "Female"), so the report can name subgroups.
-        "value_labels": {name: dict(spec.value_labels) for name, spec in exp.schema.fields.items() if spec.value_labels},
     }
 
 

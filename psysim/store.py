@@ -44,7 +44,7 @@ TABLES = {
     "simulation": ("simulated", "participants", "transcripts"),
 }
 #: Identity entries that may differ between sessions of one run without changing any score.
-_VOLATILE = frozenset({"load_seconds", "path"})
+_VOLATILE = frozenset({"load_seconds", "path", "threads"})  # how a model was loaded, not which weights
 OUTPUTS = (
     "trials.parquet",
     "participants.parquet",

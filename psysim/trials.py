@@ -536,6 +536,16 @@ class StructuredTask:
             after += self._render("feedback", trial, response, n)
         return before, after
 
+    def item_code(self, trial: Trial) -> str | None:
+        """The trial's item code: its key in the item table (a wide table's response column, e.g. ``E1``), else None.
+
+        What survey users call the variable name; ``psysim export --format wide`` names its columns with it.
+        """
+        if self.items is None:
+            return None
+        code = trial.row.get(self.config.items_key)
+        return None if code is None else str(code)
+
     def transcript(self, participant: str, responses: Sequence[str | None] | None = None) -> Transcript:
         """The participant's transcript with the human responses (or ``responses`` if given).
 

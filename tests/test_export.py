@@ -7,6 +7,7 @@ import json
 import pandas as pd
 import pytest
 from test_simulate import gambles, simulate  # noqa: F401 (gambles is a fixture)
+from test_tables import here, survey  # noqa: F401 (fixtures)
 
 from psysim.transcripts import read_psych201
 
@@ -86,3 +87,31 @@ def test_export_of_an_incomplete_or_missing_run(tmp_path, run_cli, monkeypatch):
     monkeypatch.chdir(tmp_path)
     r = run_cli("export", "nowhere", "--format", "csv")
     assert r.exit_code == 2 and "error: run folder not found: nowhere" in r.stderr
+
+
+def test_wide_export_is_one_row_per_respondent_with_item_codes_and_value_labels(survey, run_cli):  # noqa: F811
+    """As survey tools export a questionnaire: item codes as columns, profiles beside them, labels in the dictionary."""
+    schema = json.loads(survey.folder.joinpath("schema.json").read_text("utf-8"))
+    schema["properties"]["country"]["x-psysim"] = {"value_labels": {"GB": "United Kingdom", "US": "United States"}}
+    survey.write("schema.json", json.dumps(schema))
+    assert run_cli("simulate", "experiment.yaml", "-q", "--dry-run", "--out", "out").exit_code == 0
+    r = run_cli("export", "out", "--format", "wide")
+    assert r.exit_code == 0, r.stderr
+    wide = pd.read_csv("out/export/wide.csv", dtype=str, keep_default_na=False)
+    sim = pd.read_parquet("out/simulated.parquet")
+    assert list(wide.columns) == [
+        "model", "condition", "participant", "design_of", "source", "profile.age", "profile.country", "Q2", "Q1", "Q3"
+    ]  # fmt: skip
+    assert len(wide) == 3 * 3  # conditions × respondents
+    for row in wide.itertuples(index=False):
+        mine = sim[(sim["condition"] == row.condition) & (sim["participant"] == row.participant)]
+        assert dict(zip(mine["item_code"], mine["response"], strict=True)) == {"Q2": row.Q2, "Q1": row.Q1, "Q3": row.Q3}
+    assert wide.loc[wide["participant"] == "1", "profile.country"].tolist() == ["GB"] * 3
+    dictionary = pd.read_csv("out/export/data_dictionary.csv", keep_default_na=False).set_index("column")
+    assert dictionary.at["profile.country", "values"] == "GB = United Kingdom; US = United States"
+    assert dictionary.at["Q1", "meaning"] == "Response to item Q1: 2. I like tea. Rating:"
+    assert dictionary.at["Q1", "values"] == "options: 1, 2, 3"
+    # A scoring run's responses are the humans' own: refused, with what to do instead.
+    assert run_cli("run", "experiment.yaml", "-q", "--dry-run", "--out", "scored").exit_code == 0
+    r = run_cli("export", "scored", "--format", "wide")
+    assert r.exit_code == 2 and "export a simulation run as wide" in r.stderr

@@ -591,3 +591,20 @@ def test_real_pull_of_the_default_model(run_cli, cache):
     again = run_cli("models", "pull", "smollm2-135m-instruct")
     assert time.monotonic() - start < 1
     assert again.stdout.startswith("smollm2-135m-instruct is already pulled (")
+
+
+def test_cpu_threads_follow_the_cpus_available_or_psysim_threads(monkeypatch):
+    """torch gets the CPUs this process may use (not the host's cores), or PSYSIM_THREADS; a bad value is an error."""
+    import os
+
+    from psysim.backends.hf import cpu_threads
+    from psysim.errors import ModelError
+
+    monkeypatch.delenv("PSYSIM_THREADS", raising=False)
+    assert 1 <= cpu_threads() <= len(os.sched_getaffinity(0))
+    monkeypatch.setenv("PSYSIM_THREADS", "1")
+    assert cpu_threads() == 1
+    for bad in ("0", "two"):
+        monkeypatch.setenv("PSYSIM_THREADS", bad)
+        with pytest.raises(ModelError, match=f"PSYSIM_THREADS: expected a whole number of threads of at least 1, found '{bad}'"):
+            cpu_threads()

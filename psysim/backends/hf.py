@@ -30,6 +30,40 @@ def _require(module: str, install: str):
         raise ModelError(f"the hf backend needs the {module} package: pip install {install}") from None
 
 
+#: Environment variable that sets torch's CPU threads (e.g. ``PSYSIM_THREADS=1`` on a busy shared machine).
+THREADS_ENV = "PSYSIM_THREADS"
+
+
+def cpu_threads() -> int:
+    """Threads for torch on CPU: ``PSYSIM_THREADS`` if set, else the CPUs this process may actually use.
+
+    torch's default is every core of the machine, which oversubscribes a
+    container limited by CPU affinity or a cgroup quota (a 2-core quota on a
+    64-core host, or a shared laptop): threads then wait on each other and
+    scoring runs several times slower. This counts the CPUs in the process's
+    affinity mask and caps them by the cgroup's quota.
+    """
+    import os
+
+    value = os.environ.get(THREADS_ENV, "").strip()
+    if value:
+        try:
+            n = int(value)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ModelError(f"{THREADS_ENV}: expected a whole number of threads of at least 1, found {value!r}")
+        return n
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:  # cgroup v2: "max 100000" (no limit) or "200000 100000" (two CPUs' worth of time)
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, int(int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
+
+
 class HFBackend(Backend):
     """A transformers model and tokenizer behind the backend contract."""
 
@@ -69,6 +103,8 @@ class HFBackend(Backend):
         device = settings["device"]
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        threads = cpu_threads()
+        torch.set_num_threads(threads)
         started = time.perf_counter()
         try:
             if resolved.kind == "gguf":
@@ -95,7 +131,9 @@ class HFBackend(Backend):
             model, adapter_identity = _load_adapter(model, Path(base, settings["adapter"]), model_cfg.name)
             identity["adapter"] = adapter_identity
         model.to(device).eval()
-        identity.update(dtype=settings["dtype"], device=device, load_seconds=round(time.perf_counter() - started, 2))
+        identity.update(
+            dtype=settings["dtype"], device=device, threads=threads, load_seconds=round(time.perf_counter() - started, 2)
+        )
         return cls(model, tokenizer, name=model_cfg.name, identity=identity, batch_tokens=int(settings["batch_tokens"]))
 
     @property
