@@ -45,8 +45,12 @@ __all__ = ["WINDOW", "Encoded", "TokenReader"]
 
 #: How many characters of prefix (at least) the tokenizer sees before a piece; see the module docstring.
 WINDOW = 64
+#: Token ids of this many windowed texts are remembered: a transcript read under three conditions, or again and
+#: again while the oldest trials are dropped to fit a context, has the same windows and pieces every time.
+MEMO = 1 << 17
 
-_WORD_START = re.compile(r"(?<=\s)\S")
+# The last word start in the searched range: greedy ".*" runs to the end, then backs up to the nearest one.
+_LAST_WORD_START = re.compile(r"(?s).*(?<=\s)(?=\S)")
 
 
 @dataclass
@@ -71,9 +75,25 @@ class TokenReader:
     def __init__(self, tokenizer, window: int = WINDOW):
         self.tokenizer = tokenizer
         self.window = window
+        self._memo: dict[str, list[int]] = {}
         self.bos = self._leading_special_ids()
 
     def _ids(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text (no special tokens), remembered (:data:`MEMO`) and tokenised in one batch."""
+        missing = list(dict.fromkeys(t for t in texts if t not in self._memo))
+        if missing:
+            for text, ids in zip(missing, self._tokenize(missing), strict=True):
+                if len(self._memo) >= MEMO:
+                    del self._memo[next(iter(self._memo))]  # the oldest: reading moves forward through a transcript
+                self._memo[text] = ids
+        return [self._memo[t] for t in texts]
+
+    def _tokenize(self, texts: list[str]) -> list[list[int]]:
+        backend = getattr(self.tokenizer, "backend_tokenizer", None) if getattr(self.tokenizer, "is_fast", False) else None
+        if backend is not None and backend.padding is None and backend.truncation is None:
+            # What a fast tokenizer's __call__ does, without converting every encoding into a Python dict of
+            # attention masks and offsets first (a third of the time on long transcripts).
+            return [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)]
         return [list(x) for x in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
     def _leading_special_ids(self) -> list[int]:
@@ -91,9 +111,9 @@ class TokenReader:
         limit = end - self.window
         # The last word start at or before `limit`; looking back a bounded stretch keeps this linear.
         lo = max(0, limit - 4 * self.window)
-        starts = [m.start() for m in _WORD_START.finditer(text, lo, limit + 1)]
+        m = _LAST_WORD_START.match(text, lo, limit + 1)
         # No word start near the edge (one very long word): the whole prefix, which is always exact.
-        return starts[-1] if starts else 0
+        return m.end() if m else 0
 
     def read(self, jobs: Sequence[tuple[str, int, Sequence[str]]]) -> tuple[list[list[list[int]]], int]:
         """For each job ``(text, end, pieces)``: the tokens each piece adds when it follows ``text[:end]``.
