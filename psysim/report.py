@@ -702,17 +702,28 @@ def _plot_style():
     )
 
 
+#: Line style of each baseline in Figure 1 (one style per baseline, named in the legend).
+BASELINE_STYLES = {"uniform": ":", "population": "--", "profile": "-.", "individual": (0, (6, 2, 1, 2, 1, 2))}
+
+
 def plot_conditions(report: Report) -> str:
-    """NLL (left) and option NLL with the baselines (right) per model × format × condition, with 95% CIs."""
+    """NLL (left) and option NLL with the baselines (right) per model × format × condition, with 95% CIs.
+
+    Legends sit below the panels, never over a point; each baseline is a line
+    style named in the legend (not a label beside the line, where labels of
+    close baselines overprint each other).
+    """
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     m = report.metrics
     measures = ["nll"] + (["option_nll"] if m.loc[m["measure"] == "option_nll", "estimate"].notna().any() else [])
-    fig, axes = plt.subplots(1, len(measures), figsize=(4.2 * len(measures) + 1, 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(measures), figsize=(4.4 * len(measures) + 1, 3.9), squeeze=False)
     groups = list(m.groupby(["model", "format"], sort=False).groups)
     conditions = list(dict.fromkeys(m["condition"]))
     width = 0.8 / max(len(conditions), 1)
     colors = plt.get_cmap("tab10")
+    handles: list = []
     for ax, measure in zip(axes[0], measures, strict=True):
         sub = m[m["measure"] == measure]
         for j, cond in enumerate(conditions):
@@ -720,33 +731,74 @@ def plot_conditions(report: Report) -> str:
             for i, key in enumerate(groups):
                 r = sub[(sub["model"] == key[0]) & (sub["format"] == key[1]) & (sub["condition"] == cond)]
                 if len(r) and not math.isnan(r.iloc[0].estimate):
+                    e, low, high = r.iloc[0].estimate, r.iloc[0].ci_low, r.iloc[0].ci_high
                     xs.append(i + (j - (len(conditions) - 1) / 2) * width)
-                    ys.append(r.iloc[0].estimate)
-                    lo.append(r.iloc[0].estimate - (r.iloc[0].ci_low if not math.isnan(r.iloc[0].ci_low) else r.iloc[0].estimate))
-                    hi.append(
-                        (r.iloc[0].ci_high if not math.isnan(r.iloc[0].ci_high) else r.iloc[0].estimate) - r.iloc[0].estimate
-                    )
-            ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o", color=colors(j), label=cond, capsize=3, markersize=5)
+                    ys.append(e)
+                    lo.append(e - (low if not math.isnan(low) else e))
+                    hi.append((high if not math.isnan(high) else e) - e)
+            h = ax.errorbar(xs, ys, yerr=[lo, hi], fmt="o", color=colors(j), label=cond, capsize=3, markersize=5)
+            if measure == "nll":
+                handles.append(h)
         if measure == "option_nll":
             bl = report.baselines[report.baselines["measure"] == "option_nll"]
-            styles = {"uniform": ":", "population": "--", "profile": "-.", "individual": (0, (1, 1))}
+            lines = []
             for r in bl.itertuples(index=False):
                 if not math.isnan(r.estimate):
-                    ax.axhline(r.estimate, color="0.35", linestyle=styles.get(r.baseline, "--"), linewidth=1)
-                    ax.annotate(
-                        BASELINE_LABELS.get(r.baseline, r.baseline),
-                        (1.0, r.estimate),
-                        xycoords=("axes fraction", "data"),
-                        xytext=(3, 0),
-                        textcoords="offset points",
-                        va="center",
-                        fontsize=7,
-                        color="0.3",
-                    )
+                    style = BASELINE_STYLES.get(r.baseline, "--")
+                    ax.axhline(r.estimate, color="0.35", linestyle=style, linewidth=1)
+                    label = f"{BASELINE_LABELS.get(r.baseline, r.baseline)} {r.estimate:.3f}"
+                    lines.append(Line2D([], [], color="0.35", linestyle=style, linewidth=1, label=label))
+            if lines:
+                ax.legend(handles=lines, fontsize=7, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
         ax.set_xticks(range(len(groups)), [f"{a}\n({b})" for a, b in groups], fontsize=8)
-        ax.set_ylabel(f"{LABELS[measure]} per response (nats, lower is better)")
+        ax.set_xlim(-0.6, len(groups) - 0.4)
+        ax.set_ylabel(f"{LABELS[measure]} per response (nats, lower is better)", fontsize=8)
         ax.set_title(LABELS[measure])
-    axes[0][0].legend(fontsize=8, frameon=False)
+    axes[0][0].legend(
+        handles=handles, fontsize=7, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=len(handles)
+    )
+    fig.subplots_adjust(bottom=0.32, wspace=0.35)
+    return _svg(fig)
+
+
+def plot_comparisons(report: Report) -> str | None:
+    """Every paired comparison over studies as a forest plot: the difference and its 95% paired CI, beside zero."""
+    import matplotlib.pyplot as plt
+
+    c = report.comparisons
+    if c is None or not len(c):
+        return None
+    c = c[(c["experiment"] == OVERALL) & c["estimate"].notna() & (c["comparison"] != "headroom recovered")]
+    if not len(c):
+        return None
+    rows = list(c.itertuples(index=False))
+    models = c[c["model"] != "(baselines)"]
+    several = models["model"].nunique() > 1 or models["format"].nunique() > 1
+
+    def named(text: str) -> str:  # baselines by what they are ("person-adjusted population"), not by their key
+        return " - ".join(BASELINE_LABELS.get(part, part) for part in text.split(" - "))
+
+    labels = []
+    for r in rows:
+        if r.comparison.startswith("persona") or r.model == "(baselines)":
+            what = named(r.condition)
+        else:
+            what = f"{named(r.comparison)}, {r.condition}"
+        who = f"{r.model} ({r.format}): " if several and r.model != "(baselines)" else ""
+        labels.append(f"{who}{what} [{LABELS.get(r.measure, r.measure)}]")
+    fig, ax = plt.subplots(figsize=(7.2, 0.32 * len(rows) + 1.2))
+    ys = list(range(len(rows)))[::-1]
+    for y, r in zip(ys, rows, strict=True):
+        reliable = not math.isnan(r.ci_low) and (r.ci_low > 0 or r.ci_high < 0)
+        color = "#4c78a8" if reliable and r.estimate < 0 else "#e45756" if reliable else "0.45"
+        if not math.isnan(r.ci_low):
+            ax.plot([r.ci_low, r.ci_high], [y, y], color=color, linewidth=1.6)
+        ax.plot([r.estimate], [y], "o", color=color, markersize=4.5)
+    ax.axvline(0, color="0.2", linewidth=0.8, linestyle="--")
+    ax.set_yticks(ys, labels, fontsize=7)
+    ax.set_xlabel("paired difference (nats; < 0: the first named is better)", fontsize=8)
+    ax.tick_params(axis="x", labelsize=7)
+    fig.tight_layout()
     return _svg(fig)
 
 
@@ -759,14 +811,15 @@ def plot_benefit(report: Report) -> str | None:
     if not len(b):
         return None
     keys = list(b.groupby(["model", "format", "persona"], sort=False).groups)
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.6 * len(keys) + 0.5, 2.8), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys) + 0.6, 3.6), squeeze=False, sharey=True)
     comps = report.comparisons
     comps = comps[comps["experiment"] == OVERALL]
     for ax, (model, fmt, persona) in zip(axes[0], keys, strict=True):
         d = b[(b["model"] == model) & (b["format"] == fmt) & (b["persona"] == persona)]["difference"].to_numpy(float)
         lim = max(abs(d).max(), 1e-3)
-        ax.hist(d, bins=np.linspace(-lim, lim, 25), color="#4c78a8", edgecolor="white")
-        ax.axvline(0, color="0.2", linewidth=1)
+        ax.hist(d, bins=np.linspace(-lim, lim, 25), color="#9ecae9", edgecolor="white")
+        # Zero as a thin dotted line behind everything: a mean near zero stays visible on top of it.
+        ax.axvline(0, color="0.3", linewidth=0.8, linestyle=":", zorder=1)
         c = comps[
             (comps["comparison"] == "persona benefit")
             & (comps["model"] == model)
@@ -776,13 +829,15 @@ def plot_benefit(report: Report) -> str | None:
         ]
         if len(c):
             r = c.iloc[0]
-            ax.axvline(r.estimate, color="#e45756", linewidth=1.5, label=f"mean {r.estimate:+.4f}")
+            top = ax.get_ylim()[1]
             if not math.isnan(r.ci_low):
-                ax.axvspan(r.ci_low, r.ci_high, color="#e45756", alpha=0.15, label="95% CI")
-            ax.legend(fontsize=7, frameon=False)
+                ax.axvspan(r.ci_low, r.ci_high, color="#e45756", alpha=0.18, label="95% CI of the mean", zorder=2)
+            ax.axvline(r.estimate, color="#e45756", linewidth=1.8, label=f"mean {r.estimate:+.4f}", zorder=3)
+            ax.plot([r.estimate], [top * 0.97], "v", color="#e45756", markersize=6, zorder=4)
+            ax.legend(fontsize=7, frameon=False, loc="upper left")
         share = (d < 0).mean() if len(d) else math.nan
         ax.set_title(f"{model} ({fmt}): {persona}\n{share:.0%} of participants better predicted", fontsize=8)
-        ax.set_xlabel("NLL with persona − without (nats; < 0: persona helps)")
+        ax.set_xlabel("NLL with persona − without (nats; < 0: persona helps)", fontsize=8)
     axes[0][0].set_ylabel("participants")
     return _svg(fig)
 
@@ -868,6 +923,7 @@ def write_report(run: str | os.PathLike | SavedRun, out: str | os.PathLike | Non
     _plot_style()
     figures = {
         "conditions": plot_conditions(report),
+        "comparisons": plot_comparisons(report),
         "benefit": plot_benefit(report),
         "post_training": plot_post_training(report),
     }
