@@ -624,6 +624,8 @@ def _paragraphs(report: Report) -> list[str]:
         if sentences:
             out.append(" ".join(sentences))
     bl = report.baselines.set_index(["baseline", "measure"])
+    # Persona words only where a persona was run (a fine-tuning evaluation may have none).
+    personas = any(v.get("type") == "persona" for v in types.values())
     if ("population", "option_nll") in bl.index and ("individual", "option_nll") in bl.index:
         pop, ind = bl.loc[("population", "option_nll")], bl.loc[("individual", "option_nll")]
         if not math.isnan(pop.estimate) and not math.isnan(ind.estimate):
@@ -639,7 +641,8 @@ def _paragraphs(report: Report) -> list[str]:
                     r.ci_high,
                     r.n,
                     f"the person's other trials reliably add to the population ({_fmt(r.estimate)} nats, "
-                    f"{_interval(r.ci_low, r.ci_high)}), so there is individual-level signal for a persona to recover",
+                    f"{_interval(r.ci_low, r.ci_high)}), so there is individual-level signal"
+                    + (" for a persona to recover" if personas else ""),
                     f"the person-adjusted model is reliably worse than the population ({_interval(r.ci_low, r.ci_high)})",
                     "the person's other trials add nothing reliable to the population "
                     f"({_interval(r.ci_low, r.ci_high)}), so by this measure there is no established individual-level headroom",
