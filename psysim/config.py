@@ -197,6 +197,8 @@ class FinetuneConfig:
     batch_size: int = 4
     max_length: int = 2048
     patience: int = 1
+    #: Recompute each layer's activations in the backward pass instead of keeping them: several times less memory.
+    gradient_checkpointing: bool = True
 
 
 @dataclass(frozen=True)
@@ -607,6 +609,7 @@ def _finetune(f: dict[str, Any]) -> FinetuneConfig:
         batch_size=f.get("batch_size", 4),
         max_length=f.get("max_length", 2048),
         patience=f.get("patience", 1),
+        gradient_checkpointing=f.get("gradient_checkpointing", True),
     )
 
 

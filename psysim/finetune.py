@@ -100,24 +100,51 @@ def training_example(tokenizer, text: str, spans, add_special_tokens: bool = Tru
     return enc.ids, labels
 
 
+def lora_model(base_model, lora, gradient_checkpointing: bool = True):
+    """The base model with a fresh LoRA adapter (peft), checkpointing each layer's activations when asked."""
+    from peft import get_peft_model
+
+    if gradient_checkpointing:
+        # Non-reentrant checkpointing works with the frozen embeddings (no enable_input_require_grads hook needed).
+        # (Newer transformers call it activation checkpointing; older ones only know gradient checkpointing.)
+        if hasattr(base_model, "activation_checkpointing_enable"):
+            base_model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return get_peft_model(base_model, lora)
+
+
 def batch_loss(model, batch: list[tuple[list[int], list[int]]], pad_id: int):
-    """Mean NLL per response token over a batch (right-padded; padding and non-responses are ignored)."""
+    """Mean NLL per response token over a batch of right-padded examples; padding and non-responses are ignored.
+
+    Two things keep a training step small (bench/bench_finetune.py measures both
+    against the plain ``model(...).logits`` loss):
+
+    * Only the hidden states that predict a response token go through the
+      vocabulary projection (:func:`psysim.scoring.project`): a few dozen rows
+      per batch instead of batch × length × vocabulary logits and their gradients.
+    * No attention mask: padding sits after every real token, and causal attention
+      never reads what comes later, so the real positions are computed exactly as
+      with a mask, while torch can use its memory-efficient causal attention kernel
+      instead of materialising every layer's attention matrix for the backward pass.
+    """
     import torch
 
+    from .scoring import project
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft's LoRA layers live inside it
     device = next(model.parameters()).device
     length = max(len(ids) for ids, _ in batch)
     input_ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), length), -100, dtype=torch.long)
-    mask = torch.zeros((len(batch), length), dtype=torch.long)
     for b, (ids, lab) in enumerate(batch):
         input_ids[b, : len(ids)] = torch.tensor(ids)
         labels[b, : len(lab)] = torch.tensor(lab)
-        mask[b, : len(ids)] = 1
-    logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits.float()
-    # Token t is predicted at position t - 1: shift, then cross-entropy only where a label is a response token.
-    return torch.nn.functional.cross_entropy(
-        logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1).to(device), ignore_index=-100
-    )
+    hidden = base.get_decoder()(input_ids=input_ids.to(device)).last_hidden_state
+    # Token t is predicted at position t - 1.
+    targets = labels[:, 1:]
+    rows, cols = (targets != -100).nonzero(as_tuple=True)
+    return -project(base, hidden[rows.to(device), cols.to(device)], targets[rows, cols].to(device)).mean()
 
 
 def _nll(backend, prompts) -> float:
@@ -200,7 +227,7 @@ def finetune_experiment(
     }
     examples = [training_example(tok, p.text, p.spans) for p in prompts["train"]]
 
-    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+    from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
 
     torch.manual_seed(cfg.seed)
     base_test_nll = state["base_test_nll"] if state else _nll(backend, prompts["test"])
@@ -213,8 +240,7 @@ def finetune_experiment(
         use_rslora=ft.rslora,
         task_type="CAUSAL_LM",
     )
-    base_model = backend.model
-    model = get_peft_model(base_model, lora)
+    model = lora_model(backend.model, lora, ft.gradient_checkpointing)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=ft.learning_rate)
     curve = state["curve"] if state else [{"epoch": 0, "train_loss": None, "validation_nll": base_val_nll}]
     epoch, step = (state["epoch"], state["step"]) if state else (1, 0)

@@ -82,6 +82,52 @@ def test_loss_is_the_mean_nll_of_response_tokens_only(ft, hf):
         assert float(batch_loss(model, changed, tok.pad_token_id)) == pytest.approx(loss, abs=1e-6)
 
 
+def test_loss_and_gradients_equal_the_plain_masked_full_logits_loss(ft, hf):
+    """Projecting only response positions, without a mask, gives the loss and LoRA gradients of the textbook loss:
+    ``model(input_ids, attention_mask).logits`` everywhere, shifted, cross-entropy where a label is a response token."""
+    import copy
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    import psysim
+    from psysim.finetune import batch_loss, training_example
+
+    exp = psysim.load_experiment("experiment.yaml")
+    tok = hf.tokenizer()
+    torch.manual_seed(0)
+    # A copy: hf.model is shared between tests, and peft injects its layers into the model it is given.
+    model = get_peft_model(copy.deepcopy(hf.model(len(tok))), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    for name, param in model.named_parameters():  # LoRA's B starts at zero: give it values so gradients reach A
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.05)
+    examples = [training_example(tok, p.text, p.spans) for p in (exp.render(pid, "no_persona") for pid in exp.participants[:4])]
+    assert len({len(ids) for ids, _ in examples}) > 1  # padding is exercised
+
+    def reference(batch):
+        length = max(len(ids) for ids, _ in batch)
+        ids = torch.tensor([i + [tok.pad_token_id] * (length - len(i)) for i, _ in batch])
+        labels = torch.tensor([lab + [-100] * (length - len(lab)) for _, lab in batch])
+        mask = torch.tensor([[1] * len(i) + [0] * (length - len(i)) for i, _ in batch])
+        logits = model(input_ids=ids, attention_mask=mask).logits.float()
+        return torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100
+        )
+
+    model.eval()  # no dropout: both losses see the same network
+    grads = []
+    for loss_of in (reference, lambda b: batch_loss(model, b, tok.pad_token_id)):
+        model.zero_grad()
+        loss = loss_of(examples)
+        loss.backward()
+        grads.append((loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
+    (ref_loss, ref_grads), (loss, got) = grads
+    assert loss == pytest.approx(ref_loss, abs=1e-5)
+    assert ref_grads.keys() == got.keys() and len(got) > 0
+    for name, g in got.items():
+        assert torch.allclose(g, ref_grads[name], atol=1e-5, rtol=1e-4), name
+
+
 def test_finetune_then_run_on_held_out_people(ft, run_cli):
     """Split, card, curve; psysim run with cohort.split reproduces the card's held-out NLLs exactly."""
     r = run_cli("finetune", "experiment.yaml", "--out", "out", "-q")

@@ -1,0 +1,110 @@
+"""Benchmark: one fine-tuning step (forward + backward) of the default model, psysim's loss against the plain one.
+
+Measured in one run, each method in its own fresh subprocess (so peak memory
+is its own), on the same batch of thoma2025riskychoice participants
+(``experiments/finetune.yaml``'s rendering), LoRA on all linear layers:
+
+* ``naive``  — ``model(input_ids, attention_mask).logits`` at every position,
+               shifted cross-entropy where a label is a response token (the
+               textbook loss; psysim 0.2.0 before this benchmark);
+* ``psysim`` — :func:`psysim.finetune.batch_loss`: no attention mask for the
+               right-padded batch (causal attention never reads the padding),
+               the vocabulary projection only where a response token is predicted;
+               and gradient checkpointing (``finetune.gradient_checkpointing``, on by
+               default; ``--method psysim-nockpt`` measures without it).
+
+Both give the same loss (printed). Reported: seconds per step (median of
+``--steps``), peak resident memory of the process and what the step added on
+top of the loaded model.
+
+    .venv/bin/python bench/bench_finetune.py [--batch 4] [--steps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def step(method: str, batch: int, steps: int) -> dict:
+    import torch
+    from peft import LoraConfig
+
+    import psysim
+    from psysim.backends import get_backend
+    from psysim.finetune import batch_loss, lora_model, training_example
+
+    exp = psysim.load_experiment(REPO / "experiments" / "finetune.yaml")
+    backend = get_backend(exp.model(None), exp.config.folder)
+    tok = backend.tokenizer
+    examples = [training_example(tok, p.text, p.spans) for p in (exp.render(pid, "no_persona") for pid in exp.participants[:batch])]
+    torch.manual_seed(0)
+    lora = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear")
+    model = lora_model(backend.model, lora, gradient_checkpointing=method == "psysim")
+    model.train()
+    loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    def naive(b):
+        length = max(len(ids) for ids, _ in b)
+        ids = torch.tensor([i + [backend.pad_id] * (length - len(i)) for i, _ in b])
+        labels = torch.tensor([lab + [-100] * (length - len(lab)) for _, lab in b])
+        mask = torch.tensor([[1] * len(i) + [0] * (length - len(i)) for i, _ in b])
+        logits = model(input_ids=ids, attention_mask=mask).logits.float()
+        return torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100
+        )
+
+    loss_of = naive if method == "naive" else (lambda b: batch_loss(model, b, backend.pad_id))
+    times, losses = [], []
+    for _ in range(steps):
+        model.zero_grad()
+        torch.manual_seed(1)  # the same dropout masks for both methods
+        started = time.perf_counter()
+        loss = loss_of(examples)
+        loss.backward()
+        times.append(time.perf_counter() - started)
+        losses.append(loss.item())
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {
+        "method": method,
+        "tokens": [len(ids) for ids, _ in examples],
+        "seconds_per_step": round(statistics.median(times), 2),
+        "peak_mib": round(peak / 1024),
+        "step_added_mib": round((peak - loaded) / 1024),
+        "loss": round(losses[0], 6),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--method", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.method:
+        print(json.dumps(step(args.method, args.batch, args.steps)))
+        return
+    results = []
+    for method in ("naive", "psysim-nockpt", "psysim"):
+        cmd = [sys.executable, __file__, "--method", method, "--batch", str(args.batch), "--steps", str(args.steps)]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    naive, _, ours = results
+    print(json.dumps(results, indent=2))
+    print(
+        f"speed-up {naive['seconds_per_step'] / ours['seconds_per_step']:.1f}x, "
+        f"memory added by a step {naive['step_added_mib']} -> {ours['step_added_mib']} MiB"
+    )
+
+
+if __name__ == "__main__":
+    main()
