@@ -277,7 +277,7 @@ def simulate(experiment: Path, out: Path | None, n: int | None, dry_run: bool, q
         )
         shares = sim.groupby(["model", "condition"], sort=False)["response"].value_counts(normalize=True).unstack(fill_value=0)
         click.echo(table.join(shares).to_string(float_format=lambda x: f"{x:.3f}"))
-    click.echo(f"export: psysim export {display_path(result.out)} --format csv|parquet|psych201")
+    click.echo(f"export: psysim export {display_path(result.out)} --format csv|parquet|psych201|wide")
 
 
 @cli.command()
