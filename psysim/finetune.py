@@ -221,6 +221,9 @@ def finetune_experiment(
     backend = backend or get_backend(model_cfg, cfg.folder)
     if getattr(backend, "model", None) is None:
         raise ConfigError("fine-tuning needs a transformers model (the hf backend)")
+    # The split first: who is held out is known (and usable by `psysim run`) before any step is taken.
+    folder.mkdir(parents=True, exist_ok=True)
+    write_atomic(folder / "split.json", lambda tmp: tmp.write_text(json.dumps(split, indent=2), encoding="utf-8"))
     tok = backend.tokenizer
     prompts = {
         part: [_fitting_prompt(exp, backend, pid, condition.name, ft.max_length) for pid in ids] for part, ids in split.items()
@@ -252,6 +255,8 @@ def finetune_experiment(
         torch.set_rng_state(ck["rng"])
     backend.model = model  # scoring (validation) goes through the adapter from now on
     started = time.time()
+    # One record per session: a card of a resumed training says so, with where each session started.
+    sessions = [*(state.get("sessions", []) if state else []), {"started": _now(started), "epoch": epoch, "step": step}]
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -276,6 +281,7 @@ def finetune_experiment(
             "best": best,
             "bad_epochs": bad_epochs,
             "base_test_nll": base_test_nll,
+            "sessions": [*sessions[:-1], {**sessions[-1], "seconds": round(time.time() - started, 1)}],
         }
         write_atomic(state_path, lambda tmp: tmp.write_text(json.dumps(data, indent=2), encoding="utf-8"))
 
@@ -302,22 +308,21 @@ def finetune_experiment(
         curve.append({"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else None, "validation_nll": val})
         if val < best:
             best, bad_epochs = val, 0
-            model.save_pretrained(folder / "adapter")  # the best epoch's adapter
+            _save_adapter(model, folder / "adapter", model_cfg.source, f"epoch {epoch}, validation NLL {val:.4f}")
         else:
             bad_epochs += 1
         epoch, step, losses = epoch + 1, 0, []
         save_state("running", losses)
     if bar:
         bar.close()
-    if not (folder / "adapter").exists():
-        model.save_pretrained(folder / "adapter")  # no epoch beat the base model: keep the last, and say so in the card
+    if not (folder / "adapter").exists():  # no epoch beat the base model: keep the last, and say so in the card
+        _save_adapter(model, folder / "adapter", model_cfg.source, "the last epoch (none beat the base model)")
     # Test NLL with the best adapter, exactly as psysim run will compute it.
     from peft.utils import load_peft_weights
 
     set_peft_model_state_dict(model, load_peft_weights(str(folder / "adapter")))
     model.eval()
     tuned_test_nll = _nll(backend, prompts["test"])
-    write_atomic(folder / "split.json", lambda tmp: tmp.write_text(json.dumps(split, indent=2), encoding="utf-8"))
     card = {
         "psysim_adapter": 1,
         "base_model": {"name": model_cfg.name, **backend.identity()},
@@ -347,6 +352,8 @@ def finetune_experiment(
         "versions": _versions(),
         "finished": _now(time.time()),
         "seconds_last_session": round(time.time() - started, 1),
+        "resumed": len(sessions) > 1,
+        "sessions": [*sessions[:-1], {**sessions[-1], "seconds": round(time.time() - started, 1)}],
     }
     adapter = folder / "adapter"
     write_atomic(
@@ -354,7 +361,28 @@ def finetune_experiment(
     )
     write_atomic(adapter / "README.md", lambda tmp: tmp.write_text(_card_text(card), encoding="utf-8"))
     save_state("complete", [])
+    # Optimizer state and RNG exist to resume; a finished training needs neither (state.json says it is complete).
+    import shutil
+
+    shutil.rmtree(folder / "checkpoint", ignore_errors=True)
     return FinetuneResult(folder, card)
+
+
+def _save_adapter(model, adapter: Path, base: str, which: str) -> None:
+    """Save the adapter with psysim's words: the base model as the experiment names it, a README saying what it is.
+
+    peft would record the base model's absolute local path (a folder under the
+    user's home) and write an empty model-card template; the card proper is
+    written when training completes.
+    """
+    for config in model.peft_config.values():
+        config.base_model_name_or_path = base
+    model.save_pretrained(adapter)
+    note = (
+        f"# LoRA adapter (training in progress)\n\nBase model: `{base}`. Saved at {which}. The model card "
+        "(psysim_card.json and this README) is written when `psysim finetune` completes.\n"
+    )
+    write_atomic(adapter / "README.md", lambda tmp: tmp.write_text(note, encoding="utf-8"))
 
 
 def _card_text(card: dict[str, Any]) -> str:
@@ -366,6 +394,14 @@ def _card_text(card: dict[str, Any]) -> str:
         for c in card["curve"]
     )
     test = card["test_nll"]
+    sessions = card.get("sessions", [])
+    resumed = (
+        f"- Trained in {len(sessions)} sessions (interrupted and resumed: "
+        + "; ".join(f"from epoch {s['epoch']}, step {s['step']}, {s.get('seconds', 0):.0f} s" for s in sessions)
+        + "); the same seed gives the same adapter either way\n"
+        if len(sessions) > 1
+        else ""
+    )
     return f"""# LoRA adapter for {card["base_model"]["name"]} (psysim finetune)
 
 Trained by psysim on the human responses of experiment `{card["experiment"]}` ({card["config_path"]},
@@ -377,7 +413,7 @@ sha256 {card["config_sha256"]}), condition `{card["condition"]}`, loss on the re
 - LoRA: rank {hp["rank"]}, alpha {hp["alpha"]}, dropout {hp["dropout"]}, target modules {hp["target_modules"]},
   rsLoRA {hp["rslora"]}; AdamW, learning rate {hp["learning_rate"]}, batch size {hp["batch_size"]},
   at most {hp["epochs"]} epochs (early stopping, patience {hp["patience"]}), max length {hp["max_length"]}, seed {hp["seed"]}
-
+{resumed}
 ## Training curve (validation NLL: mean over responses of each response's NLL, nats)
 
 | epoch | training loss (per response token) | validation NLL |

@@ -197,12 +197,26 @@ def test_same_seed_same_adapter_and_resume_after_interrupt(ft, run_cli, monkeypa
     assert r.exit_code == 130 and "run the same command again to resume" in r.stderr
     state = json.loads((ft / "c" / "state.json").read_text("utf-8"))
     assert (state["epoch"], state["step"]) == (2, 1)
+    # While interrupted: the split is already there, the adapter's README says training is in progress, and the
+    # adapter names its base model as the experiment does (not a folder under the user's home).
+    assert json.loads((ft / "c" / "split.json").read_text("utf-8")) == json.loads((ft / "a" / "split.json").read_text("utf-8"))
+    assert "training in progress" in (ft / "c" / "adapter" / "README.md").read_text("utf-8")
+    assert json.loads((ft / "c" / "adapter" / "adapter_config.json").read_text("utf-8"))["base_model_name_or_path"] == (
+        "tiny-model"
+    )
     monkeypatch.setattr(finetune, "batch_loss", real)
     assert run_cli("finetune", "experiment.yaml", "--out", "c", "-q").exit_code == 0
     assert digest(ft / "c" / weights) == digest(ft / "a" / weights)
     a = json.loads((ft / "a" / "adapter" / "psysim_card.json").read_text("utf-8"))
     c = json.loads((ft / "c" / "adapter" / "psysim_card.json").read_text("utf-8"))
     assert a["curve"] == c["curve"] and a["test_nll"] == c["test_nll"]
+    # The card says the training was resumed, and where; the resume-only checkpoint is gone once complete.
+    assert (a["resumed"], c["resumed"]) == (False, True)
+    assert [(x["epoch"], x["step"]) for x in c["sessions"]] == [(1, 0), (2, 1)]
+    assert "Trained in 2 sessions (interrupted and resumed: from epoch 1, step 0" in (
+        ft / "c" / "adapter" / "README.md"
+    ).read_text("utf-8")
+    assert not (ft / "c" / "checkpoint").exists() and not (ft / "a" / "checkpoint").exists()
 
 
 @pytest.mark.parametrize(
