@@ -45,7 +45,8 @@ def step(method: str, batch: int, steps: int) -> dict:
     exp = psysim.load_experiment(REPO / "experiments" / "finetune.yaml")
     backend = get_backend(exp.model(None), exp.config.folder)
     tok = backend.tokenizer
-    examples = [training_example(tok, p.text, p.spans) for p in (exp.render(pid, "no_persona") for pid in exp.participants[:batch])]
+    prompts = [exp.render(pid, "no_persona") for pid in exp.participants[:batch]]
+    examples = [training_example(tok, p.text, p.spans) for p in prompts]
     torch.manual_seed(0)
     lora = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear")
     model = lora_model(backend.model, lora, gradient_checkpointing=method == "psysim")
