@@ -28,6 +28,10 @@ def cli() -> None:
     """
 
 
+#: Printed above a --dry-run's numbers, so that nobody reads the mock model's numbers as a model's.
+MOCK_NOTE = "dry run: the numbers below come from psysim's mock model (no weights), not from a language model"
+
+
 @cli.command()
 @click.argument("experiment", type=EXPERIMENT)
 def validate(experiment: Path) -> None:
@@ -222,6 +226,8 @@ def run(experiment: Path, out: Path | None, limit: int | None, dry_run: bool, qu
             # Responses left out to fit the context are not in "responses": show them beside it, not only in the report.
             summary["dropped to fit"] = dropped.reindex(summary.index, fill_value=0)
             columns.insert(1, "dropped to fit")
+        if result.manifest.get("dry_run"):
+            click.echo(MOCK_NOTE)
         click.echo(summary[columns].to_string(float_format=lambda x: f"{x:.3f}"))
         click.echo(f"baselines, comparisons with CIs and plots: psysim report {display_path(result.out)}")
 
@@ -272,6 +278,8 @@ def simulate(experiment: Path, out: Path | None, n: int | None, dry_run: bool, q
         f"{display_path(result.out)} ({result.manifest.get('seconds', 0):.1f} s{note})"
     )
     if len(sim):
+        if result.manifest.get("dry_run"):
+            click.echo(MOCK_NOTE)
         table = sim.groupby(["model", "condition"], sort=False).agg(
             participants=("participant", "nunique"), responses=("response", "size")
         )

@@ -60,6 +60,7 @@ def test_dry_run_writes_the_documented_table(toy, run_cli):
     toy.write_yaml(DRY)
     r = run_cli("run", "experiment.yaml", "--dry-run", "--quiet", "--out", "out")
     assert r.exit_code == 0, r.stderr
+    assert "dry run: the numbers below come from psysim's mock model (no weights), not from a language model" in r.stdout
     trials = read_trials(toy.folder / "out")
     assert list(trials.columns) == COLUMNS
     assert len(trials) == 2 * 3 * 3 * 2  # formats × conditions × participants × responses
