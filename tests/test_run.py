@@ -45,11 +45,11 @@ def read_trials(folder: Path) -> pd.DataFrame:
 
 
 def table_lines(stdout: str) -> list[str]:
-    """The headline table: everything after the 'wrote N rows ...' line."""
+    """The headline table: everything after the 'wrote N rows ...' line (and a dry run's note on the mock model)."""
     lines = stdout.splitlines()
     assert re.fullmatch(r"wrote \d+ rows to .+trials\.parquet \(\d+\.\d s\)", lines[0]), lines[0]
     assert lines[-1].startswith("baselines, comparisons with CIs and plots: psysim report "), lines[-1]
-    return lines[1:-1]
+    return [line for line in lines[1:-1] if not line.startswith("dry run: ")]
 
 
 # --------------------------------------------------------------------------------------------- dry run
