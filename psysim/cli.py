@@ -285,7 +285,7 @@ def simulate(experiment: Path, out: Path | None, n: int | None, dry_run: bool, q
         )
         shares = sim.groupby(["model", "condition"], sort=False)["response"].value_counts(normalize=True).unstack(fill_value=0)
         click.echo(table.join(shares).to_string(float_format=lambda x: f"{x:.3f}"))
-    click.echo(f"export: psysim export {display_path(result.out)} --format csv|parquet|psych201|wide")
+    click.echo(f"export: psysim export {display_path(result.out)} --format csv|parquet|psych201|stata|spss [--layout wide]")
 
 
 @cli.command()
@@ -314,19 +314,26 @@ def report(run_dir: Path, out: Path | None) -> None:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["csv", "parquet", "psych201", "wide"]),
+    type=click.Choice(["csv", "parquet", "psych201", "stata", "spss"]),
     required=True,
-    help="What to write: long tables (csv, parquet), Psych-201 transcripts, or one row per respondent (wide).",
+    help="What to write: tables (csv, parquet), Psych-201 transcripts, or labelled Stata .dta / SPSS .sav files.",
+)
+@click.option(
+    "--layout",
+    type=click.Choice(["long", "wide"]),
+    help="long: one row per response (default for csv, parquet); wide: one row per respondent, item codes as columns "
+    "(default for stata, spss; simulations only).",
 )
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Where (default: RUN_DIR/export).")
-def export(run_dir: Path, fmt: str, out: Path | None) -> None:
-    """Export a run as tidy CSV or Parquet (one row per response, profiles joined), or a simulation's
-    synthetic transcripts as Psych-201 JSONL, or a simulation as a wide survey table (one row per respondent,
-    one column per item code); always with data_dictionary.csv (type, meaning and value labels of every column).
+def export(run_dir: Path, fmt: str, layout: str | None, out: Path | None) -> None:
+    """Export a run as tidy CSV or Parquet (one row per response, profiles joined), a simulation's synthetic
+    transcripts as Psych-201 JSONL, or a simulation as a survey table (--layout wide: one row per respondent, item
+    codes as columns; Stata and SPSS files with variable and value labels); always with data_dictionary.csv (type,
+    meaning and value labels of every column).
     """
     from .export import export_run
 
-    for path in export_run(run_dir, fmt, out):
+    for path in export_run(run_dir, fmt, out, layout=layout):
         click.echo(f"wrote {display_path(path)}")
 
 

@@ -354,6 +354,8 @@ def manifest_base(exp: Experiment, *, limit, dry_run: bool, kind: str | None = N
         "condition_types": {c.name: {"type": c.type, "format": c.format} for c in cfg.conditions},
         # The words the schema gives coded values (e.g. sex "1" = "Female"): report subgroups and export dictionaries.
         "value_labels": {name: dict(spec.value_labels) for name, spec in exp.schema.fields.items() if spec.value_labels},
+        # Each field's question (x-psysim.question, else its label): variable labels of Stata/SPSS exports.
+        "field_labels": {name: spec.question or spec.label for name, spec in exp.schema.fields.items()},
         "versions": versions,
         "python": platform.python_version(),
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},

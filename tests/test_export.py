@@ -95,7 +95,7 @@ def test_wide_export_is_one_row_per_respondent_with_item_codes_and_value_labels(
     schema["properties"]["country"]["x-psysim"] = {"value_labels": {"GB": "United Kingdom", "US": "United States"}}
     survey.write("schema.json", json.dumps(schema))
     assert run_cli("simulate", "experiment.yaml", "-q", "--dry-run", "--out", "out").exit_code == 0
-    r = run_cli("export", "out", "--format", "wide")
+    r = run_cli("export", "out", "--format", "csv", "--layout", "wide")
     assert r.exit_code == 0, r.stderr
     wide = pd.read_csv("out/export/wide.csv", dtype=str, keep_default_na=False)
     sim = pd.read_parquet("out/simulated.parquet")
@@ -113,5 +113,56 @@ def test_wide_export_is_one_row_per_respondent_with_item_codes_and_value_labels(
     assert dictionary.at["Q1", "values"] == "options: 1, 2, 3"
     # A scoring run's responses are the humans' own: refused, with what to do instead.
     assert run_cli("run", "experiment.yaml", "-q", "--dry-run", "--out", "scored").exit_code == 0
-    r = run_cli("export", "scored", "--format", "wide")
-    assert r.exit_code == 2 and "export a simulation run as wide" in r.stderr
+    r = run_cli("export", "scored", "--format", "csv", "--layout", "wide")
+    assert r.exit_code == 2 and "export a simulation run with --layout wide" in r.stderr
+    r = run_cli("export", "out", "--format", "psych201", "--layout", "wide")
+    assert r.exit_code == 2 and "Psych-201 JSONL is one transcript per line: it has no wide layout" in r.stderr
+
+
+@pytest.mark.parametrize("fmt", ["stata", "spss"])
+def test_stata_and_spss_exports_carry_variable_and_value_labels(survey, run_cli, fmt):  # noqa: F811
+    """Read back with pandas (Stata) or pyreadstat (SPSS): numbers stay numbers, labels attach, names are legal."""
+    if fmt == "spss":
+        pyreadstat = pytest.importorskip("pyreadstat")
+    schema = json.loads(survey.folder.joinpath("schema.json").read_text("utf-8"))
+    schema["properties"]["gender"] = {
+        "type": "integer",
+        "enum": [1, 2],
+        "x-psysim": {"value_labels": {"1": "Male", "2": "Female"}},
+    }
+    survey.write("schema.json", json.dumps(schema))
+    survey.write("data.csv", "age\tcountry\tgender\tQ1\tQ2\tQ3\n30\tGB\t2\t1\t2\t3\n40\tUS\t1\t3\t0\t2\n999\tNA\t1\t2\t2\t1\n")
+    assert run_cli("simulate", "experiment.yaml", "-q", "--dry-run", "--out", "out").exit_code == 0
+    r = run_cli("export", "out", "--format", fmt)
+    assert r.exit_code == 0, r.stderr
+    assert run_cli("export", "out", "--format", "csv", "--layout", "wide").exit_code == 0  # the same table, as text
+    wide = pd.read_csv("out/export/wide.csv", dtype={"participant": str, "source": str, "design_of": str})
+    if fmt == "stata":
+        reader = pd.io.stata.StataReader("out/export/wide.dta")
+        with reader:
+            data = reader.read(convert_categoricals=False)
+            var_labels, value_labels = reader.variable_labels(), reader.value_labels()
+        gender_codes = value_labels[next(iter(value_labels))]
+    else:
+        data, meta = pyreadstat.read_sav("out/export/wide.sav")
+        var_labels = dict(zip(meta.column_names, meta.column_labels, strict=True))
+        gender_codes = meta.variable_value_labels["gender"]
+    assert list(data.columns) == [
+        "model",
+        "condition",
+        "participant",
+        "design_of",
+        "source",
+        "age",
+        "country",
+        "gender",
+        "Q2",
+        "Q1",
+        "Q3",
+    ]
+    assert data["Q1"].tolist() == wide["Q1"].astype(float).tolist()  # responses are numbers, as a rating scale is
+    assert data["gender"].tolist() == wide["profile.gender"].astype(float).tolist()
+    assert {float(k): v for k, v in gender_codes.items()} == {1.0: "Male", 2.0: "Female"}
+    assert var_labels["Q1"] == "Q1: 2. I like tea. Rating:"
+    assert var_labels["age"] == "What is your age?"  # the field's question
+    assert var_labels["participant"].startswith("Participant id")  # the data dictionary's meaning, cut to 80 characters

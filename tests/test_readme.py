@@ -52,7 +52,7 @@ def test_the_python_api_blocks_run_as_written(tmp_path, monkeypatch):
     sim = namespace["sim"].simulated
     assert sim["participant"].nunique() == 3 and set(sim["condition"]) == {"no_persona", "persona", "shuffled_persona"}
     export = tmp_path / "runs" / "holt_laury-3" / "export"
-    assert (export / "wide.csv").exists() and (export / "data_dictionary.csv").exists()
+    assert all((export / f).exists() for f in ("wide.csv", "wide.dta", "data_dictionary.csv"))
     # Run twice, as a notebook cell is: the saved run is reused, not refused.
     exec(compile(blocks[0], "README.md (Python API, first block, again)", "exec"), namespace)
     assert namespace["result"].resumed
