@@ -242,6 +242,8 @@ def export_run(
     if path.exists():  # keep the entries of files other exports wrote into this folder
         old = pd.read_csv(path, dtype=str, keep_default_na=False).reindex(columns=columns, fill_value="")
         dictionary = pd.concat([old[~old["file"].isin(list(written))], dictionary], ignore_index=True)
+        # Files in name order, columns in their order within each: the same dictionary however exports were repeated.
+        dictionary = dictionary.sort_values("file", kind="stable").reset_index(drop=True)
     write_atomic(path, lambda tmp: dictionary.to_csv(tmp, index=False))
     return [folder / name for name in written] + [path]
 

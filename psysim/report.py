@@ -111,12 +111,17 @@ class Report:
         return out[columns]
 
 
-def build_report(run: SavedRun | str | os.PathLike) -> Report:
-    """Compute every table, comparison and summary sentence of a completed run folder."""
+def build_report(run: SavedRun | str | os.PathLike) -> Report | SimulationReport:
+    """Compute every table, comparison and summary sentence of a completed run folder.
+
+    A simulation's folder gives its :class:`SimulationReport` (:func:`build_simulation_report`).
+    """
     import pandas as pd
 
     if not isinstance(run, SavedRun):
         run = open_run(run)
+    if run.kind == "simulation":
+        return build_simulation_report(run)
     man = run.manifest
     ev = man.get("evaluation", {})
     seed, n_boot = int(man.get("seed", 0)), int(ev.get("bootstrap", 10_000))

@@ -283,10 +283,23 @@ def open_run(folder: str | os.PathLike) -> SavedRun:
     if not path.is_dir():
         raise PsysimError(f"run folder not found: {shown}", [Problem("expected the folder `psysim run` wrote (its output)")])
     manifest = _read_manifest(path)
+    if manifest is None and (path / "state.json").exists() and (path / "split.json").exists():
+        # A fine-tuning folder: nothing to report by itself, but there is an obvious next step.
+        raise PsysimError(
+            f"{shown} is a fine-tuning folder (psysim finetune), not a run folder",
+            [
+                Problem(f"its adapter and card: {shown}/adapter (README.md, psysim_card.json)"),
+                Problem(
+                    "to compare the adapter with its base model on the held-out people, run an experiment with "
+                    f"cohort.split: {{file: {shown}/split.json, part: test}} and both models (see experiments/"
+                    "finetune_eval.yaml), then psysim report that run"
+                ),
+            ],
+        )
     if manifest is None:
         raise PsysimError(
             f"{shown} is not a psysim run folder",
-            [Problem(f"expected {MANIFEST} (written by `psysim run`), found none")],
+            [Problem(f"expected {MANIFEST} (written by `psysim run` or `psysim simulate`), found none")],
         )
     fmt = manifest.get("psysim_run")
     if fmt != FORMAT:
