@@ -18,7 +18,13 @@ EXPERIMENT = click.Path(dir_okay=False, path_type=Path)
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="psysim")
-def cli() -> None:
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    help="CPU threads for the model (default: the CPUs this process may use; also PSYSIM_THREADS). "
+    "On a machine other jobs are using, 1 is often fastest.",
+)
+def cli(threads: int | None) -> None:
     """Simulate cohorts of human participants with language models, and measure how human-like they are.
 
     Experiments are YAML files (see docs/experiment-file.md); `psysim validate` checks one,
@@ -26,6 +32,12 @@ def cli() -> None:
     `psysim report` writes its statistics and plots, `psysim simulate` makes synthetic
     participants, `psysim export` writes them out, and `psysim finetune` trains an adapter.
     """
+    if threads is not None:
+        import os
+
+        from .backends.hf import THREADS_ENV
+
+        os.environ[THREADS_ENV] = str(threads)  # read where the model loads (backends.hf.cpu_threads)
 
 
 #: Printed above a --dry-run's numbers, so that nobody reads the mock model's numbers as a model's.

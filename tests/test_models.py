@@ -608,3 +608,24 @@ def test_cpu_threads_follow_the_cpus_available_or_psysim_threads(monkeypatch):
         monkeypatch.setenv("PSYSIM_THREADS", bad)
         with pytest.raises(ModelError, match=f"PSYSIM_THREADS: expected a whole number of threads of at least 1, found '{bad}'"):
             cpu_threads()
+
+
+def test_threads_option_reaches_the_model(toy, run_cli, hf, monkeypatch):
+    """psysim --threads 1 run: torch runs with one thread and the manifest records it."""
+    import json
+
+    from test_run import save_tiny
+
+    monkeypatch.setenv("PSYSIM_THREADS", "2")  # recorded, so the option's setting is undone after the test
+    save_tiny(toy.folder / "tiny-model", hf)
+    toy.write_yaml(
+        toy.folder.joinpath("experiment.yaml")
+        .read_text("utf-8")
+        .replace("  - name: tiny\n", "  - name: tiny\n    source: tiny-model\n")
+    )
+    r = run_cli("--threads", "1", "run", "experiment.yaml", "-q", "--out", "out")
+    assert r.exit_code == 0, r.stderr
+    manifest = json.loads((toy.folder / "out" / "manifest.json").read_text("utf-8"))
+    assert manifest["models"]["tiny"]["threads"] == 1
+    r = run_cli("--threads", "0", "run", "experiment.yaml", "-q", "--out", "out")
+    assert r.exit_code == 2 and "--threads" in r.stderr
