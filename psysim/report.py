@@ -685,13 +685,31 @@ def _paragraphs(report: Report) -> list[str]:
 
 
 def _svg(fig) -> str:
-    import matplotlib.pyplot as plt
-
+    """The figure as standalone SVG text (closing nothing)."""
     buf = io.StringIO()
     # No RDF metadata block (date, creator): the page stays byte-stable and carries nothing but the plot.
     fig.savefig(buf, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
+    return buf.getvalue()
+
+
+def _emit(fig, folder: Path, name: str) -> str | None:
+    """Write ``figures/<name>.svg`` and ``.png`` (200 dpi) beside the report, for papers; return the SVG to inline.
+
+    ``fig`` is a matplotlib figure or None (no figure for this run); it is closed here.
+    """
+    if fig is None:
+        return None
+    import matplotlib.pyplot as plt
+
+    figures = folder / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    text = _svg(fig)
+    write_atomic(figures / f"{name}.svg", lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    write_atomic(
+        figures / f"{name}.png",
+        lambda tmp: fig.savefig(tmp, format="png", dpi=200, bbox_inches="tight", metadata={"Software": None}),
+    )
     plt.close(fig)
-    text = buf.getvalue()
     return text[text.index("<svg") :]  # drop the XML prolog and DOCTYPE: the SVG is inlined in HTML
 
 
@@ -714,12 +732,12 @@ def _plot_style():
 BASELINE_STYLES = {"uniform": ":", "population": "--", "profile": "-.", "individual": (0, (6, 2, 1, 2, 1, 2))}
 
 
-def plot_conditions(report: Report) -> str:
+def plot_conditions(report: Report) -> Any:
     """NLL (left) and option NLL with the baselines (right) per model × format × condition, with 95% CIs.
 
     Legends sit below the panels, never over a point; each baseline is a line
     style named in the legend (not a label beside the line, where labels of
-    close baselines overprint each other).
+    close baselines overprint each other). Returns a matplotlib figure.
     """
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
@@ -766,11 +784,11 @@ def plot_conditions(report: Report) -> str:
         handles=handles, fontsize=7, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=len(handles)
     )
     fig.subplots_adjust(bottom=0.32, wspace=0.35)
-    return _svg(fig)
+    return fig
 
 
-def plot_comparisons(report: Report) -> str | None:
-    """Every paired comparison over studies as a forest plot: the difference and its 95% paired CI, beside zero."""
+def plot_comparisons(report: Report) -> Any:
+    """Every paired comparison over studies as a forest plot: the difference and its 95% paired CI, beside zero. (A matplotlib figure, or None.)"""
     import matplotlib.pyplot as plt
 
     c = report.comparisons
@@ -807,11 +825,11 @@ def plot_comparisons(report: Report) -> str | None:
     ax.set_xlabel("paired difference (nats; < 0: the first named is better)", fontsize=8)
     ax.tick_params(axis="x", labelsize=7)
     fig.tight_layout()
-    return _svg(fig)
+    return fig
 
 
-def plot_benefit(report: Report) -> str | None:
-    """The distribution over participants of the persona benefit (cf. Psych-201, Figure 5)."""
+def plot_benefit(report: Report) -> Any:
+    """The distribution over participants of the persona benefit (cf. Psych-201, Figure 5). (A matplotlib figure, or None.)"""
     import matplotlib.pyplot as plt
     import numpy as np
 
@@ -847,11 +865,11 @@ def plot_benefit(report: Report) -> str | None:
         ax.set_title(f"{model} ({fmt}): {persona}\n{share:.0%} of participants better predicted", fontsize=8)
         ax.set_xlabel("NLL with persona − without (nats; < 0: persona helps)", fontsize=8)
     axes[0][0].set_ylabel("participants")
-    return _svg(fig)
+    return fig
 
 
-def plot_post_training(report: Report) -> str | None:
-    """Base vs post-trained NLL per study (lines join a study's two models), per declared pair."""
+def plot_post_training(report: Report) -> Any:
+    """Base vs post-trained NLL per study (lines join a study's two models), per declared pair. (A matplotlib figure, or None.)"""
     import matplotlib.pyplot as plt
 
     p = report.post_training
@@ -879,7 +897,7 @@ def plot_post_training(report: Report) -> str | None:
         ax.set_xlim(-0.3, 1.9)
         ax.set_ylabel("NLL per response (nats)")
         ax.set_title(what, fontsize=8)
-    return _svg(fig)
+    return fig
 
 
 # ----------------------------------------------------------------------------- writing
@@ -930,10 +948,10 @@ def write_report(run: str | os.PathLike | SavedRun, out: str | os.PathLike | Non
     write_atomic(csv, lambda tmp: report.summary().to_csv(tmp, index=False, float_format="%.6g"))
     _plot_style()
     figures = {
-        "conditions": plot_conditions(report),
-        "comparisons": plot_comparisons(report),
-        "benefit": plot_benefit(report),
-        "post_training": plot_post_training(report),
+        "conditions": _emit(plot_conditions(report), folder, "figure-1-scores"),
+        "comparisons": _emit(plot_comparisons(report), folder, "figure-2-comparisons"),
+        "benefit": _emit(plot_benefit(report), folder, "figure-3-persona-benefit"),
+        "post_training": _emit(plot_post_training(report), folder, "figure-4-post-training"),
     }
     env = _environment()
     env.globals["footnote"] = lambda text: report.notes.index(text) + 1 if text in report.notes else None
@@ -1231,15 +1249,18 @@ def _simulation_paragraphs(rep: SimulationReport) -> list[str]:
     return out
 
 
-def plot_items(rep: SimulationReport) -> str | None:
+def plot_items(rep: SimulationReport) -> Any:
     """Per item: the synthetic against the human mean response (rating scales) or share of each option (otherwise).
 
     One panel per model × condition, all on the same axes (the scale's range,
-    or 0–1 for shares) so panels compare at a glance; with at most
-    :data:`LABELLED_ITEMS` items each point is numbered by the item's row in
-    the per-item table.
+    or 0–1 for shares) so panels compare at a glance. With at most
+    :data:`LABELLED_ITEMS` items, each item has its own colour, named in a
+    legend by its number in the per-item table (and, for shares, each option
+    its own marker): points that coincide stay readable, where text labels
+    would print over each other. Returns a matplotlib figure, or None.
     """
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     from .metrics import ordinal_values
 
@@ -1251,27 +1272,26 @@ def plot_items(rep: SimulationReport) -> str | None:
         return None
     keys = list(items.groupby(["model", "condition"], sort=False).groups)
     numbers = {item: k + 1 for k, item in enumerate(dict.fromkeys(items["item"]))}
-    fig, axes = plt.subplots(1, len(keys), figsize=(3.3 * len(keys) + 0.6, 3.4), squeeze=False, sharex=True, sharey=True)
-    lo, hi = 0.0, 1.0
+    coloured = len(numbers) <= LABELLED_ITEMS
+    palette = plt.get_cmap("tab20")
+    markers = ["o", "s", "^", "D", "v", "P", "X", "*"]
+    options_seen: dict[str, str] = {}
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.3 * len(keys) + 0.6, 3.6), squeeze=False, sharex=True, sharey=True)
+    lo, hi, label = 0.0, 1.0, "share of each option"
     for ax, (model, condition) in zip(axes[0], keys, strict=True):
         g = items[(items["model"] == model) & (items["condition"] == condition)]
-        xs, ys, names, label = [], [], [], "share of each option"
         for r in g.itertuples(index=False):
+            color = palette((numbers[r.item] - 1) % 20) if coloured else "#4c78a8"
             values = ordinal_values(r.options)
             if values is not None:
-                xs.append(sum(v * p for v, p in zip(values, r.human, strict=True)))
-                ys.append(sum(v * p for v, p in zip(values, r.synthetic, strict=True)))
-                names.append(str(numbers[r.item]))
-                lo, hi = min(values), max(values)
-                label = "mean response"
+                x = sum(v * p for v, p in zip(values, r.human, strict=True))
+                y = sum(v * p for v, p in zip(values, r.synthetic, strict=True))
+                ax.scatter([x], [y], s=16, color=color, alpha=0.85, marker="o")
+                lo, hi, label = min(values), max(values), "mean response"
             else:
-                xs += list(r.human)
-                ys += list(r.synthetic)
-                names += [f"{numbers[r.item]}{o}" for o in r.options]
-        ax.scatter(xs, ys, s=12, color="#4c78a8", alpha=0.8)
-        if len(g) <= LABELLED_ITEMS:
-            for x, y, name in zip(xs, ys, names, strict=True):
-                ax.annotate(name, (x, y), xytext=(3, 2), textcoords="offset points", fontsize=6, color="0.3")
+                for option, x, y in zip(r.options, r.human, r.synthetic, strict=True):
+                    marker = options_seen.setdefault(str(option), markers[len(options_seen) % len(markers)])
+                    ax.scatter([x], [y], s=16, color=color, alpha=0.85, marker=marker)
         ax.plot([lo, hi], [lo, hi], color="0.4", linewidth=1, linestyle="--")
         ax.set_xlabel(f"human {label}")
         ax.set_title(f"{model}: {condition}", fontsize=8)
@@ -1279,7 +1299,18 @@ def plot_items(rep: SimulationReport) -> str | None:
     axes[0][0].set_xlim(lo - pad, hi + pad)
     axes[0][0].set_ylim(lo - pad, hi + pad)
     axes[0][0].set_ylabel(f"synthetic {label}")
-    return _svg(fig)
+    handles = []
+    if coloured:
+        handles += [
+            Line2D([], [], marker="o", linestyle="", color=palette((k - 1) % 20), label=f"item {k}") for k in numbers.values()
+        ]
+    if label != "mean response" and len(options_seen) <= len(markers):
+        handles += [Line2D([], [], marker=m, linestyle="", color="0.3", label=f"option {o}") for o, m in options_seen.items()]
+    if handles:
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=7, frameon=False)
+        rows = math.ceil(len(handles) / min(len(handles), 6))
+        fig.subplots_adjust(bottom=0.2 + 0.06 * rows)
+    return fig
 
 
 #: Points of the per-item figure are numbered when a panel has at most this many items.
@@ -1311,7 +1342,7 @@ def _write_simulation_report(run: SavedRun, out):
         man=run.manifest,
         summary=_records(rep.summary) if len(rep.summary) else [],
         items=_records(_numbered(rep.items)) if len(rep.items) else [],
-        figure=plot_items(rep),
+        figure=_emit(plot_items(rep), folder, "figure-1-items"),
         floor_min=FLOOR_MIN_HUMANS,
         run_folder=display_path(run.folder),
         generated=_dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),

@@ -61,3 +61,68 @@ def test_report_renders_in_headless_chromium(toy, run_cli):
     assert dom.count("<svg") >= 2  # Figure 1 (conditions) and Figure 2 (persona benefit)
     assert dom.count("<table") >= 4
     assert "smollm2" not in dom and "tiny" in dom  # the toy's own model name, escaped and rendered
+
+
+BOXES = """<!doctype html><html><body style="margin:0">{svg}<script>
+const boxes = [...document.querySelectorAll("svg text")].filter(t => t.textContent.trim()).map(t => {{
+  const r = t.getBoundingClientRect(); return [r.left, r.top, r.right, r.bottom, t.textContent];
+}});
+document.body.setAttribute("data-boxes", JSON.stringify(boxes));
+</script></body></html>"""
+
+
+def text_boxes(svg_file, cwd) -> list[tuple[float, float, float, float, str]]:
+    """Every text's bounding box in an SVG figure, as Chromium lays it out."""
+    import html
+    import json
+
+    page = cwd / (svg_file.stem + ".html")
+    page.write_text(BOXES.format(svg=svg_file.read_text("utf-8")), encoding="utf-8")
+    dom = headless("--virtual-time-budget=3000", "--dump-dom", page.resolve().as_uri(), cwd=cwd).stdout
+    match = re.search(r'data-boxes="([^"]*)"', dom)
+    assert match, dom[-2000:]
+    return [tuple(b) for b in json.loads(html.unescape(match.group(1)))]
+
+
+def overlaps(boxes) -> list[tuple[str, str]]:
+    """Pairs of texts whose boxes overlap by more than a sliver (a tenth of the smaller one)."""
+    out = []
+    for i, (l1, t1, r1, b1, s1) in enumerate(boxes):
+        for l2, t2, r2, b2, s2 in boxes[i + 1 :]:
+            w, h = min(r1, r2) - max(l1, l2), min(b1, b2) - max(t1, t2)
+            if w > 0 and h > 0:
+                smaller = min((r1 - l1) * (b1 - t1), (r2 - l2) * (b2 - t2))
+                if w * h > 0.1 * smaller:
+                    out.append((s1, s2))
+    return out
+
+
+def test_figure_labels_never_overlap_and_figures_are_written_for_papers(toy, run_cli):
+    """Every figure of a scoring and a simulation report: SVG and PNG beside the page, no text over another text."""
+    from test_simulate import FEEDBACK, INSTRUCTIONS, SCHEMA, TRIAL, TRIALS, YAML
+    from test_trials import COHORT
+
+    toy.write_yaml(DRY)
+    assert run_cli("run", "experiment.yaml", "--dry-run", "-q", "--out", "out").exit_code == 0
+    assert run_cli("report", "out").exit_code == 0
+    for name, text in {
+        "sim.yaml": YAML,
+        "trials.csv": TRIALS,
+        "cohort.csv": COHORT,
+        "sim-schema.json": __import__("json").dumps(SCHEMA),
+        "instructions.jinja": INSTRUCTIONS,
+        "trial.jinja": TRIAL,
+        "feedback.jinja": FEEDBACK,
+    }.items():
+        (toy.folder / name).write_text(text.replace("schema: schema.json", "schema: sim-schema.json"), encoding="utf-8")
+    r = run_cli("simulate", "sim.yaml", "--dry-run", "-q", "--out", "sim")
+    assert r.exit_code == 0, r.stderr
+    assert run_cli("report", "sim").exit_code == 0
+    figures = sorted((toy.folder / "out" / "figures").glob("*.svg")) + sorted((toy.folder / "sim" / "figures").glob("*.svg"))
+    names = [f.stem for f in figures]
+    assert names[:3] == ["figure-1-scores", "figure-2-comparisons", "figure-3-persona-benefit"] and "figure-1-items" in names
+    for svg in figures:
+        assert svg.with_suffix(".png").stat().st_size > 1000
+        boxes = text_boxes(svg, toy.folder)
+        assert len(boxes) > 5, svg.name
+        assert not overlaps(boxes), (svg.name, overlaps(boxes))
