@@ -788,7 +788,10 @@ def plot_conditions(report: Report) -> Any:
 
 
 def plot_comparisons(report: Report) -> Any:
-    """Every paired comparison over studies as a forest plot: the difference and its 95% paired CI, beside zero. (A matplotlib figure, or None.)"""
+    """Every paired comparison over studies as a forest plot: the difference and its 95% paired CI, beside zero.
+
+    Returns a matplotlib figure, or None where there is no comparison.
+    """
     import matplotlib.pyplot as plt
 
     c = report.comparisons
