@@ -7,11 +7,13 @@ is its own), on the same batch of thoma2025riskychoice participants
 * ``naive``  — ``model(input_ids, attention_mask).logits`` at every position,
                shifted cross-entropy where a label is a response token (the
                textbook loss; psysim 0.2.0 before this benchmark);
-* ``psysim`` — :func:`psysim.finetune.batch_loss`: no attention mask for the
-               right-padded batch (causal attention never reads the padding),
-               the vocabulary projection only where a response token is predicted;
-               and gradient checkpointing (``finetune.gradient_checkpointing``, on by
-               default; ``--method psysim-nockpt`` measures without it).
+* ``psysim-nockpt`` — :func:`psysim.finetune.batch_loss` on the whole batch:
+               no attention mask for the right-padded batch (causal attention
+               never reads the padding), the vocabulary projection only where a
+               response token is predicted;
+* ``psysim`` — as shipped: the same loss through :func:`psysim.finetune.accumulate`
+               in parts of at most ``finetune.batch_tokens`` (1024) tokens, with
+               gradient checkpointing (``finetune.gradient_checkpointing``).
 
 Both give the same loss (printed). Reported: seconds per step (median of
 ``--steps``), peak resident memory of the process and what the step added on
@@ -40,7 +42,8 @@ def step(method: str, batch: int, steps: int) -> dict:
 
     import psysim
     from psysim.backends import get_backend
-    from psysim.finetune import batch_loss, lora_model, training_example
+    from psysim.config import FinetuneConfig
+    from psysim.finetune import accumulate, batch_loss, lora_model, training_example
 
     exp = psysim.load_experiment(REPO / "experiments" / "finetune.yaml")
     backend = get_backend(exp.model(None), exp.config.folder)
@@ -63,16 +66,27 @@ def step(method: str, batch: int, steps: int) -> dict:
             logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100
         )
 
-    loss_of = naive if method == "naive" else (lambda b: batch_loss(model, b, backend.pad_id))
+    def plain(loss_of):
+        def step(b):
+            loss = loss_of(b)
+            loss.backward()
+            return loss.item()
+
+        return step
+
+    if method == "naive":
+        run_step = plain(naive)
+    elif method == "psysim-nockpt":
+        run_step = plain(lambda b: batch_loss(model, b, backend.pad_id))
+    else:
+        run_step = lambda b: accumulate(model, b, backend.pad_id, FinetuneConfig.batch_tokens)  # noqa: E731
     times, losses = [], []
     for _ in range(steps):
         model.zero_grad()
-        torch.manual_seed(1)  # the same dropout masks for both methods
+        torch.manual_seed(1)  # the same dropout masks for every method
         started = time.perf_counter()
-        loss = loss_of(examples)
-        loss.backward()
+        losses.append(run_step(examples))
         times.append(time.perf_counter() - started)
-        losses.append(loss.item())
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {
         "method": method,

@@ -358,7 +358,10 @@ def export(run_dir: Path, fmt: str, layout: str | None, out: Path | None) -> Non
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.option("--restart", is_flag=True, help="Discard checkpoints in the folder and train afresh.")
-def finetune(experiment: Path, out: Path | None, quiet: bool, restart: bool) -> None:
+@click.option(
+    "--keep-checkpoint", is_flag=True, help="Keep checkpoint/ (optimizer state) after training completes; removed by default."
+)
+def finetune(experiment: Path, out: Path | None, quiet: bool, restart: bool, keep_checkpoint: bool) -> None:
     """Train a LoRA adapter on the training participants' responses (loss on responses only); early stopping on
     validation NLL; resumable. Writes adapter/ (with its card), split.json and the curve; evaluate the held-out
     people with `psysim run` and cohort.split: {file: .../split.json, part: test}.
@@ -368,7 +371,7 @@ def finetune(experiment: Path, out: Path | None, quiet: bool, restart: bool) -> 
 
     exp = load_experiment(experiment)
     try:
-        result = finetune_experiment(exp, out=out, progress=not quiet, restart=restart)
+        result = finetune_experiment(exp, out=out, progress=not quiet, restart=restart, keep_checkpoint=keep_checkpoint)
     except KeyboardInterrupt:
         click.echo("interrupted: the last checkpoint is saved; run the same command again to resume", err=True)
         sys.exit(130)

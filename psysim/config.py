@@ -199,6 +199,8 @@ class FinetuneConfig:
     patience: int = 1
     #: Recompute each layer's activations in the backward pass instead of keeping them: several times less memory.
     gradient_checkpointing: bool = True
+    #: A batch is computed in parts of at most this many (padded) tokens, gradients accumulated: memory follows it.
+    batch_tokens: int = 1024
 
 
 @dataclass(frozen=True)
@@ -610,6 +612,7 @@ def _finetune(f: dict[str, Any]) -> FinetuneConfig:
         max_length=f.get("max_length", 2048),
         patience=f.get("patience", 1),
         gradient_checkpointing=f.get("gradient_checkpointing", True),
+        batch_tokens=f.get("batch_tokens", 1024),
     )
 
 

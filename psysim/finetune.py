@@ -114,8 +114,10 @@ def lora_model(base_model, lora, gradient_checkpointing: bool = True):
     return get_peft_model(base_model, lora)
 
 
-def batch_loss(model, batch: list[tuple[list[int], list[int]]], pad_id: int):
-    """Mean NLL per response token over a batch of right-padded examples; padding and non-responses are ignored.
+def batch_loss(model, batch: list[tuple[list[int], list[int]]], pad_id: int, *, reduction: str = "mean"):
+    """Mean (or, with ``reduction="sum"``, total) NLL of the response tokens of a right-padded batch.
+
+    Padding and non-responses are ignored.
 
     Two things keep a training step small (bench/bench_finetune.py measures both
     against the plain ``model(...).logits`` loss):
@@ -144,7 +146,35 @@ def batch_loss(model, batch: list[tuple[list[int], list[int]]], pad_id: int):
     # Token t is predicted at position t - 1.
     targets = labels[:, 1:]
     rows, cols = (targets != -100).nonzero(as_tuple=True)
-    return -project(base, hidden[rows.to(device), cols.to(device)], targets[rows, cols].to(device)).mean()
+    logp = project(base, hidden[rows.to(device), cols.to(device)], targets[rows, cols].to(device))
+    return -(logp.sum() if reduction == "sum" else logp.mean())
+
+
+def micro_batches(batch: list[tuple[list[int], list[int]]], tokens: int) -> list[list[tuple[list[int], list[int]]]]:
+    """The batch cut, in order, into parts of at most ``tokens`` padded tokens (one example at least, whatever its length)."""
+    parts: list[list[tuple[list[int], list[int]]]] = []
+    for example in batch:
+        if parts and (len(parts[-1]) + 1) * max(len(e[0]) for e in [*parts[-1], example]) <= tokens:
+            parts[-1].append(example)
+        else:
+            parts.append([example])
+    return parts
+
+
+def accumulate(model, batch: list[tuple[list[int], list[int]]], pad_id: int, tokens: int) -> float:
+    """Backpropagate the batch's mean NLL per response token in micro-batches of at most ``tokens`` padded tokens.
+
+    Each part contributes its summed NLL divided by the whole batch's number of
+    response tokens, so the accumulated gradient is the full batch's (up to float
+    rounding) while memory follows the part, not the batch. Returns the batch's loss.
+    """
+    total = sum(sum(label != -100 for label in labels[1:]) for _, labels in batch)
+    value = 0.0
+    for part in micro_batches(batch, tokens):
+        loss = batch_loss(model, part, pad_id, reduction="sum") / max(total, 1)
+        loss.backward()
+        value += loss.item()
+    return value
 
 
 def _nll(backend, prompts) -> float:
@@ -179,7 +209,13 @@ def _fitting_prompt(exp, backend, pid, condition, limit):
 
 
 def finetune_experiment(
-    exp: Experiment, *, out: str | os.PathLike | None = None, progress: bool = True, restart: bool = False, backend=None
+    exp: Experiment,
+    *,
+    out: str | os.PathLike | None = None,
+    progress: bool = True,
+    restart: bool = False,
+    backend=None,
+    keep_checkpoint: bool = False,
 ) -> FinetuneResult:
     """Train the adapter (module docstring); resumes from the last checkpoint in ``out`` unless ``restart``."""
     import numpy as np
@@ -291,12 +327,11 @@ def finetune_experiment(
         batches = [order[i : i + ft.batch_size] for i in range(0, len(order), ft.batch_size)]
         model.train()
         while step < len(batches):
-            loss = batch_loss(model, [examples[i] for i in batches[step]], backend.pad_id)
             optimizer.zero_grad()
-            loss.backward()
+            loss = accumulate(model, [examples[i] for i in batches[step]], backend.pad_id, ft.batch_tokens)
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
             optimizer.step()
-            losses.append(loss.item())
+            losses.append(loss)
             step += 1
             if bar:
                 bar.update(1)
@@ -361,10 +396,11 @@ def finetune_experiment(
     )
     write_atomic(adapter / "README.md", lambda tmp: tmp.write_text(_card_text(card), encoding="utf-8"))
     save_state("complete", [])
-    # Optimizer state and RNG exist to resume; a finished training needs neither (state.json says it is complete).
-    import shutil
+    if not keep_checkpoint:
+        # Optimizer state and RNG exist to resume; a finished training needs neither (state.json says it is complete).
+        import shutil
 
-    shutil.rmtree(folder / "checkpoint", ignore_errors=True)
+        shutil.rmtree(folder / "checkpoint", ignore_errors=True)
     return FinetuneResult(folder, card)
 
 

@@ -128,6 +128,47 @@ def test_loss_and_gradients_equal_the_plain_masked_full_logits_loss(ft, hf):
         assert torch.allclose(g, ref_grads[name], atol=1e-5, rtol=1e-4), name
 
 
+def test_micro_batches_accumulate_the_whole_batchs_gradient(ft, hf):
+    """finetune.batch_tokens: parts of a batch, backpropagated one by one, give the whole batch's loss and gradient."""
+    import copy
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    import psysim
+    from psysim.finetune import accumulate, batch_loss, micro_batches, training_example
+
+    exp = psysim.load_experiment("experiment.yaml")
+    tok = hf.tokenizer()
+    torch.manual_seed(0)
+    model = get_peft_model(copy.deepcopy(hf.model(len(tok))), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.05)
+    model.eval()
+    batch = [training_example(tok, p.text, p.spans) for p in (exp.render(pid, "no_persona") for pid in exp.participants[:4])]
+    lengths = [len(ids) for ids, _ in batch]
+    assert [len(part) for part in micro_batches(batch, max(lengths))] == [1, 1, 1, 1]
+    assert [len(part) for part in micro_batches(batch, 10**6)] == [4]
+    assert [len(part) for part in micro_batches(batch, 1)] == [1, 1, 1, 1]  # one example at least, however long
+
+    def grads(step):
+        model.zero_grad()
+        value = step()
+        return value, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    def whole():
+        loss = batch_loss(model, batch, tok.pad_token_id)
+        loss.backward()
+        return loss.item()
+
+    full, full_grads = grads(whole)
+    parts, part_grads = grads(lambda: accumulate(model, batch, tok.pad_token_id, max(lengths)))
+    assert parts == pytest.approx(full, abs=1e-6)
+    for name, g in part_grads.items():
+        assert torch.allclose(g, full_grads[name], atol=1e-6, rtol=1e-5), name
+
+
 def test_finetune_then_run_on_held_out_people(ft, run_cli):
     """Split, card, curve; psysim run with cohort.split reproduces the card's held-out NLLs exactly."""
     r = run_cli("finetune", "experiment.yaml", "--out", "out", "-q")
@@ -183,7 +224,7 @@ def test_same_seed_same_adapter_and_resume_after_interrupt(ft, run_cli, monkeypa
     assert digest(ft / "a" / weights) == digest(ft / "b" / weights)
 
     monkeypatch.setattr(finetune, "CHECKPOINT_STEPS", 1)
-    real = finetune.batch_loss
+    real = finetune.accumulate  # one call per training step (a step may compute several micro-batches)
     calls = []
 
     def interrupted(*args, **kwargs):
@@ -192,7 +233,7 @@ def test_same_seed_same_adapter_and_resume_after_interrupt(ft, run_cli, monkeypa
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(finetune, "batch_loss", interrupted)
+    monkeypatch.setattr(finetune, "accumulate", interrupted)
     r = run_cli("finetune", "experiment.yaml", "--out", "c", "-q")
     assert r.exit_code == 130 and "run the same command again to resume" in r.stderr
     state = json.loads((ft / "c" / "state.json").read_text("utf-8"))
@@ -204,7 +245,7 @@ def test_same_seed_same_adapter_and_resume_after_interrupt(ft, run_cli, monkeypa
     assert json.loads((ft / "c" / "adapter" / "adapter_config.json").read_text("utf-8"))["base_model_name_or_path"] == (
         "tiny-model"
     )
-    monkeypatch.setattr(finetune, "batch_loss", real)
+    monkeypatch.setattr(finetune, "accumulate", real)
     assert run_cli("finetune", "experiment.yaml", "--out", "c", "-q").exit_code == 0
     assert digest(ft / "c" / weights) == digest(ft / "a" / weights)
     a = json.loads((ft / "a" / "adapter" / "psysim_card.json").read_text("utf-8"))
@@ -217,6 +258,8 @@ def test_same_seed_same_adapter_and_resume_after_interrupt(ft, run_cli, monkeypa
         ft / "c" / "adapter" / "README.md"
     ).read_text("utf-8")
     assert not (ft / "c" / "checkpoint").exists() and not (ft / "a" / "checkpoint").exists()
+    assert run_cli("finetune", "experiment.yaml", "--out", "d", "-q", "--keep-checkpoint").exit_code == 0
+    assert (ft / "d" / "checkpoint" / "training.pt").exists()  # kept on request
 
 
 @pytest.mark.parametrize(
