@@ -18,7 +18,6 @@ from __future__ import annotations
 import re
 import shlex
 
-import pytest
 from conftest import REPO, SHARED_DATA
 
 DOCUMENTS = ["README.md", *sorted(str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md"))]
@@ -65,7 +64,7 @@ def test_every_documented_command_runs_in_its_dry_run_form(run_cli, tmp_path, mo
 
     monkeypatch.chdir(REPO)
     ran, skipped = [], []
-    for doc, block, argv in commands():
+    for doc, _block, argv in commands():
         reason = skip_reason(argv)
         if reason:
             skipped.append((doc, argv, reason))
