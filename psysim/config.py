@@ -213,6 +213,9 @@ class SimulationConfig:
     design: str | None = None
     #: ``auto``, ``ordinal`` or ``nominal``: how the report compares response distributions.
     scale: str = "auto"
+    #: Participants advance in lock-step groups whose transcripts together hold at most this many tokens (the keys
+    #: and values a group keeps: about 46 kB per token for SmolLM2-135M in float32).
+    batch_tokens: int = 32768
 
 
 @dataclass(frozen=True)
@@ -753,6 +756,7 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
             temperature=float(data.get("simulation", {}).get("temperature", 1.0)),
             design=data.get("simulation", {}).get("design"),
             scale=data.get("simulation", {}).get("scale", "auto"),
+            batch_tokens=data.get("simulation", {}).get("batch_tokens", 32768),
         ),
         finetune=_finetune(data.get("finetune", {})),
         description=data.get("description", ""),

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from .backends import Backend
-from .errors import ConfigError, PsysimError
+from .errors import ConfigError, Problem, PsysimError
 from .experiment import Experiment
 from .metrics import option_probs
 from .participants import Profile
@@ -54,7 +54,9 @@ __all__ = [
     "SIM_COLUMNS",
     "SimParticipant",
     "SimulationResult",
+    "Walk",
     "human_table",
+    "lock_step",
     "plan",
     "simulate_experiment",
     "simulate_participant",
@@ -255,6 +257,100 @@ def check_feedback(exp: Experiment, designs) -> None:
         raise TemplateError("the templates cannot render every option a synthetic participant may choose", problems)
 
 
+class Walk:
+    """One synthetic participant's closed loop, one trial at a time, so that many can advance together.
+
+    :meth:`ask` reads the next trial (up to the response) into the session and
+    returns its options; :meth:`answer` takes the session's log-probabilities
+    of those options, samples the response, and reads the feedback for it.
+    """
+
+    def __init__(self, exp: Experiment, session, who: SimParticipant, persona: str, *, temperature: float, rng):
+        task = exp.task
+        self.exp, self.session, self.who, self.temperature, self.rng = exp, session, who, temperature, rng
+        self.trials = task.trials[who.design_of]
+        self.items = trial_items(exp, who.design_of)
+        self.sep = task.config.separator
+        self.persona, self.persona_of = persona, None  # whose profile the persona is: set by the caller
+        self.text = persona
+        if "instructions" in task.templates:
+            self.text += task.instructions(who.design_of) + self.sep
+        session.read(self.text)
+        self.rows: list[dict[str, Any]] = []
+        self.spans: list[tuple[int, int]] = []
+        self.k = 0
+        self.since = ""  # the text since the previous response: where an item pattern reads an unanswered trial's item
+        self._before = ""
+
+    @property
+    def done(self) -> bool:
+        return self.k >= len(self.trials)
+
+    def ask(self) -> list[str]:
+        """Read trial ``k`` up to its response; its options."""
+        trial = self.trials[self.k]
+        if not trial.options:
+            raise PsysimError(
+                f"trial {trial.number} of participant {self.who.design_of} has no options: a synthetic response is "
+                "sampled from the options (set data.options)"
+            )
+        before, _ = self.exp.task.render_trial(trial, trial.options[0])  # the text before the response does not depend on it
+        self.session.read(before + OPEN)
+        self.text += before + OPEN
+        self.since += before
+        self._before = before
+        return list(trial.options)
+
+    def answer(self, lps: list[float]) -> None:
+        """Sample the response from the options' log-probabilities, read it and its feedback."""
+        trial, k = self.trials[self.k], self.k
+        item = self.items[k]
+        if item is None:  # no human answered this trial: its item by the same rule, on the synthetic text
+            rendered = normalise(self._before)
+            item = trial_item(self.exp.config.data, self.since, row=trial.row, number=trial.number, rendered=rendered) or rendered
+        probs = option_probs(lps)
+        sampling = option_probs(lps, self.temperature)
+        choice = trial.options[int(self.rng.choice(len(sampling), p=sampling))]
+        self.session.respond(choice)
+        self.spans.append((len(self.text), len(self.text) + len(choice)))
+        _, after = self.exp.task.render_trial(trial, choice)  # feedback for the sampled choice
+        last = k == len(self.trials) - 1
+        tail = CLOSE + after + ("" if last else self.sep)
+        self.session.read(tail)
+        self.text += choice + tail
+        self.since = after + ("" if last else self.sep)
+        self.rows.append(
+            {
+                "trial": k,
+                "trial_number": trial.number,
+                "design_of": self.who.design_of,
+                "item": item,
+                "item_code": self.exp.task.item_code(trial),
+                "options": list(trial.options),
+                "option_logprobs": lps,
+                "option_probs": probs,
+                "sampling_probs": sampling,
+                "response": choice,
+                "human_response": trial.response if self.who.twin else None,
+            }
+        )
+        self.k += 1
+
+
+def lock_step(backend: Backend, walks: list[Walk]) -> None:
+    """Advance every walk to its end together: one :meth:`~psysim.backends.Backend.options_batch` call per trial.
+
+    Walks that finish leave the group; the others go on. Each walk samples
+    with its own generator, so what it draws does not depend on the group.
+    """
+    active = [w for w in walks if not w.done]
+    while active:
+        options = [w.ask() for w in active]
+        for w, lps in zip(active, backend.options_batch([w.session for w in active], options), strict=True):
+            w.answer(lps)
+        active = [w for w in active if not w.done]
+
+
 def simulate_participant(exp: Experiment, session, who: SimParticipant, persona: str, *, temperature: float, rng):
     """Run one synthetic participant through the task in ``session``; returns (rows, transcript text, spans).
 
@@ -262,57 +358,34 @@ def simulate_participant(exp: Experiment, session, who: SimParticipant, persona:
     do not depend on the model or condition. The text is what the model read
     (persona included), with every response in ``<<…>>``.
     """
-    task = exp.task
-    trials = task.trials[who.design_of]
-    items = trial_items(exp, who.design_of)
-    sep = task.config.separator
-    text = persona
-    if "instructions" in task.templates:
-        text += task.instructions(who.design_of) + sep
-    session.read(text)
-    rows, spans = [], []
-    since = ""  # the text since the previous response: where an item pattern reads an unanswered trial's item
-    for k, trial in enumerate(trials):
-        if not trial.options:
-            raise PsysimError(
-                f"trial {trial.number} of participant {who.design_of} has no options: a synthetic response is sampled "
-                "from the options (set data.options)"
-            )
-        before, _ = task.render_trial(trial, trial.options[0])  # the text before the response does not depend on it
-        session.read(before + OPEN)
-        text += before + OPEN
-        since += before
-        item = items[k]
-        if item is None:  # no human answered this trial: its item by the same rule, on the synthetic text
-            rendered = normalise(before)
-            item = trial_item(exp.config.data, since, row=trial.row, number=trial.number, rendered=rendered) or rendered
-        lps = session.options(list(trial.options))
-        probs = option_probs(lps)
-        sampling = option_probs(lps, temperature)
-        choice = trial.options[int(rng.choice(len(sampling), p=sampling))]
-        session.respond(choice)
-        spans.append((len(text), len(text) + len(choice)))
-        _, after = task.render_trial(trial, choice)  # feedback for the sampled choice
-        tail = CLOSE + after + (sep if k < len(trials) - 1 else "")
-        session.read(tail)
-        text += choice + tail
-        since = after + (sep if k < len(trials) - 1 else "")
-        rows.append(
-            {
-                "trial": k,
-                "trial_number": trial.number,
-                "design_of": who.design_of,
-                "item": item,
-                "item_code": task.item_code(trial),
-                "options": list(trial.options),
-                "option_logprobs": lps,
-                "option_probs": probs,
-                "sampling_probs": sampling,
-                "response": choice,
-                "human_response": trial.response if who.twin else None,
-            }
+    walk = Walk(exp, session, who, persona, temperature=temperature, rng=rng)
+    while not walk.done:
+        walk.answer(session.options(walk.ask()))
+    return walk.rows, walk.text, walk.spans
+
+
+def groups(sizes: list[int], budget: int, names: list[str]) -> list[list[int]]:
+    """Consecutive groups of indices whose ``sizes`` (estimated tokens) sum to at most ``budget``.
+
+    A participant larger than the budget alone cannot be simulated: an error naming both.
+    """
+    too_big = [(n, s) for n, s in zip(names, sizes, strict=True) if s > budget]
+    if too_big:
+        name, size = too_big[0]
+        raise ConfigError(
+            f"simulation.batch_tokens ({budget}) is smaller than one participant's transcript",
+            [Problem(f"participant {name}: about {size} tokens; expected simulation.batch_tokens of at least {size}")],
         )
-    return rows, text, spans
+    out: list[list[int]] = []
+    total = 0
+    for i, size in enumerate(sizes):
+        if out and total + size <= budget:
+            out[-1].append(i)
+            total += size
+        else:
+            out.append([i])
+            total = size
+    return out
 
 
 def simulate_experiment(
@@ -365,13 +438,17 @@ def simulate_experiment(
                 _, ci, cond = units[u]
                 for b in todo[u]:
                     rows, transcripts = [], []
-                    for who in batches[b]:
-                        r, t = _one(exp, backend, model, ci, cond, who, by_id, shuffle, rank[who.id])
-                        rows += r
-                        transcripts.append(t)
-                        done += 1
-                        if bar:
-                            bar.update_to(done)
+                    walks = [_walk(exp, backend, model, ci, cond, who, by_id, shuffle, rank[who.id]) for who in batches[b]]
+                    sizes = [backend.count_tokens(w.text + _rest(exp, w.who), ()) for w in walks]
+                    for group in groups(sizes, cfg.simulation.batch_tokens, [w.who.id for w in walks]):
+                        lock_step(backend, [walks[i] for i in group])
+                        for i in group:
+                            r, t = _finish(walks[i], model, cond)
+                            rows += r
+                            transcripts.append(t)
+                            done += 1
+                            if bar:
+                                bar.update_to(done)
                     store.save_batch(
                         u,
                         b,
@@ -460,8 +537,8 @@ def human_table(exp: Experiment):
     )
 
 
-def _one(exp: Experiment, backend, model, ci: int, cond, who: SimParticipant, by_id, shuffle, index: int):
-    """Simulate one participant under one model and condition: (rows of simulated.parquet, row of transcripts.parquet)."""
+def _walk(exp: Experiment, backend, model, ci: int, cond, who: SimParticipant, by_id, shuffle, index: int) -> Walk:
+    """A participant's walk under one model and condition, its persona read, ready for its first trial."""
     import numpy as np
 
     cfg = exp.config
@@ -474,16 +551,29 @@ def _one(exp: Experiment, backend, model, ci: int, cond, who: SimParticipant, by
     # One generator per (model, condition, participant): the same draws however the work is batched or resumed.
     rng = np.random.default_rng([cfg.seed, model.index, ci, index])
     session = backend.session(add_special_tokens=True, key=f"participant {who.id} ({cond.name})")
-    per_trial, text, _ = simulate_participant(exp, session, who, persona, temperature=cfg.simulation.temperature, rng=rng)
-    common = {"model": model.name, "condition": cond.name, "participant": who.id, "experiment": exp.task.experiment}
-    rows = [{**common, "persona_of": persona_of, **r} for r in per_trial]
+    walk = Walk(exp, session, who, persona, temperature=cfg.simulation.temperature, rng=rng)
+    walk.persona, walk.persona_of = persona, persona_of
+    return walk
+
+
+def _rest(exp: Experiment, who: SimParticipant) -> str:
+    """The design participant's trials as a person answered them: how long the walk will grow, about."""
+    human = exp.transcripts.get(who.design_of)
+    return human.text if human is not None else ""
+
+
+def _finish(walk: Walk, model, cond):
+    """A finished walk's rows of simulated.parquet and its row of transcripts.parquet."""
+    exp = walk.exp
+    common = {"model": model.name, "condition": cond.name, "participant": walk.who.id, "experiment": exp.task.experiment}
+    rows = [{**common, "persona_of": walk.persona_of, **r} for r in walk.rows]
     transcript = {
         **common,
-        "design_of": who.design_of,
-        "persona_of": persona_of,
-        "persona": persona,
-        "text": text,
-        "tokens_read": session.tokens_read,
+        "design_of": walk.who.design_of,
+        "persona_of": walk.persona_of,
+        "persona": walk.persona,
+        "text": walk.text,
+        "tokens_read": walk.session.tokens_read,
     }
     return rows, transcript
 

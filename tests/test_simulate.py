@@ -176,6 +176,31 @@ def test_hf_simulation_is_exact_against_single_pass_scoring(gambles, run_cli, hf
     assert exp.config.simulation.temperature == 1.0
 
 
+def test_lock_step_groups_give_the_numbers_and_draws_of_one_at_a_time(gambles, run_cli, hf, monkeypatch):
+    """Participants advancing together in one padded forward pass per trial (ragged lengths, one leaving early)
+    see the option probabilities they see alone, within 1e-6, and sample the same responses."""
+    import psysim.simulate as simulate_module
+
+    save_tiny(gambles / "tiny-model", hf)
+    together = simulate(run_cli, "--out", "together")["simulated"]
+    assert together["participant"].value_counts().to_dict() == {"1": 9, "2": 6}  # 3 and 2 trials: one leaves first
+    monkeypatch.setattr(simulate_module, "groups", lambda sizes, budget, names: [[i] for i in range(len(sizes))])
+    alone = simulate(run_cli, "--out", "alone")["simulated"]
+    assert together["response"].tolist() == alone["response"].tolist()
+    for a, b in zip(together["option_probs"], alone["option_probs"], strict=True):
+        assert list(a) == pytest.approx(list(b), abs=1e-6)
+    for a, b in zip(together["option_logprobs"], alone["option_logprobs"], strict=True):
+        assert list(a) == pytest.approx(list(b), abs=1e-5)
+
+
+def test_a_lock_step_budget_smaller_than_one_participant_is_a_clear_error(gambles, run_cli):
+    (gambles / "experiment.yaml").write_text(YAML + "simulation:\n  batch_tokens: 10\n", encoding="utf-8")
+    r = run_cli("simulate", "experiment.yaml", "-q", "--dry-run", "--out", "out")
+    assert r.exit_code == 2
+    assert "simulation.batch_tokens (10) is smaller than one participant's transcript" in r.stderr
+    assert re.search(r"participant 1: about \d+ tokens; expected simulation.batch_tokens of at least \d+", r.stderr)
+
+
 def test_n_larger_than_the_cohort_needs_generate(gambles, run_cli):
     r = run_cli("simulate", "experiment.yaml", "-q", "--dry-run", "--out", "out", "--n", "5")
     assert r.exit_code == 2

@@ -134,6 +134,14 @@ class Backend(ABC):
 
         raise ModelError(f"the {type(self).__name__} backend cannot simulate participants (no closed-loop sessions)")
 
+    def options_batch(self, sessions: Sequence[Session], options: Sequence[Sequence[str]]) -> list[list[float]]:
+        """:meth:`Session.options` of several sessions of this backend at once (lock-step simulation).
+
+        Each session's numbers are its own, as if asked alone; a backend that
+        can batch (``hf``: one forward pass for all) overrides this loop.
+        """
+        return [s.options(o) for s, o in zip(sessions, options, strict=True)]
+
 
 def get_backend(model, base, **overrides) -> Backend:
     """Build the backend of a ``models:`` entry (:class:`psysim.config.ModelConfig`); ``base`` resolves relative paths."""

@@ -220,6 +220,10 @@ class HFBackend(Backend):
     def session(self, add_special_tokens: bool = True, key: Any = None, closer: str = CLOSE) -> HFSession:
         return HFSession(self, add_special_tokens, key, closer)
 
+    def options_batch(self, sessions, options) -> list[list[float]]:
+        """Every session's pending text and options in one forward pass (:func:`options_pass`)."""
+        return options_pass(self, sessions, options) if sessions else []
+
     def _score_chunk(self, chunk):
         """Score a batch; on out-of-memory, halve it and go on."""
         import torch
@@ -323,11 +327,10 @@ class HFSession(Session):
         over the transcript so far plus the option. The cache keeps only the
         pending tokens: the options leave no trace.
         """
-        import torch
-        from transformers import DynamicCache
+        return options_pass(self.backend, [self], [options])[0]
 
-        from ..scoring import block_causal_mask, cache_layers, cache_of, kv_keyword, project
-
+    def _plan(self, options) -> dict[str, Any]:
+        """This session's part of a pass: pending tokens, option tokens, and where each goes."""
         self._tokenize()
         pending, start = self.pending, self.length
         if not pending and self.last_hidden is None:
@@ -349,37 +352,120 @@ class HFSession(Session):
             feed += t[:-1]
             positions += range(end, end + len(t) - 1)
             targets += t[1:]
-            blocks.append((end, first, len(feed)))  # each option sees the cache and all pending text
-        model = self.backend.model
-        decoder = model.get_decoder()
-        device = next(model.parameters()).device
-        dtype = next(model.parameters()).dtype
-        mask = block_causal_mask(start, len(feed), blocks, dtype, pending=len(pending))[None, None]
-        cache = cache_of(cache_layers(self.cache)) if self.cache is not None else DynamicCache()
-        with torch.inference_mode():
-            hidden = decoder(
-                input_ids=torch.tensor([feed], device=device),
-                position_ids=torch.tensor([positions], device=device),
-                attention_mask=mask.to(device),
-                use_cache=True,
-                **{kv_keyword(decoder): cache},
-            ).last_hidden_state[0]
-            if pending:
-                self.last_hidden = hidden[len(pending) - 1 : len(pending)]
-            rows = [self.last_hidden[0]] * len(tokens)
-            rows += [hidden[first + k] for _, first, last in blocks for k in range(last - first)]
-            lps = project(
-                model,
-                torch.stack(rows),
-                torch.tensor([t[0] for t in tokens] + targets, device=device),
-            ).tolist()
-        # Keep the cache of what was read (views of the pass's cache); the options' keys and values are dropped.
-        self.cache = cache_of([(k[:, :, :end], v[:, :, :end]) for k, v in cache_layers(cache)])
-        self.length = end
-        self.tokens_read += len(pending)
-        self.pending = []
-        out, k = [], len(tokens)
+            blocks.append((first, len(feed)))  # each option sees the cache and all pending text
+        return {
+            "start": start,
+            "pending": len(pending),
+            "tokens": tokens,
+            "feed": feed,
+            "positions": positions,
+            "targets": targets,
+            "blocks": blocks,
+        }
+
+
+def options_pass(backend: HFBackend, sessions: Sequence[HFSession], options: Sequence[Sequence[str]]) -> list[list[float]]:
+    """Every session's pending text and options in one batched forward pass (lock-step closed-loop simulation).
+
+    Each session keeps its own key/value cache of the tokens it has read. For
+    the pass, the caches are laid side by side, each padded at its end to the
+    longest; row ``b`` feeds its pending tokens and its options' tokens at its
+    own positions, and its additive mask lets it see only its own cache (never
+    the padding), its pending tokens causally, and, per option, those plus the
+    option's own earlier tokens. A padding query sees only itself. So every
+    row's numbers are those of its session alone (a pass with one session is
+    exactly :meth:`HFSession.options`); afterwards each session keeps its
+    cache plus its pending tokens, and the options leave no trace.
+    """
+    import torch
+    from transformers import DynamicCache
+
+    from ..scoring import block_causal_mask, cache_layers, cache_of, kv_keyword, project
+
+    plans = [s._plan(o) for s, o in zip(sessions, options, strict=True)]
+    model = backend.model
+    decoder = model.get_decoder()
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    rows = len(plans)
+    cached = max(p["start"] for p in plans)
+    q = max(len(p["feed"]) for p in plans)
+    input_ids = torch.full((rows, q), backend.pad_id, dtype=torch.long)
+    position_ids = torch.zeros((rows, q), dtype=torch.long)
+    masks = []
+    blocked = torch.finfo(dtype).min
+    for b, p in enumerate(plans):
+        n = len(p["feed"])
+        input_ids[b, :n] = torch.tensor(p["feed"], dtype=torch.long)
+        position_ids[b, :n] = torch.tensor(p["positions"], dtype=torch.long)
+        blocks = [(cached + p["pending"], first, last) for first, last in p["blocks"]]
+        mask = block_causal_mask(cached, q, blocks, dtype, pending=p["pending"])
+        mask[:, p["start"] : cached] = blocked  # this row's cache ends at its start: the rest is padding
+        for i in range(n, q):  # a padding query reads only itself: never all-blocked, never read by anyone
+            mask[i, :] = blocked
+            mask[i, cached + i] = 0
+        masks.append(mask)
+    mask = torch.stack(masks).unsqueeze(1)
+    if rows == 1 and sessions[0].cache is not None:
+        cache = cache_of(cache_layers(sessions[0].cache))
+    elif cached:
+        # The caches side by side, each padded at its end to the longest (the padding is masked above).
+        stacked = []
+        first = next(s.cache for s in sessions if s.cache is not None)
+        for layer, (k0, v0) in enumerate(cache_layers(first)):
+            keys = k0.new_zeros((rows, k0.shape[1], cached, k0.shape[3]))
+            values = v0.new_zeros((rows, v0.shape[1], cached, v0.shape[3]))
+            for b, s in enumerate(sessions):
+                if s.cache is not None and plans[b]["start"]:
+                    k, v = cache_layers(s.cache)[layer]
+                    keys[b, :, : plans[b]["start"]] = k[0]
+                    values[b, :, : plans[b]["start"]] = v[0]
+            stacked.append((keys, values))
+        cache = cache_of(stacked)
+    else:
+        cache = DynamicCache()
+    with torch.inference_mode():
+        hidden = decoder(
+            input_ids=input_ids.to(device),
+            position_ids=position_ids.to(device),
+            attention_mask=mask.to(device),
+            use_cache=True,
+            **{kv_keyword(decoder): cache},
+        ).last_hidden_state
+        states, targets, spans = [], [], []
+        for b, (s, p) in enumerate(zip(sessions, plans, strict=True)):
+            if p["pending"]:
+                s.last_hidden = hidden[b, p["pending"] - 1 : p["pending"]]
+            begin = len(states)
+            states += [s.last_hidden[0]] * len(p["tokens"])
+            states += [hidden[b, first + k] for first, last in p["blocks"] for k in range(last - first)]
+            targets += [t[0] for t in p["tokens"]] + p["targets"]
+            spans.append((begin, len(states)))
+        lps = project(model, torch.stack(states), torch.tensor(targets, device=device)).tolist()
+        after = cache_layers(cache)
+    out = []
+    for b, (s, p, (begin, _)) in enumerate(zip(sessions, plans, spans, strict=True)):
+        # Keep the cache of what was read: this row's own cache, then its pending tokens' keys and values.
+        start, pending = p["start"], p["pending"]
+        if rows == 1:
+            s.cache = cache_of([(k[:, :, : start + pending], v[:, :, : start + pending]) for k, v in after])
+        else:
+            s.cache = cache_of(
+                [
+                    (
+                        torch.cat([k[b : b + 1, :, :start], k[b : b + 1, :, cached : cached + pending]], dim=2),
+                        torch.cat([v[b : b + 1, :, :start], v[b : b + 1, :, cached : cached + pending]], dim=2),
+                    )
+                    for k, v in after
+                ]
+            )
+        s.length = start + pending
+        s.tokens_read += pending
+        s.pending = []
+        tokens = p["tokens"]
+        mine, k, values = lps[begin:], len(tokens), []
         for j, t in enumerate(tokens):
-            out.append(lps[j] + math.fsum(lps[k : k + len(t) - 1]))
+            values.append(mine[j] + math.fsum(mine[k : k + len(t) - 1]))
             k += len(t) - 1
-        return out
+        out.append(values)
+    return out
