@@ -193,6 +193,31 @@ def test_lock_step_groups_give_the_numbers_and_draws_of_one_at_a_time(gambles, r
         assert list(a) == pytest.approx(list(b), abs=1e-5)
 
 
+def test_a_shared_beginning_is_read_once_with_the_same_numbers(gambles, run_cli, hf, monkeypatch):
+    """Everyone doing participant 1's trials without a persona starts with the same tokens: they are read once,
+    shared, and the numbers and draws are those of participants simulated one at a time."""
+    import psysim.backends.hf as hf_backend
+    import psysim.simulate as simulate_module
+
+    save_tiny(gambles / "tiny-model", hf)
+    (gambles / "experiment.yaml").write_text(YAML + "simulation:\n  design: '1'\n", encoding="utf-8")
+    shared = []
+    real = hf_backend._share_prefix
+
+    def spy(model, decoder, sessions, plans, device):
+        real(model, decoder, sessions, plans, device)
+        shared.extend(p["start"] for p in plans if p["start"])
+
+    monkeypatch.setattr(hf_backend, "_share_prefix", spy)
+    together = simulate(run_cli, "--out", "together")["simulated"]
+    assert len(shared) >= 2 and min(shared) >= hf_backend.SHARED_PREFIX  # the no_persona pair shared its beginning
+    monkeypatch.setattr(simulate_module, "groups", lambda sizes, budget, names: [[i] for i in range(len(sizes))])
+    alone = simulate(run_cli, "--out", "alone")["simulated"]
+    assert together["response"].tolist() == alone["response"].tolist()
+    for a, b in zip(together["option_probs"], alone["option_probs"], strict=True):
+        assert list(a) == pytest.approx(list(b), abs=1e-6)
+
+
 def test_a_lock_step_budget_smaller_than_one_participant_is_a_clear_error(gambles, run_cli):
     (gambles / "experiment.yaml").write_text(YAML + "simulation:\n  batch_tokens: 10\n", encoding="utf-8")
     r = run_cli("simulate", "experiment.yaml", "-q", "--dry-run", "--out", "out")

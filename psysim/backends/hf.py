@@ -364,6 +364,61 @@ class HFSession(Session):
         }
 
 
+#: Sessions starting together share a common beginning (the same instructions, no persona) of at least this many
+#: tokens before it is worth a pass of its own.
+SHARED_PREFIX = 16
+
+
+def _share_prefix(model, decoder, sessions, plans, device) -> None:
+    """Encode the token prefix that sessions starting now have in common once, and give each its cache.
+
+    Rows with an empty cache whose pending token ids begin the same way (the
+    same instructions, no persona before them) are read once up to the end of
+    their common beginning; each session then holds that cache (the same
+    tensors: caches are never written in place) and its plan feeds only the
+    rest. The token ids are those each session would read anyway, at the same
+    positions, so its numbers are its own.
+    """
+    import torch
+    from transformers import DynamicCache
+
+    from ..scoring import cache_layers, kv_keyword
+
+    fresh = [b for b, p in enumerate(plans) if p["start"] == 0 and p["pending"] > 0]
+    if len(fresh) < 2:
+        return
+    first = plans[fresh[0]]["feed"][: plans[fresh[0]]["pending"]]
+    common = len(first)
+    for b in fresh[1:]:
+        ids = plans[b]["feed"][: plans[b]["pending"]]
+        n = 0
+        while n < min(common, len(ids)) and ids[n] == first[n]:
+            n += 1
+        common = n
+    if common < SHARED_PREFIX:
+        return
+    cache = DynamicCache()
+    with torch.inference_mode():
+        hidden = decoder(
+            input_ids=torch.tensor([first[:common]], device=device),
+            position_ids=torch.arange(common, device=device)[None],
+            use_cache=True,
+            **{kv_keyword(decoder): cache},
+        ).last_hidden_state
+    from ..scoring import cache_of
+
+    layers = cache_layers(cache)
+    for b in fresh:
+        s, p = sessions[b], plans[b]
+        s.cache = cache_of(list(layers))
+        s.length = common
+        s.tokens_read += common
+        s.last_hidden = hidden[0, common - 1 : common]
+        p["start"], p["pending"] = common, p["pending"] - common
+        p["feed"], p["positions"] = p["feed"][common:], p["positions"][common:]
+        p["blocks"] = [(first_ - common, last - common) for first_, last in p["blocks"]]
+
+
 def options_pass(backend: HFBackend, sessions: Sequence[HFSession], options: Sequence[Sequence[str]]) -> list[list[float]]:
     """Every session's pending text and options in one batched forward pass (lock-step closed-loop simulation).
 
@@ -387,6 +442,7 @@ def options_pass(backend: HFBackend, sessions: Sequence[HFSession], options: Seq
     decoder = model.get_decoder()
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
+    _share_prefix(model, decoder, sessions, plans, device)
     rows = len(plans)
     cached = max(p["start"] for p in plans)
     q = max(len(p["feed"]) for p in plans)
