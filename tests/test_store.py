@@ -253,7 +253,7 @@ def test_open_run_explains_what_it_cannot_read(toy, run_cli, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(Exception, match=r"empty is not a psysim run folder") as info:
         open_run("empty")
-    assert "expected manifest.json (written by `psysim run`), found none" in str(info.value)
+    assert "expected manifest.json (written by `psysim run` or `psysim simulate`), found none" in str(info.value)
     old = tmp_path / "old"
     old.mkdir()
     (old / "manifest.json").write_text(json.dumps({"psysim_run": 1}), "utf-8")
