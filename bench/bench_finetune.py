@@ -15,9 +15,14 @@ is its own), on the same batch of thoma2025riskychoice participants
                in parts of at most ``finetune.batch_tokens`` (1024) tokens, with
                gradient checkpointing (``finetune.gradient_checkpointing``).
 
-Both give the same loss (printed). Reported: seconds per step (median of
+All give the same loss (printed). Reported: seconds per step (median of
 ``--steps``), peak resident memory of the process and what the step added on
-top of the loaded model.
+top of the loaded model, and the step's FLOP bound: the matrix products a
+step cannot avoid (2 FLOPs per weight per token forward, as many again for the
+gradients with respect to the inputs that the adapters need, and one more
+forward where checkpointing recomputes it; the frozen weights need no weight
+gradients) divided by this machine's float32 matrix-product rate, measured in
+the same process (2048 × 2048 ``torch.mm``).
 
     .venv/bin/python bench/bench_finetune.py [--batch 4] [--steps 3]
 """
@@ -88,6 +93,17 @@ def step(method: str, batch: int, steps: int) -> dict:
         losses.append(run_step(examples))
         times.append(time.perf_counter() - started)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # The step's unavoidable matrix products, and how fast this machine does them.
+    weights = sum(p.numel() for n, p in backend.model.named_parameters() if "embed" not in n and "lora" not in n)
+    tokens = sum(len(ids) for ids, _ in examples)
+    passes = 3 if method == "psysim" else 2  # forward + input gradients (+ the recomputed forward)
+    flops = 2 * weights * tokens * passes
+    a = torch.randn(2048, 2048)
+    torch.mm(a, a)
+    started = time.perf_counter()
+    for _ in range(5):
+        torch.mm(a, a)
+    rate = 5 * 2 * 2048**3 / (time.perf_counter() - started)
     return {
         "method": method,
         "tokens": [len(ids) for ids, _ in examples],
@@ -96,6 +112,9 @@ def step(method: str, batch: int, steps: int) -> dict:
         "step_added_mib": round((peak - loaded) / 1024),
         "loss": round(losses[0], 6),
         "threads": torch.get_num_threads(),
+        "matmul_gflops": round(rate / 1e9),
+        "flop_bound_seconds": round(flops / rate, 2),
+        "times_the_bound": round(statistics.median(times) / (flops / rate), 2),
     }
 
 
