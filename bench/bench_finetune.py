@@ -19,9 +19,9 @@ All give the same loss (printed). Reported: seconds per step (median of
 ``--steps``), peak resident memory of the process and what the step added on
 top of the loaded model, and the step's FLOP bound: the matrix products a
 step cannot avoid (2 FLOPs per weight per token forward, as many again for the
-gradients with respect to the inputs that the adapters need, and one more
-forward where checkpointing recomputes it; the frozen weights need no weight
-gradients) divided by this machine's float32 matrix-product rate, measured in
+gradients with respect to the inputs that the adapters need; the frozen
+weights need no weight gradients, and checkpointing's recomputed forward is
+counted against the method) divided by this machine's float32 matrix-product rate, measured in
 the same process (2048 × 2048 ``torch.mm``).
 
     .venv/bin/python bench/bench_finetune.py [--batch 4] [--steps 3]
@@ -96,8 +96,7 @@ def step(method: str, batch: int, steps: int) -> dict:
     # The step's unavoidable matrix products, and how fast this machine does them.
     weights = sum(p.numel() for n, p in backend.model.named_parameters() if "embed" not in n and "lora" not in n)
     tokens = sum(len(ids) for ids, _ in examples)
-    passes = 3 if method == "psysim" else 2  # forward + input gradients (+ the recomputed forward)
-    flops = 2 * weights * tokens * passes
+    flops = 2 * weights * tokens * 2  # forward + the input gradients (checkpointing's recomputation is on top)
     a = torch.randn(2048, 2048)
     torch.mm(a, a)
     started = time.perf_counter()
