@@ -45,6 +45,17 @@ def kv_keyword(decoder) -> str:
     return "cache" if "cache" in params else "past_key_values"
 
 
+def decode(decoder, cache, input_ids, position_ids, attention_mask=None):
+    """The decoder's last hidden states for ``input_ids`` read after ``cache`` (which the call extends)."""
+    return decoder(
+        input_ids=input_ids,
+        position_ids=position_ids,
+        attention_mask=attention_mask,
+        use_cache=True,
+        **{kv_keyword(decoder): cache},
+    ).last_hidden_state
+
+
 def cache_layers(cache) -> list[tuple[Any, Any]]:
     """(keys, values) per layer of a transformers cache, across cache API versions."""
     if hasattr(cache, "layers"):
@@ -186,13 +197,7 @@ def continuation_logprobs(model, layers, rows: Sequence[Sequence[tuple[int, list
             input_ids[r, : len(feed)] = torch.tensor(feed, dtype=torch.long)
             position_ids[r, : len(feed)] = torch.tensor(positions, dtype=torch.long)
         cache = cache_of(layers)
-        hidden = decoder(
-            input_ids=input_ids.to(device),
-            position_ids=position_ids.to(device),
-            attention_mask=mask.to(device),
-            use_cache=True,
-            **{kv_keyword(decoder): cache},
-        ).last_hidden_state
+        hidden = decode(decoder, cache, input_ids.to(device), position_ids.to(device), mask.to(device))
         del cache
         rows_idx = [r for r, p in enumerate(plans) for _ in p[0]]
         cols_idx = [c for p in plans for c in range(len(p[0]))]

@@ -382,7 +382,7 @@ def _share_prefix(model, decoder, sessions, plans, device) -> None:
     import torch
     from transformers import DynamicCache
 
-    from ..scoring import cache_layers, kv_keyword
+    from ..scoring import cache_layers, decode
 
     fresh = [b for b, p in enumerate(plans) if p["start"] == 0 and p["pending"] > 0]
     if len(fresh) < 2:
@@ -399,12 +399,7 @@ def _share_prefix(model, decoder, sessions, plans, device) -> None:
         return
     cache = DynamicCache()
     with torch.inference_mode():
-        hidden = decoder(
-            input_ids=torch.tensor([first[:common]], device=device),
-            position_ids=torch.arange(common, device=device)[None],
-            use_cache=True,
-            **{kv_keyword(decoder): cache},
-        ).last_hidden_state
+        hidden = decode(decoder, cache, torch.tensor([first[:common]], device=device), torch.arange(common, device=device)[None])
     from ..scoring import cache_of
 
     layers = cache_layers(cache)
@@ -435,7 +430,7 @@ def options_pass(backend: HFBackend, sessions: Sequence[HFSession], options: Seq
     import torch
     from transformers import DynamicCache
 
-    from ..scoring import block_causal_mask, cache_layers, cache_of, kv_keyword, project
+    from ..scoring import block_causal_mask, cache_layers, cache_of, decode, project
 
     plans = [s._plan(o) for s, o in zip(sessions, options, strict=True)]
     model = backend.model
@@ -481,13 +476,7 @@ def options_pass(backend: HFBackend, sessions: Sequence[HFSession], options: Seq
     else:
         cache = DynamicCache()
     with torch.inference_mode():
-        hidden = decoder(
-            input_ids=input_ids.to(device),
-            position_ids=position_ids.to(device),
-            attention_mask=mask.to(device),
-            use_cache=True,
-            **{kv_keyword(decoder): cache},
-        ).last_hidden_state
+        hidden = decode(decoder, cache, input_ids.to(device), position_ids.to(device), mask.to(device))
         states, targets, spans = [], [], []
         for b, (s, p) in enumerate(zip(sessions, plans, strict=True)):
             if p["pending"]:
