@@ -158,6 +158,11 @@ def plan(exp: Experiment, n: int | None = None) -> list[SimParticipant]:
             ],
         )
     designs = [p for p in exp.participants if p in task.trials]
+    if not designs:
+        raise ConfigError(
+            "nobody to simulate: no participant of the cohort has trials in the trial table",
+            [cfg.problem(("cohort",), "expected at least one participant with trials (their trials are the design)")],
+        )
     if sim.scale == "ordinal":
         from .metrics import ordinal_values
 
