@@ -216,6 +216,8 @@ class SimulationConfig:
     #: Participants advance in lock-step groups whose transcripts together hold at most this many tokens (the keys
     #: and values a group keeps: about 46 kB per token for SmolLM2-135M in float32).
     batch_tokens: int = 32768
+    #: ``raw`` (the transcript as text) or ``chat`` (each trial a user turn, each response an assistant turn).
+    format: str = "raw"
 
 
 @dataclass(frozen=True)
@@ -757,6 +759,7 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
             design=data.get("simulation", {}).get("design"),
             scale=data.get("simulation", {}).get("scale", "auto"),
             batch_tokens=data.get("simulation", {}).get("batch_tokens", 32768),
+            format=data.get("simulation", {}).get("format", "raw"),
         ),
         finetune=_finetune(data.get("finetune", {})),
         description=data.get("description", ""),

@@ -24,7 +24,15 @@ Who is simulated:
   random real participant (``design: resample``) or of one named participant.
 
 Simulation reads the raw format (the transcript as text, as Psych-201's main
-analysis does); a model's ``chat`` format is not simulated.
+analysis does) or, with ``simulation.format: chat``, each model's chat
+template: the text up to a response is the user's turn and the response the
+assistant's, read turn by turn exactly as scoring the finished conversation
+reads it (tested).
+
+Participants advance in lock-step groups (:func:`lock_step`): at each trial
+one forward pass reads every member's new text and options; groups are
+bounded by ``simulation.batch_tokens``, and each participant's numbers and
+draws are those it would get alone.
 
 Results go to a run folder (:mod:`psysim.store`) saved per batch of
 participants, so an interrupted simulation resumes without duplicating or
@@ -146,15 +154,18 @@ def plan(exp: Experiment, n: int | None = None) -> list[SimParticipant]:
     n = n if n is not None else sim.n
     if n is not None and n < 1:
         raise ConfigError(f"the number of synthetic participants must be at least 1, found {n}")
-    chat_only = [m for m in cfg.models if "raw" not in m.formats]
-    if chat_only:
+    fmt = sim.format
+    missing = [m for m in cfg.models if fmt not in m.formats]
+    if missing:
         raise ConfigError(
-            "psysim simulate reads the experiment as raw text",
+            f"simulation.format is {fmt}: every model must read the experiment in that format",
             [
                 cfg.problem(
-                    ("models", m.index, "formats"), f"expected raw among the formats of {m.name!r}, found {list(m.formats)}"
+                    ("models", m.index, "formats"),
+                    f"expected {fmt} among the formats of {m.name!r}, found {list(m.formats)}"
+                    + (" (chat needs the model's chat template, which psysim finds and checks there)" if fmt == "chat" else ""),
                 )
-                for m in chat_only
+                for m in missing
             ],
         )
     designs = [p for p in exp.participants if p in task.trials]
@@ -270,9 +281,13 @@ class Walk:
     of those options, samples the response, and reads the feedback for it.
     """
 
-    def __init__(self, exp: Experiment, session, who: SimParticipant, persona: str, *, temperature: float, rng):
+    def __init__(self, exp: Experiment, session, who: SimParticipant, persona: str, *, temperature: float, rng, chat=None):
         task = exp.task
         self.exp, self.session, self.who, self.temperature, self.rng = exp, session, who, temperature, rng
+        #: A :class:`psysim.chat.ChatTemplate` for chat-format simulation (the session reads its rendering), or None.
+        self.chat = chat
+        self.messages: list[dict[str, str]] = []
+        self.consumed = ""  # the chat text read so far
         self.trials = task.trials[who.design_of]
         self.items = trial_items(exp, who.design_of)
         self.sep = task.config.separator
@@ -280,12 +295,35 @@ class Walk:
         self.text = persona
         if "instructions" in task.templates:
             self.text += task.instructions(who.design_of) + self.sep
-        session.read(self.text)
+        self.user = self.text  # the user's turn so far (chat): persona, instructions, the trial up to its response
+        if chat is None:
+            session.read(self.text)
         self.rows: list[dict[str, Any]] = []
         self.spans: list[tuple[int, int]] = []
         self.k = 0
         self.since = ""  # the text since the previous response: where an item pattern reads an unanswered trial's item
         self._before = ""
+
+    def _read_chat(self) -> None:
+        """Read the chat rendering up to where the next response goes: what scoring the finished chat reads there.
+
+        The conversation so far plus this user turn and a placeholder answer is
+        rendered; the text before the placeholder must extend what was read
+        (templates that rewrite earlier turns once more follow cannot be read
+        turn by turn, and are refused rather than read differently).
+        """
+        from .errors import TemplateError
+
+        turns = [*self.messages, {"role": "user", "content": self.user}, {"role": "assistant", "content": "x"}]
+        rendering = self.chat.render(turns, where=f"participant {self.who.id}, trial {self.k + 1}")
+        prefix = rendering.text[: rendering.spans[-1][0]]
+        if not prefix.startswith(self.consumed):
+            raise TemplateError(
+                f"chat template {self.chat.name} renders earlier turns differently once more turns follow",
+                [Problem("closed-loop chat simulation reads the conversation turn by turn; use simulation.format: raw")],
+            )
+        self.session.read(prefix[len(self.consumed) :])
+        self.consumed = prefix
 
     @property
     def done(self) -> bool:
@@ -300,7 +338,11 @@ class Walk:
                 "sampled from the options (set data.options)"
             )
         before, _ = self.exp.task.render_trial(trial, trial.options[0])  # the text before the response does not depend on it
-        self.session.read(before + OPEN)
+        if self.chat is None:
+            self.session.read(before + OPEN)
+        else:
+            self.user += before
+            self._read_chat()
         self.text += before + OPEN
         self.since += before
         self._before = before
@@ -321,7 +363,12 @@ class Walk:
         _, after = self.exp.task.render_trial(trial, choice)  # feedback for the sampled choice
         last = k == len(self.trials) - 1
         tail = CLOSE + after + ("" if last else self.sep)
-        self.session.read(tail)
+        if self.chat is None:
+            self.session.read(tail)
+        else:
+            self.consumed += choice
+            self.messages += [{"role": "user", "content": self.user}, {"role": "assistant", "content": choice}]
+            self.user = after + ("" if last else self.sep)
         self.text += choice + tail
         self.since = after + ("" if last else self.sep)
         self.rows.append(
@@ -555,8 +602,14 @@ def _walk(exp: Experiment, backend, model, ci: int, cond, who: SimParticipant, b
         persona = render_persona(template, by_id[persona_of].profile, exp.schema, experiment=exp.task.experiment)
     # One generator per (model, condition, participant): the same draws however the work is batched or resumed.
     rng = np.random.default_rng([cfg.seed, model.index, ci, index])
-    session = backend.session(add_special_tokens=True, key=f"participant {who.id} ({cond.name})")
-    walk = Walk(exp, session, who, persona, temperature=cfg.simulation.temperature, rng=rng)
+    chat = exp.chat_templates[model.name] if cfg.simulation.format == "chat" else None
+    # Chat text carries its own special tokens; the raw text gets the tokenizer's (a BOS), as scoring does.
+    key = f"participant {who.id} ({cond.name})"
+    if chat is None:
+        session = backend.session(add_special_tokens=True, key=key)
+    else:
+        session = backend.session(add_special_tokens=False, key=key, closer=chat.closer)
+    walk = Walk(exp, session, who, persona, temperature=cfg.simulation.temperature, rng=rng, chat=chat)
     walk.persona, walk.persona_of = persona, persona_of
     return walk
 
@@ -615,6 +668,7 @@ def _manifest(exp: Experiment, people, batches_total: int, dry_run: bool, n: int
             "n": len(people),
             "temperature": cfg.simulation.temperature,
             "scale": cfg.simulation.scale,
+            "format": cfg.simulation.format,
             "design": cfg.simulation.design or ("resample" if cfg.cohort.generate else "own"),
             "generated": cfg.cohort.generate is not None,
         },

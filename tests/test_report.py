@@ -915,7 +915,8 @@ def test_report_explains_folders_it_cannot_read(toy, run_cli):
     r = run_cli("report", "empty")
     assert r.exit_code == 2
     assert r.stderr == (
-        "error: empty is not a psysim run folder\n  - expected manifest.json (written by `psysim run` or `psysim simulate`), found none\n"
+        "error: empty is not a psysim run folder\n"
+        "  - expected manifest.json (written by `psysim run` or `psysim simulate`), found none\n"
     )
 
     inc = toy.folder / "inc"

@@ -336,5 +336,54 @@ def test_chat_only_models_are_refused_not_silently_simulated_raw(gambles, run_cl
     (gambles / "experiment.yaml").write_text(yaml, encoding="utf-8")
     r = run_cli("simulate", "experiment.yaml", "-q", "--dry-run", "--out", "out")
     assert r.exit_code == 2
-    assert "error: psysim simulate reads the experiment as raw text" in r.stderr
+    assert "error: simulation.format is raw: every model must read the experiment in that format" in r.stderr
     assert "models[0].formats: expected raw among the formats of 'tiny', found ['chat']" in r.stderr
+    # And the other way round: chat simulation of a model not read as chat, refused before any model loads.
+    (gambles / "experiment.yaml").write_text(YAML + "simulation:\n  format: chat\n", encoding="utf-8")
+    r = run_cli("simulate", "experiment.yaml", "-q", "--out", "out")
+    assert r.exit_code == 2 and "expected chat among the formats of 'tiny', found ['raw']" in r.stderr
+
+
+def test_chat_simulation_is_exact_against_scoring_the_finished_chat(gambles, run_cli, hf):
+    """simulation.format: chat: each trial the user's turn, each response the assistant's, read turn by turn through
+    the model's chat template; scoring the finished conversation (as psysim run scores chat) gives back every
+    option's log-probability."""
+    import torch
+
+    import psysim
+    from psysim.backends.encoding import TokenReader
+    from psysim.chat import to_messages
+    from psysim.scoring import score_encoded
+    from psysim.transcripts import Response, Transcript, parse_markup
+
+    save_tiny(gambles / "tiny-model", hf)
+    yaml = YAML.replace("    source: tiny-model\n", "    source: tiny-model\n    formats: [chat]\n    chat_template: chatml\n")
+    (gambles / "experiment.yaml").write_text(yaml + "simulation:\n  format: chat\n", encoding="utf-8")
+    t = simulate(run_cli, "--out", "out")
+    exp = psysim.load_experiment("experiment.yaml")
+    template = exp.chat_templates["tiny"]
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained("tiny-model").eval()
+    reader = TokenReader(AutoTokenizer.from_pretrained("tiny-model"))
+    sim, checked = t["simulated"], 0
+    for row in t["transcripts"].itertuples(index=False):
+        rows = sim[(sim["condition"] == row.condition) & (sim["participant"] == row.participant)]
+        # The synthetic transcript (raw, responses in <<...>>) as the conversation psysim run would score.
+        body = row.text[len(row.persona) :]
+        marks, _ = parse_markup(body)
+        responses = tuple(Response(index=i, text=body[a:b], start=a, end=b) for i, (a, b) in enumerate(marks))
+        transcript = Transcript(row.participant, "gambles", body, responses)
+        rendering = template.render(to_messages(transcript, row.persona))
+        enc = reader.encode(rendering.text, rendering.spans, add_special_tokens=False)
+        enc.options, _ = reader.options(rendering.text, rendering.spans, list(rows["options"]), [template.closer] * len(marks))
+        with torch.no_grad():
+            scores = score_encoded(model, [enc])[0]
+        assert [r.text for r in transcript.responses] == rows["response"].tolist()
+        for (_, _, opt_lp), r in zip(scores, rows.itertuples(index=False), strict=True):
+            assert list(r.option_logprobs) == pytest.approx(opt_lp, abs=1e-5)
+            checked += 1
+        assert "<|im_start|>user" in rendering.text and "<<" not in rendering.text
+    assert checked == len(sim) == 15
+    manifest = json.loads((gambles / "out" / "manifest.json").read_text("utf-8"))
+    assert manifest["simulation"]["format"] == "chat"
