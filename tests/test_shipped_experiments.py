@@ -116,7 +116,7 @@ def test_dry_run_writes_every_response(run_cli, path: Path, tmp_path: Path):
     page = (tmp_path / "report.html").read_text("utf-8")
     assert "DRY RUN" in page
     if cfg.get("evaluation", {}).get("post_training"):
-        assert "Figure 3. Base vs post-trained NLL per study" in page
+        assert "Figure 4. Base vs post-trained NLL per study" in page
 
 
 def test_post_training_pairs_name_models_of_the_file():
