@@ -115,8 +115,8 @@ def dropped_to_fit(trials, by: tuple[str, ...] = ("experiment", "condition")):
     (``context_dropped``, the same on every row of the prompt); only groups
     with at least one dropped response are returned.
     """
-    if "context_dropped" not in trials or not len(trials):
-        return trials.iloc[:0].groupby(list(by))["context_dropped"].sum() if "context_dropped" in trials else None
+    if "context_dropped" not in trials:
+        return None
     per_prompt = trials.groupby([*CONDITION_KEYS, "experiment", "participant"], sort=False)["context_dropped"].first()
     dropped = per_prompt[per_prompt > 0]
     return dropped.groupby(list(by)).sum().astype(int)

@@ -382,7 +382,7 @@ def _share_prefix(model, decoder, sessions, plans, device) -> None:
     import torch
     from transformers import DynamicCache
 
-    from ..scoring import cache_layers, decode
+    from ..scoring import cache_layers, cache_of, decode
 
     fresh = [b for b, p in enumerate(plans) if p["start"] == 0 and p["pending"] > 0]
     if len(fresh) < 2:
@@ -400,8 +400,6 @@ def _share_prefix(model, decoder, sessions, plans, device) -> None:
     cache = DynamicCache()
     with torch.inference_mode():
         hidden = decode(decoder, cache, torch.tensor([first[:common]], device=device), torch.arange(common, device=device)[None])
-    from ..scoring import cache_of
-
     layers = cache_layers(cache)
     for b in fresh:
         s, p = sessions[b], plans[b]
@@ -462,13 +460,16 @@ def options_pass(backend: HFBackend, sessions: Sequence[HFSession], options: Seq
     elif cached:
         # The caches side by side, each padded at its end to the longest (the padding is masked above).
         stacked = []
-        first = next(s.cache for s in sessions if s.cache is not None)
-        for layer, (k0, v0) in enumerate(cache_layers(first)):
+        per_row = [
+            cache_layers(s.cache) if s.cache is not None and p["start"] else None for s, p in zip(sessions, plans, strict=True)
+        ]
+        first = next(layers for layers in per_row if layers is not None)
+        for layer, (k0, v0) in enumerate(first):
             keys = k0.new_zeros((rows, k0.shape[1], cached, k0.shape[3]))
             values = v0.new_zeros((rows, v0.shape[1], cached, v0.shape[3]))
-            for b, s in enumerate(sessions):
-                if s.cache is not None and plans[b]["start"]:
-                    k, v = cache_layers(s.cache)[layer]
+            for b, layers in enumerate(per_row):
+                if layers is not None:
+                    k, v = layers[layer]
                     keys[b, :, : plans[b]["start"]] = k[0]
                     values[b, :, : plans[b]["start"]] = v[0]
             stacked.append((keys, values))
