@@ -57,10 +57,14 @@ def validate(experiment: Path) -> None:
     `scoring.context: drop_oldest` would drop. All problems are listed at
     once; exit code 2 if any.
     """
+    from .backends import engine_problems
     from .context import check_context
+    from .errors import ConfigError, raise_if
     from .experiment import load_experiment
+    from .files import display_path
 
     exp = load_experiment(experiment)
+    raise_if(engine_problems(exp.config), ConfigError, f"{display_path(exp.config.path)} names an engine that is not installed")
     context = check_context(exp)
     click.echo(f"{click.style('ok', fg='green', bold=True)}: {exp.summary().config} is valid")
     click.echo(str(exp.summary()))
@@ -459,6 +463,34 @@ def models_pull(name: str, source: str | None) -> None:
     say(f"pulling {name}")
     folder = registry.pull(name, progress=say, source=source)
     click.echo(f"pulled {name} in {time.monotonic() - start:.1f} s: {folder} ({_size(registry.folder_size(folder))})")
+
+
+@models.command("check")
+@click.argument("experiment", type=EXPERIMENT)
+@click.option("--model", "-m", help="The models: entry to check (default: every entry whose backend is not --against).")
+@click.option("--against", default="hf", show_default=True, type=click.Choice(["hf", "vllm"]), help="The reference backend.")
+@click.option("--limit", default=3, show_default=True, type=click.IntRange(min=1), help="Participants per study to score.")
+def models_check(experiment: Path, model: str | None, against: str, limit: int) -> None:
+    """Parity gate: score EXPERIMENT's first participants with each model's backend and with --against; compare.
+
+    Both backends read the same weights and, first, must read the same token
+    ids (else refused, naming the first differing token). Prints per model
+    the largest difference of a response's or an option's log-probability,
+    and exits 1 if it exceeds the tolerance of the model's dtype (float32:
+    1e-3 nats; see docs/scale.md).
+    """
+    from .backends.parity import check_parity
+    from .experiment import load_experiment
+    from .run import quiet_transformers
+
+    exp = load_experiment(experiment)
+    quiet_transformers(progress=False)
+    reports = check_parity(exp, model=model, against=against, limit=limit)
+    for report in reports:
+        for line in report.lines():
+            click.echo(line)
+    if not all(r.ok for r in reports):
+        sys.exit(1)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -151,7 +151,27 @@ class ModelConfig:
     adapter: str | None = None
     trust_remote_code: bool = False
     batch_tokens: int = 8192
+    #: ``vllm:`` as written (the engine's settings; :data:`VLLM_DEFAULTS` fills the rest).
+    vllm: tuple[tuple[str, Any], ...] = ()
     index: int = 0
+
+    def vllm_settings(self) -> dict[str, Any]:
+        """The vLLM engine's settings of this entry: :data:`VLLM_DEFAULTS` updated with what the file says."""
+        return {**VLLM_DEFAULTS, **dict(self.vllm)}
+
+
+#: Settings of the vLLM engine (a ``models:`` entry's ``vllm:``) and their defaults, written once here.
+VLLM_DEFAULTS: dict[str, Any] = {
+    # KV-cache memory on CPU (VLLM_CPU_KVCACHE_SPACE, GiB): unset, vLLM would take most of the machine's memory.
+    "kv_cache_gb": 1.0,
+    # Share of a GPU's memory the engine may use (weights, activations and KV cache).
+    "gpu_memory_utilization": 0.9,
+    "tensor_parallel_size": 1,
+    # Longest sequence the engine plans for; None: the model's own context length.
+    "max_model_len": None,
+    # Skip torch.compile and CUDA graphs: start-up in seconds, not minutes, at some throughput cost on GPUs.
+    "enforce_eager": True,
+}
 
 
 @dataclass(frozen=True)
@@ -394,6 +414,10 @@ def _semantic_problems(data: dict[str, Any], at, resolve) -> list[Problem]:
             problems.append(at(yaml_path, f"expected a {_either(allowed)} file, found {Path(value).name!r}"))
     models = data.get("models")
     for i, m in enumerate(models if isinstance(models, list) else ()):
+        if isinstance(m, dict) and "vllm" in m and m.get("backend", "hf") != "vllm":
+            problems.append(
+                at(("models", i, "vllm"), f"vllm: settings apply to backend: vllm only, found backend: {m.get('backend', 'hf')}")
+            )
         if isinstance(m, dict) and isinstance(m.get("adapter"), str):
             target = resolve(m["adapter"])
             if not target.is_dir():
@@ -720,6 +744,7 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
             adapter=m.get("adapter"),
             trust_remote_code=m.get("trust_remote_code", False),
             batch_tokens=m.get("batch_tokens", 8192),
+            vllm=tuple(sorted(m.get("vllm", {}).items())),
             index=i,
         )
         for i, m in enumerate(data["models"])

@@ -222,7 +222,7 @@ def finetune_experiment(
     import torch
 
     from .backends import get_backend
-    from .run import _inputs, _now, _quiet_transformers, _versions, check_writable, result_config
+    from .run import _inputs, _now, _versions, check_writable, quiet_transformers, result_config
 
     cfg = exp.config
     ft = cfg.finetune
@@ -253,7 +253,7 @@ def finetune_experiment(
     if state is not None and state.get("status") == "complete":
         return FinetuneResult(folder, json.loads((folder / "adapter" / "psysim_card.json").read_text("utf-8")))
 
-    _quiet_transformers(progress)
+    quiet_transformers(progress)
     backend = backend or get_backend(model_cfg, cfg.folder)
     if getattr(backend, "model", None) is None:
         raise ConfigError("fine-tuning needs a transformers model (the hf backend)")

@@ -62,6 +62,18 @@ class RunResult:
         self.resumed = resumed
 
 
+def check_engines(exp: Experiment, *, dry_run: bool, backends: dict[str, Backend] | None = None) -> None:
+    """Fail before any model loads if a model's engine is not installed here (e.g. backend: vllm without vLLM)."""
+    from .backends import engine_problems
+    from .errors import ConfigError, raise_if
+
+    if dry_run:
+        return  # a dry run uses the mock backend for every model
+    raise_if(
+        engine_problems(exp.config, ready=set(backends or ())), ConfigError, f"cannot run {display_path(exp.config.path)} here"
+    )
+
+
 def check_writable(folder: Path) -> None:
     """Fail before any model is loaded if results cannot be written to ``folder``."""
     try:
@@ -103,6 +115,7 @@ def run_experiment(
     import pandas as pd
 
     folder = Path(out) if out is not None else exp.config.output
+    check_engines(exp, dry_run=dry_run, backends=backends)
     check_writable(folder)
     participants = [p for p in exp.participants if p in exp.transcripts]
     if limit is not None:
@@ -164,7 +177,7 @@ def backend_for(model, base: Path, backends: dict[str, Backend] | None, dry_run:
         from .backends.mock import MockBackend
 
         return MockBackend(model.name)
-    _quiet_transformers(progress)
+    quiet_transformers(progress)
     return get_backend(model, base)
 
 
@@ -190,17 +203,7 @@ def _score_model(exp, model, batches, todo, store: RunFolder, backends, dry_run,
             for pid in batches[b]
             if cond in exp.conditions_for(pid)  # a study without profiles is scored without a persona only
         ]
-        requests = [
-            ScoreRequest(
-                key=f"participant {p.participant} ({p.condition}, {p.format})",
-                text=p.text,
-                spans=p.spans,
-                options=p.options,
-                add_special_tokens=p.format == "raw",
-                closers=p.closers,
-            )
-            for p, _ in prompts
-        ]
+        requests = score_requests([p for p, _ in prompts])
         results = backend.score(requests, progress=bar.offset(done) if bar else None)
         rows = []
         for (prompt, dropped), result in zip(prompts, results, strict=True):
@@ -209,6 +212,21 @@ def _score_model(exp, model, batches, todo, store: RunFolder, backends, dry_run,
         done += len(requests)
     if bar:
         bar.close()
+
+
+def score_requests(prompts: list[Prompt]) -> list[ScoreRequest]:
+    """The backend's requests for rendered prompts: text, response spans, each trial's options and closing text."""
+    return [
+        ScoreRequest(
+            key=f"participant {p.participant} ({p.condition}, {p.format})",
+            text=p.text,
+            spans=p.spans,
+            options=p.options,
+            add_special_tokens=p.format == "raw",
+            closers=p.closers,
+        )
+        for p in prompts
+    ]
 
 
 def _canonical(rows, cfg, participants):
@@ -267,7 +285,7 @@ def _rows(model: str, prompt: Prompt, dropped: int, result) -> list[dict[str, An
     return rows
 
 
-def _quiet_transformers(progress: bool) -> None:
+def quiet_transformers(progress: bool) -> None:
     """transformers' own warnings are not the user's business here; its progress bars follow ``progress``."""
     try:
         from transformers.utils import logging as tlog

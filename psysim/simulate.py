@@ -453,11 +453,12 @@ def simulate_experiment(
     """Simulate every model × condition × synthetic participant into a resumable run folder (module docstring)."""
     import pandas as pd
 
-    from .run import _now, _progress, backend_for, check_writable
+    from .run import _now, _progress, backend_for, check_engines, check_writable
     from .store import RunFolder
 
     cfg = exp.config
     folder = Path(out) if out is not None else cfg.output.with_name(cfg.output.name + "-simulated")
+    check_engines(exp, dry_run=dry_run, backends=backends)
     check_writable(folder)
     people = plan(exp, n)
     check_feedback(exp, [p.design_of for p in people])

@@ -22,7 +22,7 @@ from typing import Any
 
 from ..transcripts import CLOSE
 
-__all__ = ["Backend", "ResponseScore", "ScoreRequest", "ScoreResult", "Session", "get_backend"]
+__all__ = ["Backend", "ResponseScore", "ScoreRequest", "ScoreResult", "Session", "engine_problems", "get_backend"]
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ class Session(ABC):
 
 
 class Backend(ABC):
-    """A language model that scores transcripts. Subclasses: ``hf`` (transformers) and ``mock``."""
+    """A language model that scores transcripts. Subclasses: ``hf`` (transformers), ``vllm`` and ``mock``."""
 
     #: Longest input (tokens) the model accepts, or None if unbounded.
     max_length: int | None = None
@@ -143,12 +143,31 @@ class Backend(ABC):
         return [s.options(o) for s, o in zip(sessions, options, strict=True)]
 
 
+def engine_problems(config, ready=()) -> list:
+    """Problems with the engines an experiment's models need, found before anything loads (vLLM not installed).
+
+    ``config`` is a :class:`psysim.config.ExperimentConfig`; each problem points at the model's ``backend:`` line.
+    Models named in ``ready`` (backends already built) are not checked.
+    """
+    from .vllm import INSTALL, available
+
+    return [
+        config.problem(("models", m.index, "backend"), f"backend: vllm, but vLLM is not installed here: {INSTALL}")
+        for m in config.models
+        if m.backend == "vllm" and m.name not in ready and not available()
+    ]
+
+
 def get_backend(model, base, **overrides) -> Backend:
     """Build the backend of a ``models:`` entry (:class:`psysim.config.ModelConfig`); ``base`` resolves relative paths."""
     if model.backend == "mock":
         from .mock import MockBackend
 
         return MockBackend(model.name)
+    if model.backend == "vllm":
+        from .vllm import VLLMBackend
+
+        return VLLMBackend.from_config(model, base, **overrides)
     from .hf import HFBackend
 
     return HFBackend.from_config(model, base, **overrides)

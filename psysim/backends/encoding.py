@@ -192,3 +192,75 @@ class TokenReader:
         for t, tokens in zip(asked, got, strict=True):
             out[t] = tokens
         return out, forced
+
+
+class TokenizedBackend:
+    """What every backend with a real tokenizer shares: reading text by the one rule above, and checking it.
+
+    A mixin for :class:`psysim.backends.Backend` subclasses (``hf``, ``vllm``)
+    that set ``self.tokenizer``, ``self.name`` and ``self.max_length``: both
+    engines then read exactly the same token ids for the same transcript.
+    """
+
+    tokenizer: object
+    name: str
+    max_length: int | None
+
+    @property
+    def reader(self) -> TokenReader:
+        """The :class:`TokenReader` of this model's tokenizer (the one tokenisation rule)."""
+        if getattr(self, "_reader", None) is None:
+            self._reader = TokenReader(self.tokenizer)
+        return self._reader
+
+    def encode(self, text: str, spans=(), add_special_tokens: bool = True) -> Encoded:
+        """The transcript's token ids as the model reads them (memoised: context fitting and scoring share it)."""
+        memo = self.__dict__.setdefault("_encoded", {})
+        key = (text, tuple(spans), add_special_tokens)
+        if key not in memo:
+            if len(memo) >= 256:
+                memo.pop(next(iter(memo)))
+            memo[key] = self.reader.encode(text, spans, add_special_tokens)
+        return memo[key]
+
+    def count_tokens(self, text: str, spans=(), add_special_tokens: bool = True) -> int:
+        """How many tokens the model reads for ``text`` with responses at ``spans``."""
+        return len(self.encode(text, spans, add_special_tokens).ids)
+
+    def chat_template(self) -> str | None:
+        """The tokenizer's own chat template source, if it has one."""
+        template = getattr(self.tokenizer, "chat_template", None)
+        return template if isinstance(template, str) else None
+
+    def prepare(self, requests) -> list[Encoded]:
+        """Each request's token ids, response ranges and option tokens, checked against the model's context.
+
+        Raises :class:`psysim.errors.ModelError` naming the request for text
+        that cannot be read (a response that reads as no tokens), a transcript
+        longer than the context, or an option that tokenizes to nothing.
+        """
+        from ..errors import ModelError
+
+        out = []
+        for req in requests:
+            try:
+                enc = self.encode(req.text, req.spans, req.add_special_tokens)
+            except ValueError as exc:
+                raise ModelError(f"{req.key}: {exc}") from None
+            if self.max_length and len(enc.ids) > self.max_length:
+                raise ModelError(
+                    f"{req.key} is {len(enc.ids)} tokens, longer than the context of model {self.name!r} "
+                    f"({self.max_length} tokens); set `scoring: {{context: drop_oldest}}` in the experiment file"
+                )
+            forced = enc.forced
+            opts = None
+            if req.options and any(req.options):
+                closers = [req.closer(t) for t in range(len(req.spans))]
+                opts, more = self.reader.options(req.text, req.spans, req.options, closers)
+                forced += more
+                for t, toks in enumerate(opts):
+                    empty = [x for x, tk in zip(req.options[t] or (), toks or (), strict=True) if not tk]
+                    if empty:
+                        raise ModelError(f"option {empty[0]!r} of response {t} of {req.key!r} tokenizes to nothing")
+            out.append(Encoded(enc.ids, enc.ranges, opts, forced))
+        return out

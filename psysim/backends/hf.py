@@ -18,6 +18,7 @@ from typing import Any
 from ..errors import ModelError, Problem
 from ..transcripts import CLOSE
 from . import Backend, ResponseScore, ScoreRequest, ScoreResult, Session
+from .encoding import TokenizedBackend
 
 _DTYPES = ("float32", "bfloat16", "float16")
 
@@ -64,7 +65,7 @@ def cpu_threads() -> int:
     return max(1, n)
 
 
-class HFBackend(Backend):
+class HFBackend(TokenizedBackend, Backend):
     """A transformers model and tokenizer behind the backend contract."""
 
     def __init__(
@@ -77,8 +78,6 @@ class HFBackend(Backend):
         self.batch_tokens = batch_tokens
         self.max_length = max_length or getattr(model.config, "max_position_embeddings", None)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self._reader = None
-        self._encoded: dict[tuple, Any] = {}
 
     @classmethod
     def from_config(cls, model_cfg, base: Path, **overrides) -> HFBackend:
@@ -128,7 +127,7 @@ class HFBackend(Backend):
             ) from None
         identity = dict(resolved.identity)
         if settings["adapter"]:
-            model, adapter_identity = _load_adapter(model, Path(base, settings["adapter"]), model_cfg.name)
+            model, adapter_identity = load_adapter(model, Path(base, settings["adapter"]), model_cfg.name)
             identity["adapter"] = adapter_identity
         model.to(device).eval()
         identity.update(
@@ -136,61 +135,13 @@ class HFBackend(Backend):
         )
         return cls(model, tokenizer, name=model_cfg.name, identity=identity, batch_tokens=int(settings["batch_tokens"]))
 
-    @property
-    def reader(self):
-        """The :class:`~psysim.backends.encoding.TokenReader` of this model's tokenizer (the one tokenisation rule)."""
-        from .encoding import TokenReader
-
-        if self._reader is None:
-            self._reader = TokenReader(self.tokenizer)
-        return self._reader
-
-    def encode(self, text: str, spans=(), add_special_tokens: bool = True):
-        """The transcript's token ids as the model reads them (memoised: context fitting and scoring share it)."""
-        key = (text, tuple(spans), add_special_tokens)
-        if key not in self._encoded:
-            if len(self._encoded) >= 256:
-                self._encoded.pop(next(iter(self._encoded)))
-            self._encoded[key] = self.reader.encode(text, spans, add_special_tokens)
-        return self._encoded[key]
-
-    def count_tokens(self, text: str, spans=(), add_special_tokens: bool = True) -> int:
-        return len(self.encode(text, spans, add_special_tokens).ids)
-
-    def chat_template(self) -> str | None:
-        template = getattr(self.tokenizer, "chat_template", None)
-        return template if isinstance(template, str) else None
-
     def identity(self) -> dict[str, Any]:
         return dict(self._identity)
 
     def score(self, requests: Sequence[ScoreRequest], progress: Callable[[int], None] | None = None) -> list[ScoreResult]:
         import torch
 
-        from .encoding import Encoded
-
-        encoded = []
-        for req in requests:
-            try:
-                enc = self.encode(req.text, req.spans, req.add_special_tokens)
-            except ValueError as exc:
-                raise ModelError(f"{req.key}: {exc}") from None
-            if self.max_length and len(enc.ids) > self.max_length:
-                raise ModelError(
-                    f"{req.key} is {len(enc.ids)} tokens, longer than the context of model {self.name!r} "
-                    f"({self.max_length} tokens); set `scoring: {{context: drop_oldest}}` in the experiment file"
-                )
-            forced = enc.forced
-            opts = None
-            if req.options and any(req.options):
-                closers = [req.closer(t) for t in range(len(req.spans))]
-                opts, more = self.reader.options(req.text, req.spans, req.options, closers)
-                forced += more
-                for t, toks in enumerate(opts):
-                    empty = [x for x, tk in zip(req.options[t] or (), toks or (), strict=True) if not tk]
-                    if empty:
-                        raise ModelError(f"option {empty[0]!r} of response {t} of {req.key!r} tokenizes to nothing")
-            encoded.append((req, Encoded(enc.ids, enc.ranges, opts, forced)))
+        encoded = list(zip(requests, self.prepare(requests), strict=True))
         # Batches of similar length waste little on padding; the budget bounds memory. Rows with options
         # (which keep a key/value cache) are batched apart from rows without.
         order = sorted(range(len(encoded)), key=lambda i: (bool(encoded[i][1].options), len(encoded[i][1].ids)))
@@ -241,7 +192,7 @@ class HFBackend(Backend):
             return self._score_chunk(chunk[:half]) + self._score_chunk(chunk[half:])
 
 
-def _load_adapter(model, folder: Path, name: str):
+def load_adapter(model, folder: Path, name: str):
     """Wrap ``model`` with the peft adapter in ``folder``; refuse an adapter made for another base model."""
     config_path = folder / "adapter_config.json"
     if not config_path.is_file():
