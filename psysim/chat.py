@@ -89,6 +89,10 @@ class ChatTemplate:
                 [Problem(f"template syntax error: {exc.message}", file=name, line=exc.lineno)],
             ) from None
 
+    def __reduce__(self):
+        # Pickled (to Ray workers) as what it was made from; compiled again where it is unpickled.
+        return (_chat_template, (self.source, self.name, self.special_tokens))
+
     @classmethod
     def from_file(cls, path: str | Path, **kwargs: Any) -> ChatTemplate:
         """Load a chat template from a ``.jinja`` file."""
@@ -182,3 +186,7 @@ class ChatTemplate:
                 [Problem(detail, file=self.name, where=where or None)],
             )
         return ChatRendering(text, spans)
+
+
+def _chat_template(source: str, name: str, special_tokens: dict[str, str]) -> ChatTemplate:
+    return ChatTemplate(source, name=name, special_tokens=special_tokens)

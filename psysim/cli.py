@@ -198,7 +198,28 @@ def render(
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.option("--restart", is_flag=True, help="Discard a run saved in the results folder and score everything afresh.")
-def run(experiment: Path, out: Path | None, limit: int | None, dry_run: bool, quiet: bool, restart: bool) -> None:
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="Where batches are scored: this process, or Ray workers (docs/scale.md).",
+)
+@click.option(
+    "--address", help="With --engine ray: a Ray head to join (host:port, ray://host:port or auto); default: a private one."
+)
+@click.option("--workers", type=click.IntRange(min=1), help="With --engine ray: workers (default: one per GPU, else per CPU).")
+def run(
+    experiment: Path,
+    out: Path | None,
+    limit: int | None,
+    dry_run: bool,
+    quiet: bool,
+    restart: bool,
+    engine: str,
+    address: str | None,
+    workers: int | None,
+) -> None:
     """Score every human response of every participant under every condition, model and format.
 
     Writes trials.parquet (one row per model × format × condition × participant × response),
@@ -215,7 +236,19 @@ def run(experiment: Path, out: Path | None, limit: int | None, dry_run: bool, qu
         raise click.BadParameter(f"expected at least 1, found {limit}", param_hint="--limit")
     folder = out if out is not None else exp.config.output
     try:
-        result = run_experiment(exp, out=folder, limit=limit, dry_run=dry_run, progress=not quiet, restart=restart)
+        if (address or workers) and engine != "ray":
+            raise click.UsageError("--address and --workers go with --engine ray")
+        result = run_experiment(
+            exp,
+            out=folder,
+            limit=limit,
+            dry_run=dry_run,
+            progress=not quiet,
+            restart=restart,
+            engine=engine,
+            address=address,
+            workers=workers,
+        )
     except KeyboardInterrupt:
         click.echo(
             f"interrupted: every scored batch is saved in {display_path(folder)}; run the same command again to resume",

@@ -148,6 +148,16 @@ class Template:
                 [Problem(f"template syntax error: {exc.message}", file=self.shown, line=exc.lineno)],
             ) from None
 
+    # Pickled (to Ray workers) as its source; compiled again, in a fresh sandbox, where it is unpickled.
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in ("env", "ast", "_template")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.env = sandbox()
+        self.ast = self.env.parse(self.source)
+        self._template = self.env.from_string(self.source)
+
     def check_names(self, allowed: dict[str, set[str] | None]) -> list[Problem]:
         """Statically check the variables a template uses.
 

@@ -97,6 +97,9 @@ def run_experiment(
     progress: bool = True,
     backends: dict[str, Backend] | None = None,
     restart: bool = False,
+    engine: str = "local",
+    address: str | None = None,
+    workers: int | None = None,
 ) -> RunResult:
     """Score the experiment into its run folder, resuming a saved run of the same configuration.
 
@@ -110,7 +113,9 @@ def run_experiment(
     ``limit`` keeps the first N participants (in cohort order); ``dry_run``
     uses the deterministic mock backend for every model (no weights);
     ``backends`` supplies ready backends by model name (for notebooks and
-    tests); ``restart`` discards a run saved in the folder.
+    tests); ``restart`` discards a run saved in the folder. ``engine="ray"``
+    scores the batches on Ray workers (:mod:`psysim.distributed`; ``address``
+    joins a running head, ``workers`` sets how many): same folder, same tables.
     """
     import pandas as pd
 
@@ -142,11 +147,18 @@ def run_experiment(
         return RunResult(pd.read_parquet(folder / "trials.parquet"), folder, store.manifest, resumed=True)
     todo = {m.index: [b for b in range(len(batches)) if b not in store.saved_batches(m.index)] for m in cfg.models}
     resumed = sum(len(batches) - len(t) for t in todo.values())
+    if engine not in ("local", "ray"):
+        raise PsysimError(f"engine: expected local or ray, found {engine!r}")
+    if engine == "ray" and backends:
+        raise PsysimError("ready backends (backends=...) live in this process: they cannot be used with engine='ray'")
     store.begin_session(_now(started), resumed)
     try:
-        for model in cfg.models:
-            if todo[model.index]:
-                _score_model(exp, model, batches, todo[model.index], store, backends, dry_run, progress)
+        with _engine(engine, address, workers) as pool:
+            if pool is not None:
+                store.record_engine(pool.describe())
+            for model in cfg.models:
+                if todo[model.index]:
+                    _score_model(exp, model, batches, todo[model.index], store, backends, dry_run, progress, pool)
         trials = _canonical(store.saved_rows(), cfg, participants)
         store.write_table("trials.parquet", trials)
         store.write_table("participants.parquet", participant_table(exp, trials))
@@ -155,6 +167,21 @@ def run_experiment(
         store.end_session(time.time() - started)
     store.finish({"finished": _now(time.time())})
     return RunResult(trials, folder, store.manifest, resumed=resumed > 0)
+
+
+def _engine(engine: str, address: str | None, workers: int | None):
+    """A Ray engine for the scoring loop (``engine="ray"``), or nothing: batches are scored in this process."""
+    import contextlib
+
+    if engine != "ray":
+        return contextlib.nullcontext(None)
+    from .backends.hf import THREADS_ENV, cpu_threads
+    from .distributed import ray_engine
+
+    # Each worker gets the threads a single-process run would use only if asked (--threads); else one, so that
+    # workers fill the machine's CPUs instead of oversubscribing them.
+    threads = cpu_threads() if os.environ.get(THREADS_ENV) else 1
+    return ray_engine(address, workers, threads)
 
 
 def limited(exp: Experiment, participants: list[str], limit: int) -> list[str]:
@@ -181,37 +208,48 @@ def backend_for(model, base: Path, backends: dict[str, Backend] | None, dry_run:
     return get_backend(model, base)
 
 
-def _score_model(exp, model, batches, todo, store: RunFolder, backends, dry_run, progress) -> None:
-    """Load one model and score its unsaved batches, saving each as soon as it is scored."""
-    import pandas as pd
-
-    cfg = exp.config
-    backend = backend_for(model, cfg.folder, backends, dry_run, progress)
-    store.record_model(model.name, backend.identity())
+def _score_model(exp, model, batches, todo, store: RunFolder, backends, dry_run, progress, engine=None) -> None:
+    """Score one model's unsaved batches, saving each as soon as it is scored (here, or on ``engine``'s workers)."""
 
     def prompts_of(batch):
         return len(model.formats) * sum(len(exp.conditions_for(pid)) for pid in batch)
 
     total = sum(prompts_of(b) for b in batches)
     done = total - sum(prompts_of(batches[b]) for b in todo)
-    bar = _progress(total, model.name, enabled=progress, initial=done)
+    if engine is not None:
+        engine.score_model(exp, model, batches, todo, store, dry_run=dry_run, progress=progress, initial=done, total=total)
+        return
+    backend = backend_for(model, exp.config.folder, backends, dry_run, progress)
+    store.record_model(model.name, backend.identity())
+    bar = progress_bar(total, model.name, enabled=progress, initial=done)
     for b in todo:
-        prompts = [
-            fit_prompt(exp, pid, cond.name, fmt, model.name, limit=backend.max_length, count=backend.count_tokens)
-            for fmt in model.formats
-            for cond in cfg.conditions
-            for pid in batches[b]
-            if cond in exp.conditions_for(pid)  # a study without profiles is scored without a persona only
-        ]
-        requests = score_requests([p for p, _ in prompts])
-        results = backend.score(requests, progress=bar.offset(done) if bar else None)
-        rows = []
-        for (prompt, dropped), result in zip(prompts, results, strict=True):
-            rows += _rows(model.name, prompt, dropped, result)
-        store.save_batch(model.index, b, pd.DataFrame(rows, columns=COLUMNS))
-        done += len(requests)
+        frame = score_batch(exp, model, backend, batches[b], progress=bar.offset(done) if bar else None)
+        store.save_batch(model.index, b, frame)
+        done += prompts_of(batches[b])
     if bar:
         bar.close()
+
+
+def score_batch(exp: Experiment, model, backend: Backend, pids, progress=None):
+    """One batch of participants scored by one model: its rows of ``trials.parquet`` (every format and condition).
+
+    The unit of work a run saves (and a Ray worker computes): the same batch
+    gives the same rows wherever it is scored.
+    """
+    import pandas as pd
+
+    prompts = [
+        fit_prompt(exp, pid, cond.name, fmt, model.name, limit=backend.max_length, count=backend.count_tokens)
+        for fmt in model.formats
+        for cond in exp.config.conditions
+        for pid in pids
+        if cond in exp.conditions_for(pid)  # a study without profiles is scored without a persona only
+    ]
+    results = backend.score(score_requests([p for p, _ in prompts]), progress=progress)
+    rows = []
+    for (prompt, dropped), result in zip(prompts, results, strict=True):
+        rows += _rows(model.name, prompt, dropped, result)
+    return pd.DataFrame(rows, columns=COLUMNS)
 
 
 def score_requests(prompts: list[Prompt]) -> list[ScoreRequest]:
@@ -484,7 +522,8 @@ class _Bar:
         self._bar.close()
 
 
-def _progress(total: int, desc: str, enabled: bool, initial: int = 0) -> _Bar | None:
+def progress_bar(total: int, desc: str, enabled: bool, initial: int = 0) -> _Bar | None:
+    """A tqdm bar counting transcripts (elapsed, rate, ETA), or None when progress is off or tqdm is missing."""
     if not enabled:
         return None
     try:

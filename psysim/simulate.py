@@ -453,7 +453,7 @@ def simulate_experiment(
     """Simulate every model × condition × synthetic participant into a resumable run folder (module docstring)."""
     import pandas as pd
 
-    from .run import _now, _progress, backend_for, check_engines, check_writable
+    from .run import _now, backend_for, check_engines, check_writable, progress_bar
     from .store import RunFolder
 
     cfg = exp.config
@@ -486,7 +486,7 @@ def simulate_experiment(
             store.record_model(model.name, backend.identity())
             total = len(people) * len([u for u, (m, _, _) in enumerate(units) if m is model])
             done = total - sum(len(batches[b]) for u in mine for b in todo[u])
-            bar = _progress(total, model.name, enabled=progress, initial=done)
+            bar = progress_bar(total, model.name, enabled=progress, initial=done)
             for u in mine:
                 _, ci, cond = units[u]
                 for b in todo[u]:

@@ -222,6 +222,11 @@ class RunFolder:
         self.manifest["sessions"].append({"started": started, "resumed_batches": resumed_batches, "seconds": None})
         self._save_manifest()
 
+    def record_engine(self, engine: dict[str, Any]) -> None:
+        """Record where this session scores (a distributed engine: :mod:`psysim.distributed`); numbers do not depend on it."""
+        self.manifest["sessions"][-1]["engine"] = engine
+        self._save_manifest()
+
     def end_session(self, seconds: float) -> None:
         """Record how long this session took."""
         self.manifest["sessions"][-1]["seconds"] = round(seconds, 2)

@@ -32,17 +32,19 @@ docs/scale.md). ``psysim models check`` compares this backend with ``hf``.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import math
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelError
+from ..errors import ModelError, Problem
 from ..transcripts import CLOSE
 from . import Backend, ResponseScore, ScoreRequest, ScoreResult, Session
 from .encoding import TokenizedBackend
@@ -57,6 +59,34 @@ INSTALL = (
 
 #: Transcripts per engine call: progress is reported after each, and a call's requests are scheduled together.
 CHUNK = 16
+
+
+@contextlib.contextmanager
+def _captured_stderr():
+    """Hold what the engine prints while it starts (C++ warnings, weight-loading bars, deprecation notices).
+
+    vLLM and the libraries under it write to file descriptor 2 directly, past
+    Python's warnings filters, so the descriptor itself is redirected; the text
+    is shown only if start-up fails.
+    """
+    import io
+    import tempfile
+    import warnings
+
+    said = io.StringIO()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as sink, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield said
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            said.write(sink.read().decode("utf-8", "replace"))
 
 
 def available() -> bool:
@@ -121,25 +151,29 @@ class VLLMBackend(TokenizedBackend, Backend):
         os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
         started = time.perf_counter()
         try:
-            import vllm
-            from vllm import LLM
+            with _captured_stderr() as said:
+                import vllm
+                from vllm import LLM
 
-            llm = LLM(
-                model=str(path),
-                tokenizer=str(path),
-                dtype=dtype,
-                seed=0,
-                max_model_len=settings["max_model_len"],
-                tensor_parallel_size=settings["tensor_parallel_size"],
-                gpu_memory_utilization=settings["gpu_memory_utilization"],
-                enforce_eager=settings["enforce_eager"],
-                enable_prefix_caching=True,
-                trust_remote_code=bool(model_cfg.trust_remote_code),
-            )
+                llm = LLM(
+                    model=str(path),
+                    tokenizer=str(path),
+                    dtype=dtype,
+                    seed=0,
+                    max_model_len=settings["max_model_len"],
+                    tensor_parallel_size=settings["tensor_parallel_size"],
+                    gpu_memory_utilization=settings["gpu_memory_utilization"],
+                    enforce_eager=settings["enforce_eager"],
+                    enable_prefix_caching=True,
+                    trust_remote_code=bool(model_cfg.trust_remote_code),
+                )
         except Exception as exc:  # engine start-up raises many types; all mean "this engine cannot run this model here"
             lines = [line for line in str(exc).splitlines() if line.strip()]
+            tail = [line for line in said.getvalue().splitlines() if line.strip()][-5:]
             raise ModelError(
-                f"vLLM could not start model {model_cfg.name!r} from {path}: {type(exc).__name__}: {lines[0] if lines else exc!r}"
+                f"vLLM could not start model {model_cfg.name!r} from {path}: {type(exc).__name__}: "
+                f"{lines[0] if lines else exc!r}",
+                [Problem(f"the engine said: {line}") for line in tail],
             ) from None
         # One position is kept free: the engine generates (at least) one token after every prompt.
         max_length = llm.llm_engine.model_config.max_model_len - 1
