@@ -138,7 +138,7 @@ def test_a_killed_worker_is_replaced_and_its_batch_retried(tmp_path, hf):
                 killed = int(workers[0])
                 os.kill(killed, signal.SIGKILL)
             time.sleep(0.2)
-        out, err = proc.communicate(timeout=600)
+        _, err = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
             proc.kill()
