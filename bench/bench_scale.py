@@ -229,7 +229,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", nargs="+", default=["llama-3.2-1b", "llama-3.1-8b"] if gpu else ["tiny"], choices=sorted(SHAPES))
     p.add_argument("--transcripts", type=int, default=256 if gpu else 16)
-    p.add_argument("--concat", type=int, default=6, help="shipped transcripts per participant (~2,400 tokens at 6)")
+    p.add_argument("--concat", type=int, default=6, help="shipped transcripts per participant (~3,800 tokens at 6)")
     p.add_argument("--budget", type=float, default=360 if gpu else 120, help="seconds for everything (split evenly)")
     p.add_argument("--workers", type=int, default=torch.cuda.device_count() if gpu else 2)
     p.add_argument("--out", type=Path, default=HERE / ("results-scale-gpu.json" if gpu else "results-scale-cpu.json"))

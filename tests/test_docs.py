@@ -73,7 +73,11 @@ def test_every_documented_command_runs_in_its_dry_run_form(run_cli, tmp_path, mo
         if args[0] in ("run", "simulate"):
             config = load_config(REPO / args[1])
             default = config.output if args[0] == "run" else config.output.with_name(config.output.name + "-simulated")
-            args += ["--dry-run", "-q", "--out", str(tmp_path / display_path(default))]
+            if "--out" in args:  # the document's own folder, under tmp_path
+                args[args.index("--out") + 1] = str(tmp_path / args[args.index("--out") + 1])
+                args += ["--dry-run", "-q"]
+            else:
+                args += ["--dry-run", "-q", "--out", str(tmp_path / display_path(default))]
             if args[0] == "run" and "--limit" not in args:
                 args += ["--limit", "10"]  # enough people for the experiments' folds
             if args[0] == "simulate" and "--n" in args:
