@@ -40,6 +40,35 @@ def cli(threads: int | None) -> None:
         os.environ[THREADS_ENV] = str(threads)  # read where the model loads (backends.hf.cpu_threads)
 
 
+def _engine_options(command):
+    """--engine, --address and --workers: where run and simulate compute their batches (docs/scale.md)."""
+    for option in reversed(
+        [
+            click.option(
+                "--engine",
+                type=click.Choice(["local", "ray"]),
+                default="local",
+                show_default=True,
+                help="Where batches are computed: this process, or Ray workers (docs/scale.md).",
+            ),
+            click.option(
+                "--address",
+                help="With --engine ray: a Ray head to join (host:port, ray://host:port or auto); default: a private one.",
+            ),
+            click.option(
+                "--workers", type=click.IntRange(min=1), help="With --engine ray: workers (default: one per GPU, else per CPU)."
+            ),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def _check_engine_options(engine: str, address: str | None, workers: int | None) -> None:
+    if (address or workers) and engine != "ray":
+        raise click.UsageError("--address and --workers go with --engine ray")
+
+
 #: Printed above a --dry-run's numbers, so that nobody reads the mock model's numbers as a model's.
 MOCK_NOTE = "dry run: the numbers below come from psysim's mock model (no weights), not from a language model"
 
@@ -198,17 +227,7 @@ def render(
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.option("--restart", is_flag=True, help="Discard a run saved in the results folder and score everything afresh.")
-@click.option(
-    "--engine",
-    type=click.Choice(["local", "ray"]),
-    default="local",
-    show_default=True,
-    help="Where batches are scored: this process, or Ray workers (docs/scale.md).",
-)
-@click.option(
-    "--address", help="With --engine ray: a Ray head to join (host:port, ray://host:port or auto); default: a private one."
-)
-@click.option("--workers", type=click.IntRange(min=1), help="With --engine ray: workers (default: one per GPU, else per CPU).")
+@_engine_options
 def run(
     experiment: Path,
     out: Path | None,
@@ -236,8 +255,7 @@ def run(
         raise click.BadParameter(f"expected at least 1, found {limit}", param_hint="--limit")
     folder = out if out is not None else exp.config.output
     try:
-        if (address or workers) and engine != "ray":
-            raise click.UsageError("--address and --workers go with --engine ray")
+        _check_engine_options(engine, address, workers)
         result = run_experiment(
             exp,
             out=folder,
@@ -292,7 +310,18 @@ def run(
 @click.option("--dry-run", is_flag=True, help="Use the deterministic mock model for every model: checks the whole simulation.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.option("--restart", is_flag=True, help="Discard a simulation saved in the results folder and start afresh.")
-def simulate(experiment: Path, out: Path | None, n: int | None, dry_run: bool, quiet: bool, restart: bool) -> None:
+@_engine_options
+def simulate(
+    experiment: Path,
+    out: Path | None,
+    n: int | None,
+    dry_run: bool,
+    quiet: bool,
+    restart: bool,
+    engine: str,
+    address: str | None,
+    workers: int | None,
+) -> None:
     """Simulate synthetic participants trial by trial (closed loop) on a structured experiment.
 
     At each trial the model's distribution over the options is recorded and a response is
@@ -309,7 +338,18 @@ def simulate(experiment: Path, out: Path | None, n: int | None, dry_run: bool, q
     exp = load_experiment(experiment)
     folder = out if out is not None else exp.config.output.with_name(exp.config.output.name + "-simulated")
     try:
-        result = simulate_experiment(exp, out=folder, n=n, dry_run=dry_run, progress=not quiet, restart=restart)
+        _check_engine_options(engine, address, workers)
+        result = simulate_experiment(
+            exp,
+            out=folder,
+            n=n,
+            dry_run=dry_run,
+            progress=not quiet,
+            restart=restart,
+            engine=engine,
+            address=address,
+            workers=workers,
+        )
     except KeyboardInterrupt:
         click.echo(
             f"interrupted: every simulated batch is saved in {display_path(folder)}; run the same command again to resume",

@@ -76,7 +76,7 @@ def _reachable(address: str) -> None:
 
 
 class RayEngine:
-    """A connection to Ray (started here or joined) that scores a model's batches on :class:`BatchWorker` actors."""
+    """A connection to Ray (started here or joined) that computes a model's batches on :class:`BatchWorker` actors."""
 
     def __init__(self, ray, workers: int | None, threads: int, address: str | None):
         self.ray = ray
@@ -96,52 +96,40 @@ class RayEngine:
         n = self.workers or (gpus if per_gpu else max(1, int(resources.get("CPU", 1)) // self.threads))
         return max(1, min(n, todo)), per_gpu
 
-    def score_model(self, exp, model, batches, todo, store, *, dry_run: bool, progress: bool, initial: int, total: int) -> None:
-        """Score ``todo`` batches of ``model`` on workers; the driver saves each batch as it arrives."""
+    def batches(self, model, folder, shared, jobs, *, method: str, dry_run: bool, on_identity) -> Iterator[Any]:
+        """Run ``BatchWorker.<method>(shared, *job)`` for every job on workers holding ``model``; yield results as they come.
+
+        ``folder`` resolves the model entry's relative paths (the experiment file's folder).
+        ``shared`` (the experiment, for instance) goes to Ray's object store once and travels
+        with each task, not with the actors: an actor that Ray restarts after a
+        crash is rebuilt from its small constructor arguments alone.
+        ``on_identity`` receives the backend's identity before the first result.
+        """
         from ray.exceptions import RayActorError, RayTaskError
         from ray.util import ActorPool
 
-        from .run import progress_bar
-
         ray = self.ray
-        n, gpus = self._worker_count(model, len(todo))
+        n, gpus = self._worker_count(model, len(jobs))
         worker = ray.remote(BatchWorker).options(
             num_cpus=self.threads, num_gpus=gpus, max_restarts=RETRIES, max_task_retries=RETRIES
         )
-        # The experiment goes to the object store once and travels with each task, not with the actors: an actor
-        # that Ray restarts after a crash is rebuilt from its small constructor arguments alone.
-        shared = ray.put(exp)
-        actors = [worker.remote(model, exp.config.folder, dry_run, self.threads) for _ in range(n)]
+        ref = ray.put(shared)
+        actors = [worker.remote(model, folder, dry_run, self.threads) for _ in range(n)]
         try:
-            identity = ray.get(actors[0].identity.remote())
-            store.record_model(model.name, identity)
-            bar = progress_bar(total, f"{model.name} ({n} Ray worker{'s' if n > 1 else ''})", enabled=progress, initial=initial)
-            done = initial
+            on_identity(ray.get(actors[0].identity.remote()))
             pool = ActorPool(actors)
-            jobs = [(b, batches[b]) for b in todo]
             try:
-                for b, frame in pool.map_unordered(lambda a, job: a.score.remote(shared, *job), jobs):
-                    store.save_batch(model.index, b, frame)
-                    done += len(model.formats) * sum(len(exp.conditions_for(pid)) for pid in batches[b])
-                    if bar:
-                        bar.update_to(done)
+                yield from pool.map_unordered(lambda a, job: getattr(a, method).remote(ref, *job), jobs)
             except RayTaskError as exc:
                 cause = exc.as_instanceof_cause()
                 if isinstance(cause, PsysimError):
                     raise cause from None
-                raise PsysimError(
-                    f"a Ray worker failed while scoring model {model.name!r}: {type(cause).__name__}: {cause}",
-                    [],
-                ) from None
+                raise PsysimError(f"a Ray worker failed on model {model.name!r}: {type(cause).__name__}: {cause}") from None
             except RayActorError as exc:
-                saved = len(store.saved_batches(model.index))
                 raise PsysimError(
-                    f"a Ray worker died {RETRIES + 1} times while scoring model {model.name!r} ({exc.__class__.__name__}); "
-                    f"{saved} of {len(batches)} batches are saved: run the same command again to resume"
+                    f"a Ray worker died {RETRIES + 1} times on model {model.name!r} ({type(exc).__name__}); every batch "
+                    f"finished before is saved: run the same command again to resume"
                 ) from None
-            finally:
-                if bar:
-                    bar.close()
         finally:
             for a in actors:
                 ray.kill(a)
@@ -164,10 +152,20 @@ class BatchWorker:
         return self.backend.identity()
 
     def score(self, exp, batch: int, pids: list[str]):
-        """``(batch, its rows)``: the rows go back to the driver, which saves them."""
+        """``(batch, its rows)`` of a run: the rows go back to the driver, which saves them."""
         from .run import score_batch
 
         return batch, score_batch(exp, self.model, self.backend, pids)
+
+    def simulate(self, shared, unit: int, batch: int, ci: int, people: list):
+        """``(unit, batch, rows, transcripts)`` of a simulation (:func:`psysim.simulate.simulate_batch`).
+
+        ``shared`` is ``(experiment, cohort by id, shuffled-persona partners, cohort rank)``.
+        """
+        from .simulate import simulate_batch
+
+        exp, by_id, shuffle, rank = shared
+        return (unit, batch, *simulate_batch(exp, self.backend, self.model, ci, people, by_id, shuffle, rank))
 
 
 @contextlib.contextmanager

@@ -147,13 +147,11 @@ def run_experiment(
         return RunResult(pd.read_parquet(folder / "trials.parquet"), folder, store.manifest, resumed=True)
     todo = {m.index: [b for b in range(len(batches)) if b not in store.saved_batches(m.index)] for m in cfg.models}
     resumed = sum(len(batches) - len(t) for t in todo.values())
-    if engine not in ("local", "ray"):
-        raise PsysimError(f"engine: expected local or ray, found {engine!r}")
     if engine == "ray" and backends:
         raise PsysimError("ready backends (backends=...) live in this process: they cannot be used with engine='ray'")
     store.begin_session(_now(started), resumed)
     try:
-        with _engine(engine, address, workers) as pool:
+        with compute_engine(engine, address, workers) as pool:
             if pool is not None:
                 store.record_engine(pool.describe())
             for model in cfg.models:
@@ -169,10 +167,12 @@ def run_experiment(
     return RunResult(trials, folder, store.manifest, resumed=resumed > 0)
 
 
-def _engine(engine: str, address: str | None, workers: int | None):
-    """A Ray engine for the scoring loop (``engine="ray"``), or nothing: batches are scored in this process."""
+def compute_engine(engine: str, address: str | None, workers: int | None):
+    """Where batches are computed: a Ray engine (``engine="ray"``; :mod:`psysim.distributed`), or None: this process."""
     import contextlib
 
+    if engine not in ("local", "ray"):
+        raise PsysimError(f"engine: expected local or ray, found {engine!r}")
     if engine != "ray":
         return contextlib.nullcontext(None)
     from .backends.hf import THREADS_ENV, cpu_threads
@@ -217,15 +217,32 @@ def _score_model(exp, model, batches, todo, store: RunFolder, backends, dry_run,
     total = sum(prompts_of(b) for b in batches)
     done = total - sum(prompts_of(batches[b]) for b in todo)
     if engine is not None:
-        engine.score_model(exp, model, batches, todo, store, dry_run=dry_run, progress=progress, initial=done, total=total)
-        return
-    backend = backend_for(model, exp.config.folder, backends, dry_run, progress)
-    store.record_model(model.name, backend.identity())
-    bar = progress_bar(total, model.name, enabled=progress, initial=done)
-    for b in todo:
-        frame = score_batch(exp, model, backend, batches[b], progress=bar.offset(done) if bar else None)
-        store.save_batch(model.index, b, frame)
-        done += prompts_of(batches[b])
+        jobs = [(b, batches[b]) for b in todo]
+        results = engine.batches(
+            model,
+            exp.config.folder,
+            exp,
+            jobs,
+            method="score",
+            dry_run=dry_run,
+            on_identity=lambda i: store.record_model(model.name, i),
+        )
+        bar = None
+        for b, frame in results:
+            if bar is None:
+                bar = progress_bar(total, f"{model.name} (Ray)", enabled=progress, initial=done)
+            store.save_batch(model.index, b, frame)
+            done += prompts_of(batches[b])
+            if bar:
+                bar.update_to(done)
+    else:
+        backend = backend_for(model, exp.config.folder, backends, dry_run, progress)
+        store.record_model(model.name, backend.identity())
+        bar = progress_bar(total, model.name, enabled=progress, initial=done)
+        for b in todo:
+            frame = score_batch(exp, model, backend, batches[b], progress=bar.offset(done) if bar else None)
+            store.save_batch(model.index, b, frame)
+            done += prompts_of(batches[b])
     if bar:
         bar.close()
 

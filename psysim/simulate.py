@@ -440,6 +440,31 @@ def groups(sizes: list[int], budget: int, names: list[str]) -> list[list[int]]:
     return out
 
 
+def simulate_batch(exp: Experiment, backend: Backend, model, ci: int, people, by_id, shuffle, rank, progress=None):
+    """One batch of synthetic participants under one model and condition: ``(rows, transcripts)`` as tables.
+
+    The unit of work a simulation saves (and a Ray worker computes): walks
+    advance in lock-step groups bounded by ``simulation.batch_tokens``, each
+    with its own seeded generator, so the same batch gives the same tables
+    wherever and however it is computed. ``progress(participant)`` after each finishes.
+    """
+    import pandas as pd
+
+    cond = exp.config.conditions[ci]
+    rows, transcripts = [], []
+    walks = [_walk(exp, backend, model, ci, cond, who, by_id, shuffle, rank[who.id]) for who in people]
+    sizes = [backend.count_tokens(w.text + _rest(exp, w.who), ()) for w in walks]
+    for group in groups(sizes, exp.config.simulation.batch_tokens, [w.who.id for w in walks]):
+        lock_step(backend, [walks[i] for i in group])
+        for i in group:
+            r, t = _finish(walks[i], model, cond)
+            rows += r
+            transcripts.append(t)
+            if progress:
+                progress(walks[i].who.id)
+    return pd.DataFrame(rows, columns=SIM_COLUMNS), pd.DataFrame(transcripts, columns=TRANSCRIPT_COLUMNS)
+
+
 def simulate_experiment(
     exp: Experiment,
     *,
@@ -449,11 +474,17 @@ def simulate_experiment(
     progress: bool = True,
     backends: dict[str, Backend] | None = None,
     restart: bool = False,
+    engine: str = "local",
+    address: str | None = None,
+    workers: int | None = None,
 ) -> SimulationResult:
-    """Simulate every model × condition × synthetic participant into a resumable run folder (module docstring)."""
+    """Simulate every model × condition × synthetic participant into a resumable run folder (module docstring).
+
+    ``engine="ray"`` computes the batches on Ray workers, as :func:`psysim.run.run_experiment` does.
+    """
     import pandas as pd
 
-    from .run import _now, backend_for, check_engines, check_writable, progress_bar
+    from .run import _now, backend_for, check_engines, check_writable, compute_engine, progress_bar
     from .store import RunFolder
 
     cfg = exp.config
@@ -476,41 +507,59 @@ def simulate_experiment(
         return _load(folder, store.manifest)
     todo = {u: [b for b in range(len(batches)) if b not in store.saved_batches(u)] for u in range(len(units))}
     resumed = sum(len(batches) - len(t) for t in todo.values())
+    if engine == "ray" and backends:
+        raise PsysimError("ready backends (backends=...) live in this process: they cannot be used with engine='ray'")
     store.begin_session(_now(started), resumed)
     try:
-        for model in cfg.models:
-            mine = [u for u, (m, _, _) in enumerate(units) if m is model and todo[u]]
-            if not mine:
-                continue
-            backend = backend_for(model, cfg.folder, backends, dry_run, progress)
-            store.record_model(model.name, backend.identity())
-            total = len(people) * len([u for u, (m, _, _) in enumerate(units) if m is model])
-            done = total - sum(len(batches[b]) for u in mine for b in todo[u])
-            bar = progress_bar(total, model.name, enabled=progress, initial=done)
-            for u in mine:
-                _, ci, cond = units[u]
-                for b in todo[u]:
-                    rows, transcripts = [], []
-                    walks = [_walk(exp, backend, model, ci, cond, who, by_id, shuffle, rank[who.id]) for who in batches[b]]
-                    sizes = [backend.count_tokens(w.text + _rest(exp, w.who), ()) for w in walks]
-                    for group in groups(sizes, cfg.simulation.batch_tokens, [w.who.id for w in walks]):
-                        lock_step(backend, [walks[i] for i in group])
-                        for i in group:
-                            r, t = _finish(walks[i], model, cond)
-                            rows += r
-                            transcripts.append(t)
-                            done += 1
-                            if bar:
-                                bar.update_to(done)
-                    store.save_batch(
-                        u,
-                        b,
-                        pd.DataFrame(rows, columns=SIM_COLUMNS),
-                        extra={"transcripts": pd.DataFrame(transcripts, columns=TRANSCRIPT_COLUMNS)},
+        with compute_engine(engine, address, workers) as pool:
+            if pool is not None:
+                store.record_engine(pool.describe())
+            for model in cfg.models:
+                mine = [u for u, (m, _, _) in enumerate(units) if m is model and todo[u]]
+                if not mine:
+                    continue
+                total = len(people) * len([u for u, (m, _, _) in enumerate(units) if m is model])
+                done = total - sum(len(batches[b]) for u in mine for b in todo[u])
+                bar = None
+
+                def save(u, b, rows, transcripts):
+                    store.save_batch(u, b, rows, extra={"transcripts": transcripts})
+
+                if pool is not None:
+                    jobs = [(u, b, units[u][1], batches[b]) for u in mine for b in todo[u]]
+                    results = pool.batches(
+                        model,
+                        cfg.folder,
+                        (exp, by_id, shuffle, rank),
+                        jobs,
+                        method="simulate",
+                        dry_run=dry_run,
+                        on_identity=lambda i, name=model.name: store.record_model(name, i),
                     )
-            if bar:
-                bar.close()
-            del backend
+                    for u, b, rows, transcripts in results:
+                        if bar is None:
+                            bar = progress_bar(total, f"{model.name} (Ray)", enabled=progress, initial=done)
+                        save(u, b, rows, transcripts)
+                        done += len(batches[b])
+                        if bar:
+                            bar.update_to(done)
+                else:
+                    backend = backend_for(model, cfg.folder, backends, dry_run, progress)
+                    store.record_model(model.name, backend.identity())
+                    bar = progress_bar(total, model.name, enabled=progress, initial=done)
+                    for u in mine:
+                        for b in todo[u]:
+
+                            def tick(_, bar=bar):
+                                nonlocal done
+                                done += 1
+                                if bar:
+                                    bar.update_to(done)
+
+                            save(u, b, *simulate_batch(exp, backend, model, units[u][1], batches[b], by_id, shuffle, rank, tick))
+                    del backend
+                if bar:
+                    bar.close()
         simulated = store.saved_rows()
         transcripts = store.saved_rows("transcripts")
         order = {(m.name, c.name): i for i, (m, _, c) in enumerate(units)}

@@ -94,7 +94,7 @@ def test_unknown_top_level_key_suggests_the_right_one(toy, run_cli):
             "    chat_template: chatml\n    backnd: mock\n",
             "  - experiment.yaml:12:5: models[0].backnd: unknown key 'backnd' (did you mean 'backend'?); "
             "expected one of: adapter, backend, batch_tokens, chat_template, device, dtype, formats, name, source, "
-            "trust_remote_code",
+            "trust_remote_code, vllm",
         ),
     ],
     ids=["data", "models"],

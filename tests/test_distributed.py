@@ -7,6 +7,7 @@ check after each asserts that no Ray process is left and that nothing psysim sta
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -23,6 +24,7 @@ ray = pytest.importorskip("ray")
 
 import pandas as pd  # noqa: E402
 from conftest import REPO  # noqa: E402
+from test_simulate import gambles  # noqa: E402, F401 (a structured task, a fixture)
 
 import psysim  # noqa: E402
 from psysim.run import run_experiment  # noqa: E402
@@ -170,3 +172,22 @@ def test_ray_not_installed_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(PsysimError, match=r"needs Ray, which is not installed here: pip install 'psysim\[ray\]'"):
         with ray_engine():
             pass
+
+
+def test_simulate_on_ray_equals_one_process(gambles, hf, monkeypatch, run_cli):  # noqa: F811
+    """The closed loop on two Ray workers: the same probabilities and the same draws as one process."""
+    from test_run import save_tiny
+
+    monkeypatch.setenv("PSYSIM_THREADS", "1")
+    save_tiny(gambles / "tiny-model", hf)
+    text = (gambles / "experiment.yaml").read_text()
+    (gambles / "experiment.yaml").write_text(text + "scoring:\n  save_every: 1\n")
+    for args in (("--out", "local"), ("--out", "ray", "--engine", "ray", "--workers", "2")):
+        r = run_cli("simulate", "experiment.yaml", "-q", *args)
+        assert r.exit_code == 0, r.stderr
+    for table in ("simulated", "transcripts", "participants"):
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(gambles / "local" / f"{table}.parquet"), pd.read_parquet(gambles / "ray" / f"{table}.parquet")
+        )
+    manifest = json.loads((gambles / "ray" / "manifest.json").read_text())
+    assert manifest["sessions"][-1]["engine"]["workers"] == 2

@@ -43,6 +43,7 @@ def vllm_psysim(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
 
 
 def test_parity_gate_passes_on_the_quickstart(folder):  # noqa: F811
+    assert vllm_psysim("validate", "experiments/quickstart_vllm.yaml").stdout.startswith("ok: ")
     r = vllm_psysim("models", "check", "experiments/quickstart_vllm.yaml", "--limit", "2")
     head = r.stdout.splitlines()[0]
     assert head.startswith("smollm2-135m-instruct: vllm vs hf (float32) on 54 responses"), r.stdout
