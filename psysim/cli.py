@@ -64,9 +64,11 @@ def _engine_options(command):
     return command
 
 
-def _check_engine_options(engine: str, address: str | None, workers: int | None) -> None:
+def _check_engine_options(engine: str, address: str | None, workers: int | None) -> dict:
+    """The engine options as keyword arguments of run_experiment and simulate_experiment, once checked."""
     if (address or workers) and engine != "ray":
         raise click.UsageError("--address and --workers go with --engine ray")
+    return {"engine": engine, "address": address, "workers": workers}
 
 
 #: Printed above a --dry-run's numbers, so that nobody reads the mock model's numbers as a model's.
@@ -255,7 +257,6 @@ def run(
         raise click.BadParameter(f"expected at least 1, found {limit}", param_hint="--limit")
     folder = out if out is not None else exp.config.output
     try:
-        _check_engine_options(engine, address, workers)
         result = run_experiment(
             exp,
             out=folder,
@@ -263,9 +264,7 @@ def run(
             dry_run=dry_run,
             progress=not quiet,
             restart=restart,
-            engine=engine,
-            address=address,
-            workers=workers,
+            **_check_engine_options(engine, address, workers),
         )
     except KeyboardInterrupt:
         click.echo(
@@ -338,7 +337,6 @@ def simulate(
     exp = load_experiment(experiment)
     folder = out if out is not None else exp.config.output.with_name(exp.config.output.name + "-simulated")
     try:
-        _check_engine_options(engine, address, workers)
         result = simulate_experiment(
             exp,
             out=folder,
@@ -346,9 +344,7 @@ def simulate(
             dry_run=dry_run,
             progress=not quiet,
             restart=restart,
-            engine=engine,
-            address=address,
-            workers=workers,
+            **_check_engine_options(engine, address, workers),
         )
     except KeyboardInterrupt:
         click.echo(

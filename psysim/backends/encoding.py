@@ -194,6 +194,43 @@ class TokenReader:
         return out, forced
 
 
+class ReadingSession:
+    """How a closed-loop session reads text: in pieces, each by the one rule (module docstring) after all before it.
+
+    Text read between two responses is one piece, tokenized when the model
+    next has to predict; each response is another. A mixin for
+    :class:`psysim.backends.Session` subclasses with a ``backend`` (a
+    :class:`TokenizedBackend`); they decide what to do with each piece's ids
+    (:meth:`_take`).
+    """
+
+    backend: TokenizedBackend
+    read_text: str = ""  # everything read and tokenized so far
+    text: str = ""  # read but not yet tokenized
+
+    def read(self, text: str) -> None:
+        """Append context text (it is tokenized with what follows, up to the next response)."""
+        self.text += text
+
+    def respond(self, text: str) -> None:
+        """Append the response given, as its own piece."""
+        self._tokenize()
+        self._add(text)
+
+    def _add(self, piece: str) -> None:
+        [ids], _ = self.backend.reader.continuations(self.read_text, [piece])
+        self._take(ids)
+        self.read_text += piece
+
+    def _tokenize(self) -> None:
+        if self.text:
+            piece, self.text = self.text, ""
+            self._add(piece)
+
+    def _take(self, ids: list[int]) -> None:
+        raise NotImplementedError
+
+
 class TokenizedBackend:
     """What every backend with a real tokenizer shares: reading text by the one rule above, and checking it.
 

@@ -18,7 +18,7 @@ from typing import Any
 from ..errors import ModelError, Problem
 from ..transcripts import CLOSE
 from . import Backend, ResponseScore, ScoreRequest, ScoreResult, Session
-from .encoding import TokenizedBackend
+from .encoding import ReadingSession, TokenizedBackend
 
 _DTYPES = ("float32", "bfloat16", "float16")
 
@@ -229,7 +229,7 @@ def _first_useful_line(exc: Exception) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-class HFSession(Session):
+class HFSession(ReadingSession, Session):
     """Closed-loop reading with a key/value cache: every token passes through the model once.
 
     Text read between two responses is one piece, tokenized when the model
@@ -252,22 +252,8 @@ class HFSession(Session):
         self.last_hidden = None
         self.tokens_read = 0
 
-    def read(self, text: str) -> None:
-        self.text += text
-
-    def respond(self, text: str) -> None:
-        self._tokenize()
-        self._add(text)
-
-    def _add(self, piece: str) -> None:
-        [ids], _ = self.backend.reader.continuations(self.read_text, [piece])
-        self.pending += ids
-        self.read_text += piece
-
-    def _tokenize(self) -> None:
-        if self.text:
-            piece, self.text = self.text, ""
-            self._add(piece)
+    def _take(self, ids: list[int]) -> None:
+        self.pending += ids  # read into the cache at the next pass
 
     def options(self, options) -> list[float]:
         """Read what is pending and every option (with the closing text) in one forward pass over the cache.

@@ -47,7 +47,7 @@ from typing import Any
 from ..errors import ModelError, Problem
 from ..transcripts import CLOSE
 from . import Backend, ResponseScore, ScoreRequest, ScoreResult, Session
-from .encoding import TokenizedBackend
+from .encoding import ReadingSession, TokenizedBackend
 
 __all__ = ["INSTALL", "VLLMBackend", "VLLMSession", "available", "merged_model", "option_requests"]
 
@@ -258,7 +258,7 @@ class VLLMBackend(TokenizedBackend, Backend):
         return [_option_logprobs(tokens, g) for tokens, g in zip(plans, got, strict=True)]
 
 
-class VLLMSession(Session):
+class VLLMSession(ReadingSession, Session):
     """Closed-loop reading for the vllm backend: the session's token ids, read by the one rule as ``hf`` reads them.
 
     The engine keeps no per-session state psysim manages: each trial's
@@ -275,23 +275,9 @@ class VLLMSession(Session):
         self.ids: list[int] = list(backend.reader.bos) if add_special_tokens else []
         self.tokens_read = 0
 
-    def read(self, text: str) -> None:
-        self.text += text
-
-    def respond(self, text: str) -> None:
-        self._tokenize()
-        self._add(text)
-
-    def _add(self, piece: str) -> None:
-        [ids], _ = self.backend.reader.continuations(self.read_text, [piece])
+    def _take(self, ids: list[int]) -> None:
         self.ids += ids
         self.tokens_read += len(ids)
-        self.read_text += piece
-
-    def _tokenize(self) -> None:
-        if self.text:
-            piece, self.text = self.text, ""
-            self._add(piece)
 
     def options(self, options) -> list[float]:
         return self.backend.options_batch([self], [options])[0]
