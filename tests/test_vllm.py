@@ -82,3 +82,43 @@ def test_vllm_closed_loop_simulation_equals_hf(folder, gambles, tmp_path, run_cl
     assert got["response"].tolist() == want["response"].tolist()
     diff = np.abs(np.concatenate(got["option_probs"].to_list()) - np.concatenate(want["option_probs"].to_list()))
     assert diff.max() < TOLERANCE
+
+
+def test_an_adapter_is_merged_once_and_scores_as_hf_applies_it(folder, tmp_path):  # noqa: F811
+    """vLLM on CPU cannot apply a LoRA to prompt log-probabilities: psysim merges it into a cached folder."""
+    import shutil
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(folder)
+    # init_lora_weights=False: random A and B, so that the adapter changes every number (peft's default B = 0 would not).
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(base, lora).save_pretrained(tmp_path / "adapter")
+    text = (REPO / "experiments" / "quickstart_vllm.yaml").read_text()
+    text = text.replace("../participants", str(REPO / "participants")).replace("../runs/quickstart_vllm", str(tmp_path / "o"))
+    text = text.replace("    backend: vllm\n", f"    backend: vllm\n    adapter: {tmp_path / 'adapter'}\n")
+    text = text.replace("  - persona\n  - shuffled_persona\n", "")
+    (tmp_path / "vllm.yaml").write_text(text)
+    (tmp_path / "hf.yaml").write_text(
+        text.replace("    backend: vllm\n", "").replace("    vllm: {kv_cache_gb: 1, max_model_len: 4096}", "")
+    )
+    try:
+        for _ in range(2):  # the second run reuses the merged folder
+            vllm_psysim("run", str(tmp_path / "vllm.yaml"), "--limit", "2", "-q", "--out", str(tmp_path / "vllm"), "--restart")
+        identity = json.loads((tmp_path / "vllm" / "manifest.json").read_text())["models"]["smollm2-135m-instruct"]
+        merged = Path(identity["adapter"]["merged_into"])
+        assert (merged / "psysim-merged.json").is_file()
+        got = pd.read_parquet(tmp_path / "vllm" / "trials.parquet")
+        want = run_experiment(psysim.load_experiment(tmp_path / "hf.yaml"), out=tmp_path / "hf", limit=2, progress=False).trials
+        base_run = run_experiment(
+            psysim.load_experiment(REPO / "experiments" / "quickstart.yaml"), out=tmp_path / "base", limit=2, progress=False
+        ).trials
+        base_run = base_run[base_run["condition"] == "no_persona"].reset_index(drop=True)
+        assert np.abs(got["logprob"] - want["logprob"]).max() < TOLERANCE
+        assert np.abs(want["logprob"] - base_run["logprob"]).max() > 0.01  # the adapter does change the numbers
+    finally:
+        if "merged" in locals():
+            shutil.rmtree(merged, ignore_errors=True)
