@@ -102,6 +102,10 @@ class Summary:
     invalid_fields: dict[str, int] = field(default_factory=dict)
     #: Per study: its option and item rules, options per trial, items and responses per item.
     studies: list[StudyProfile] = field(default_factory=list)
+    #: ``cohort.split`` in words (which part of which split file), or None.
+    split: str | None = None
+    #: ``cohort.generate`` in words (what ``psysim simulate`` draws), or None.
+    generate: str | None = None
 
     def __str__(self) -> str:
         lo, med, hi = self.responses_per_participant
@@ -121,6 +125,8 @@ class Summary:
                 + (f" (a seeded sample of {self.cohort_size})" if self.cohort_size > self.participants else ""),
             ),
         ]
+        if self.split:
+            rows.append(("split", self.split))
         if self.dropped is not None:
             no_data, no_profile = self.dropped
             rows.append(
@@ -134,6 +140,8 @@ class Summary:
         if self.responses < self.trials:
             rows.append(("missing", self._missing()))
         rows.append(("profiles", f"known fields: {known}"))
+        if self.generate:
+            rows.append(("synthetic", self.generate))
         for study in self.studies:
             rows.append(("study", f"{study.name}: {study.participants} participants, {study.responses} responses"))
             rows += [(f"  {k}" if k else "", v) for k, v in study.lines()]
@@ -632,7 +640,30 @@ class Experiment:
             sources=(self.cohort.source, ", ".join(self._data_files())),
             invalid_fields={k: v for k, v in invalid.items() if v},
             studies=self.study_profiles(),
+            split=self._split_line(),
+            generate=self._generate_line(),
         )
+
+    def _split_line(self) -> str | None:
+        split = self.config.cohort.split
+        if split is None:
+            return None
+        file, part = split
+        return f"the {part} part of {display_path(file)} (written by psysim finetune): {len(self.participants)} participants"
+
+    def _generate_line(self) -> str | None:
+        gen = self.config.cohort.generate
+        if not gen:
+            return None
+        n = self.config.simulation.n
+        how = []
+        if gen.get("resample"):
+            how.append("each a real participant's profile drawn with replacement")
+        fields = list(gen.get("fields", {}))
+        if fields:
+            how.append(f"{', '.join(fields)} drawn from cohort.generate")
+        size = f"{n} profiles" if n else "profiles (as many as --n or simulation.n asks)"
+        return f"psysim simulate draws {size}: {'; '.join(how) or 'no field drawn'}"
 
     def study_profiles(self) -> list[StudyProfile]:
         """Per study (in ``data:`` order): options per trial, items, responses per item, example trials."""

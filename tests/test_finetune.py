@@ -195,6 +195,8 @@ def test_finetune_then_run_on_held_out_people(ft, run_cli):
     )
     evaluation += "conditions: [no_persona]\nevaluation:\n  fine_tuning: [{base: base, fine_tuned: tuned}]\n"
     (ft / "eval.yaml").write_text(evaluation, encoding="utf-8")
+    shown = run_cli("validate", "eval.yaml").stdout
+    assert "  split        the test part of out/split.json (written by psysim finetune): 4 participants\n" in shown
     r = run_cli("run", "eval.yaml", "--out", "evalrun", "-q")
     assert r.exit_code == 0, r.stderr
     trials = pd.read_parquet(ft / "evalrun" / "trials.parquet")

@@ -304,6 +304,8 @@ def test_generated_cohort_does_resampled_designs_with_its_own_personas(gambles, 
 
     yaml = YAML.replace("  path: cohort.csv\n", "  path: cohort.csv\n" + GENERATE) + "simulation:\n  n: 6\n"
     (gambles / "experiment.yaml").write_text(yaml, encoding="utf-8")
+    shown = run_cli("validate", "experiment.yaml").stdout
+    assert "  synthetic    psysim simulate draws 6 profiles: age, gender drawn from cohort.generate\n" in shown
     t = simulate(run_cli, "--dry-run", "--out", "out")
     exp = psysim.load_experiment("experiment.yaml")
     profiles, _ = generate_profiles(exp.config, exp.schema, exp.cohort, 6, 1)
