@@ -368,9 +368,18 @@ def simulate(
         table = sim.groupby(["model", "condition"], sort=False).agg(
             participants=("participant", "nunique"), responses=("response", "size")
         )
-        shares = sim.groupby(["model", "condition"], sort=False)["response"].value_counts(normalize=True).unstack(fill_value=0)
-        click.echo(table.join(shares).to_string(float_format=lambda x: f"{x:.3f}"))
+        click.echo(table.join(option_shares(sim)).to_string(float_format=lambda x: f"{x:.3f}"))
     click.echo(f"export: psysim export {display_path(result.out)} --format csv|parquet|psych201|stata|spss [--layout wide]")
+
+
+def option_shares(sim):
+    """Per model and condition, the share of responses on each option, in the order the trials offer them.
+
+    Not by how often each was chosen (which ``value_counts`` would give: ``2 3 4 5 1``).
+    """
+    shares = sim.groupby(["model", "condition"], sort=False)["response"].value_counts(normalize=True).unstack(fill_value=0)
+    offered = list(dict.fromkeys(o for options in sim["options"] for o in options))
+    return shares[[o for o in offered if o in shares.columns] + [c for c in shares.columns if c not in offered]]
 
 
 @cli.command()

@@ -78,6 +78,24 @@ def test_dry_run_tables_and_feedback_follow_the_sampled_choice(gambles, run_cli)
         assert list(r.option_probs) == pytest.approx(option_probs(list(r.option_logprobs)))
     assert t["participants"]["participant"].tolist() == ["1", "2"]
     assert t["participants"]["profile.gender"].tolist() == ["Female", "Male"]
+    # The headline's option columns follow the order the trials offer the options, not how often each was chosen.
+    shown = run_cli("simulate", "experiment.yaml", "-q", "--dry-run", "--out", "out").stdout
+    header = next(line for line in shown.splitlines() if "participants" in line and "responses" in line)
+    assert header.split()[-2:] == ["A", "B"], shown
+
+
+def test_headline_option_columns_follow_the_offered_order_not_frequency():
+    from psysim.cli import option_shares
+
+    sim = pd.DataFrame(
+        {
+            "model": "m",
+            "condition": "c",
+            "options": [["1", "2", "3"]] * 6,
+            "response": ["3", "3", "3", "2", "2", "1"],  # most often 3, then 2, then 1
+        }
+    )
+    assert option_shares(sim).columns.tolist() == ["1", "2", "3"]
 
 
 def test_sampling_is_the_documented_seeded_draw(gambles, run_cli):
