@@ -61,6 +61,26 @@ def test_big5_validates(run_cli):
     )
 
 
+def test_big5_survey_journey_simulates_generated_respondents_and_exports_wide(run_cli, tmp_path):
+    """experiments/big5/survey.yaml (BENCHMARKS.md times it with the model): here its dry run, validate to export."""
+    needs_shared_data("openpsychometrics", "BIG5", "data.csv")
+    survey = REPO / "experiments" / "big5" / "survey.yaml"
+    r = run_cli("validate", str(survey))
+    assert r.exit_code == 0, r.stderr
+    assert "synthetic    psysim simulate draws 200 profiles: each a real participant's profile drawn with replacement" in r.stdout
+    out = tmp_path / "sim"
+    r = run_cli("simulate", str(survey), "--dry-run", "--n", "6", "-q", "--out", str(out))
+    assert r.exit_code == 0, r.stderr
+    assert run_cli("report", str(out)).exit_code == 0
+    r = run_cli("export", str(out), "--format", "csv", "--layout", "wide")
+    assert r.exit_code == 0, r.stderr
+    wide = pd.read_csv(out / "export" / "wide.csv", dtype=str)
+    assert len(wide) == 6 and wide["participant"].tolist() == [f"s{i:04d}" for i in range(1, 7)]
+    items = [i["item"] for i in csv.DictReader((REPO / "experiments" / "big5" / "items.csv").open(encoding="utf-8"))]
+    assert wide.columns[-50:].tolist() == items
+    assert set(wide[items].stack()) <= {"1", "2", "3", "4", "5"}
+
+
 def test_big5_items_are_the_codebooks_in_the_order_shown():
     codebook = needs_shared_data("openpsychometrics", "BIG5", "codebook.txt").read_text(encoding="utf-8")
     wording = dict(re.findall(r"^([ENACO]\d+)\t(.+?)\s*$", codebook, re.M))
