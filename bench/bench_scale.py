@@ -45,20 +45,6 @@ from make_random_model import ARCHITECTURES  # noqa: E402
 
 SHAPES = {
     **ARCHITECTURES,
-    "llama-3.1-8b": (
-        "LlamaConfig",
-        dict(
-            vocab_size=128256,
-            hidden_size=4096,
-            intermediate_size=14336,
-            num_hidden_layers=32,
-            num_attention_heads=32,
-            num_key_value_heads=8,
-            max_position_embeddings=131072,
-            rope_theta=500000.0,
-            tie_word_embeddings=False,
-        ),
-    ),
     "tiny": (
         "LlamaConfig",
         dict(

@@ -69,10 +69,7 @@ def _reachable(address: str) -> None:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT):
             pass
     except OSError as exc:
-        raise PsysimError(
-            f"cannot reach a Ray head at {address}: {exc.strerror or exc}",
-            [],
-        ) from None
+        raise PsysimError(f"cannot reach a Ray head at {address}: {exc.strerror or exc}") from None
 
 
 class RayEngine:

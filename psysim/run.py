@@ -62,11 +62,20 @@ class RunResult:
         self.resumed = resumed
 
 
-def check_engines(exp: Experiment, *, dry_run: bool, backends: dict[str, Backend] | None = None) -> None:
-    """Fail before any model loads if a model's engine is not installed here (e.g. backend: vllm without vLLM)."""
+def check_engines(exp: Experiment, *, dry_run: bool, backends: dict[str, Backend] | None = None, engine: str = "local") -> None:
+    """Fail before anything is written or loaded if the work cannot run as asked.
+
+    ``engine`` must be ``local`` or ``ray`` (ready ``backends`` live in this
+    process, so not with ``ray``), and every model's engine must be installed
+    here (e.g. ``backend: vllm`` without vLLM).
+    """
     from .backends import engine_problems
     from .errors import ConfigError, raise_if
 
+    if engine not in ("local", "ray"):
+        raise PsysimError(f"engine: expected local or ray, found {engine!r}")
+    if engine == "ray" and backends:
+        raise PsysimError("ready backends (backends=...) live in this process: they cannot be used with engine='ray'")
     if dry_run:
         return  # a dry run uses the mock backend for every model
     raise_if(
@@ -120,7 +129,7 @@ def run_experiment(
     import pandas as pd
 
     folder = Path(out) if out is not None else exp.config.output
-    check_engines(exp, dry_run=dry_run, backends=backends)
+    check_engines(exp, dry_run=dry_run, backends=backends, engine=engine)
     check_writable(folder)
     participants = [p for p in exp.participants if p in exp.transcripts]
     if limit is not None:
@@ -147,8 +156,6 @@ def run_experiment(
         return RunResult(pd.read_parquet(folder / "trials.parquet"), folder, store.manifest, resumed=True)
     todo = {m.index: [b for b in range(len(batches)) if b not in store.saved_batches(m.index)] for m in cfg.models}
     resumed = sum(len(batches) - len(t) for t in todo.values())
-    if engine == "ray" and backends:
-        raise PsysimError("ready backends (backends=...) live in this process: they cannot be used with engine='ray'")
     store.begin_session(_now(started), resumed)
     try:
         with compute_engine(engine, address, workers) as pool:
@@ -171,9 +178,7 @@ def compute_engine(engine: str, address: str | None, workers: int | None):
     """Where batches are computed: a Ray engine (``engine="ray"``; :mod:`psysim.distributed`), or None: this process."""
     import contextlib
 
-    if engine not in ("local", "ray"):
-        raise PsysimError(f"engine: expected local or ray, found {engine!r}")
-    if engine != "ray":
+    if engine != "ray":  # "local" (check_engines refused anything else)
         return contextlib.nullcontext(None)
     from .backends.hf import THREADS_ENV, cpu_threads
     from .distributed import ray_engine
@@ -216,33 +221,27 @@ def _score_model(exp, model, batches, todo, store: RunFolder, backends, dry_run,
 
     total = sum(prompts_of(b) for b in batches)
     done = total - sum(prompts_of(batches[b]) for b in todo)
+    bar = progress_bar(total, model.name + (" (Ray)" if engine is not None else ""), enabled=progress, initial=done)
     if engine is not None:
-        jobs = [(b, batches[b]) for b in todo]
         results = engine.batches(
             model,
             exp.config.folder,
             exp,
-            jobs,
+            [(b, batches[b]) for b in todo],
             method="score",
             dry_run=dry_run,
             on_identity=lambda i: store.record_model(model.name, i),
         )
-        bar = None
-        for b, frame in results:
-            if bar is None:
-                bar = progress_bar(total, f"{model.name} (Ray)", enabled=progress, initial=done)
-            store.save_batch(model.index, b, frame)
-            done += prompts_of(batches[b])
-            if bar:
-                bar.update_to(done)
     else:
         backend = backend_for(model, exp.config.folder, backends, dry_run, progress)
         store.record_model(model.name, backend.identity())
-        bar = progress_bar(total, model.name, enabled=progress, initial=done)
-        for b in todo:
-            frame = score_batch(exp, model, backend, batches[b], progress=bar.offset(done) if bar else None)
-            store.save_batch(model.index, b, frame)
-            done += prompts_of(batches[b])
+        # Lazy: each batch is scored when the loop below asks for it, so `done` is the count before that batch.
+        results = ((b, score_batch(exp, model, backend, batches[b], progress=bar.offset(done) if bar else None)) for b in todo)
+    for b, frame in results:
+        store.save_batch(model.index, b, frame)
+        done += prompts_of(batches[b])
+        if bar:
+            bar.update_to(done)
     if bar:
         bar.close()
 

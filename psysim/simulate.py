@@ -446,7 +446,7 @@ def simulate_batch(exp: Experiment, backend: Backend, model, ci: int, people, by
     The unit of work a simulation saves (and a Ray worker computes): walks
     advance in lock-step groups bounded by ``simulation.batch_tokens``, each
     with its own seeded generator, so the same batch gives the same tables
-    wherever and however it is computed. ``progress(participant)`` after each finishes.
+    wherever and however it is computed. ``progress(n)`` after n participants of the batch finished.
     """
     import pandas as pd
 
@@ -461,7 +461,7 @@ def simulate_batch(exp: Experiment, backend: Backend, model, ci: int, people, by
             rows += r
             transcripts.append(t)
             if progress:
-                progress(walks[i].who.id)
+                progress(len(transcripts))
     return pd.DataFrame(rows, columns=SIM_COLUMNS), pd.DataFrame(transcripts, columns=TRANSCRIPT_COLUMNS)
 
 
@@ -489,7 +489,7 @@ def simulate_experiment(
 
     cfg = exp.config
     folder = Path(out) if out is not None else cfg.output.with_name(cfg.output.name + "-simulated")
-    check_engines(exp, dry_run=dry_run, backends=backends)
+    check_engines(exp, dry_run=dry_run, backends=backends, engine=engine)
     check_writable(folder)
     people = plan(exp, n)
     check_feedback(exp, [p.design_of for p in people])
@@ -507,8 +507,6 @@ def simulate_experiment(
         return _load(folder, store.manifest)
     todo = {u: [b for b in range(len(batches)) if b not in store.saved_batches(u)] for u in range(len(units))}
     resumed = sum(len(batches) - len(t) for t in todo.values())
-    if engine == "ray" and backends:
-        raise PsysimError("ready backends (backends=...) live in this process: they cannot be used with engine='ray'")
     store.begin_session(_now(started), resumed)
     try:
         with compute_engine(engine, address, workers) as pool:
@@ -520,46 +518,49 @@ def simulate_experiment(
                     continue
                 total = len(people) * len([u for u, (m, _, _) in enumerate(units) if m is model])
                 done = total - sum(len(batches[b]) for u in mine for b in todo[u])
-                bar = None
-
-                def save(u, b, rows, transcripts):
-                    store.save_batch(u, b, rows, extra={"transcripts": transcripts})
-
+                bar = progress_bar(total, model.name + (" (Ray)" if pool is not None else ""), enabled=progress, initial=done)
+                backend = None
                 if pool is not None:
-                    jobs = [(u, b, units[u][1], batches[b]) for u in mine for b in todo[u]]
                     results = pool.batches(
                         model,
                         cfg.folder,
                         (exp, by_id, shuffle, rank),
-                        jobs,
+                        [(u, b, units[u][1], batches[b]) for u in mine for b in todo[u]],
                         method="simulate",
                         dry_run=dry_run,
                         on_identity=lambda i, name=model.name: store.record_model(name, i),
                     )
-                    for u, b, rows, transcripts in results:
-                        if bar is None:
-                            bar = progress_bar(total, f"{model.name} (Ray)", enabled=progress, initial=done)
-                        save(u, b, rows, transcripts)
-                        done += len(batches[b])
-                        if bar:
-                            bar.update_to(done)
                 else:
                     backend = backend_for(model, cfg.folder, backends, dry_run, progress)
                     store.record_model(model.name, backend.identity())
-                    bar = progress_bar(total, model.name, enabled=progress, initial=done)
-                    for u in mine:
-                        for b in todo[u]:
-
-                            def tick(_, bar=bar):
-                                nonlocal done
-                                done += 1
-                                if bar:
-                                    bar.update_to(done)
-
-                            save(u, b, *simulate_batch(exp, backend, model, units[u][1], batches[b], by_id, shuffle, rank, tick))
-                    del backend
+                    # Lazy: each batch is simulated when the loop below asks for it, so `done` is the count before it.
+                    results = (
+                        (
+                            u,
+                            b,
+                            *simulate_batch(
+                                exp,
+                                backend,
+                                model,
+                                units[u][1],
+                                batches[b],
+                                by_id,
+                                shuffle,
+                                rank,
+                                progress=bar.offset(done) if bar else None,
+                            ),
+                        )
+                        for u in mine
+                        for b in todo[u]
+                    )
+                for u, b, rows, transcripts in results:
+                    store.save_batch(u, b, rows, extra={"transcripts": transcripts})
+                    done += len(batches[b])
+                    if bar:
+                        bar.update_to(done)
                 if bar:
                     bar.close()
+                results = backend = None  # the model's memory is freed before the next model loads
         simulated = store.saved_rows()
         transcripts = store.saved_rows("transcripts")
         order = {(m.name, c.name): i for i, (m, _, c) in enumerate(units)}
