@@ -1,134 +1,140 @@
-"""Benchmark: closed-loop simulation with the key/value cache kept across trials, against re-encoding.
+"""Benchmark: lock-step closed-loop simulation, trials per second by group size, float32 and bfloat16.
 
-One synthetic participant does a structured gamble task of T trials (instructions,
-then per trial two gambles, a choice and feedback for the sampled choice) with
-the default model. Two sessions give the options' log-probabilities at each trial:
+The survey journey's simulation (``experiments/big5/survey.yaml``: generated
+respondents with resampled real profiles, in persona, rating Big Five
+statements 1–5 with the default model; reads ../shared/data): ``--people``
+respondents walk through their first ``--items`` items in lock-step groups of
+1 (one participant at a time), 8, 32 and 128, where a finished respondent's
+row goes to the next one (participants joining the running group, as
+``psysim simulate`` does). Each (dtype, group) runs in a fresh process, so its
+peak resident memory is its own. Per run: trials per second, the ratio to
+group 1 of the same dtype, peak memory, the largest difference of any option
+probability from group 1 (the issue asks ≤ 1e-4 in float32) and whether every
+sampled response is the same.
 
-* ``cache``    — psysim's :class:`psysim.backends.hf.HFSession`: the cache keeps every
-                 token already read, so each trial feeds only its new tokens;
-* ``reencode`` — what a loop over a chat API or ``model(prefix)`` does: at every
-                 trial the whole transcript so far is encoded again from scratch.
+    .venv/bin/python bench/bench_simulate.py [--people 200] [--items 10] [--sizes 1 8 32 128] \\
+        [--dtypes float32 bfloat16] [--out bench/results-simulate.json]
 
-Both must give the same log-probabilities (checked); the script reports tokens
-processed and seconds for T = 10, 20, 40, 80 trials: the cache grows linearly in
-T, re-encoding quadratically.
-
-    .venv/bin/python bench/bench_simulate.py                 # default model (pulled), writes bench/results-simulate.json
-    .venv/bin/python bench/bench_simulate.py --trials 10 20  # fewer sizes
+On a GPU (``--device cuda``) the same script measures the issue's GPU target.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
-import statistics
+import resource
+import subprocess
+import sys
+import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
-
-HERE = Path(__file__).resolve().parent
-
-INSTRUCTIONS = (
-    "In this experiment you will choose between two gambles in each of {n} rounds. "
-    "After each choice you see what you won. Press F for the left gamble and J for the right gamble.\n"
-)
+REPO = Path(__file__).resolve().parent.parent
 
 
-def trial_text(k: int, rng) -> tuple[str, dict[str, int]]:
-    a, b = int(rng.integers(1, 100)), int(rng.integers(1, 100))
-    p = int(rng.integers(5, 95))
-    text = (
-        f"Round {k + 1}: the left gamble pays {a} points with probability {p}% and nothing otherwise; "
-        f"the right gamble pays {b} points for sure. You press <<"
-    )
-    return text, {"F": a if rng.random() < p / 100 else 0, "J": b}
+def one(args) -> None:
+    """One (dtype, group size) run in this process: writes its numbers and every option probability to ``--one``."""
+    import numpy as np
+    import torch
 
+    import psysim
+    from psysim.backends import get_backend
+    from psysim.simulate import lock_step, new_walk, plan
 
-def run(session_factory, trials: int, seed: int = 0):
-    """Simulate one participant; returns (option logprobs per trial, tokens processed, seconds)."""
-    rng = np.random.default_rng(seed)
-    session = session_factory()
-    session.read(INSTRUCTIONS.format(n=trials))
-    out = []
-    start = time.perf_counter()
-    for k in range(trials):
-        text, payoff = trial_text(k, rng)
-        session.read(text)
-        lps = session.options(["F", "J"])
-        probs = np.exp(np.array(lps) - max(lps))
-        choice = ["F", "J"][int(rng.choice(2, p=probs / probs.sum()))]
-        session.respond(choice)
-        session.read(f">>. You win {payoff[choice]} points.\n")
-        out.append(lps)
-    return out, session.tokens_read, time.perf_counter() - start
+    exp = psysim.load_experiment(Path(args.experiment))
+    model = replace(exp.config.models[0], dtype=args.dtype, device=args.device)
+    backend = get_backend(model, exp.config.folder)
+    people = plan(exp, args.people)
+    by_id = {who.id: who for who in people}
+    ci, cond = 0, exp.config.conditions[0]
+    walks = []
+    for index, who in enumerate(people):
+        walk = new_walk(exp, backend, model, ci, cond, who, by_id, {}, index)
+        walk.trials, walk.items = walk.trials[: args.items], walk.items[: args.items]
+        walks.append(walk)
+    started = time.perf_counter()
+    lock_step(backend, walks, [1] * len(walks), args.size)  # groups of exactly --size walks, joining as others finish
+    seconds = time.perf_counter() - started
+    probs = np.array([p for w in walks for r in w.rows for p in r["option_probs"]])
+    responses = [r["response"] for w in walks for r in w.rows]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if torch.cuda.is_available() and args.device == "cuda":
+        peak = torch.cuda.max_memory_allocated() / 2**20
+    out = Path(args.one)
+    np.save(out.with_suffix(".npy"), probs)
+    trials = sum(len(w.rows) for w in walks)
+    result = {
+        "dtype": args.dtype,
+        "group": args.size,
+        "people": len(walks),
+        "trials": trials,
+        "seconds": round(seconds, 1),
+        "trials_per_second": round(trials / seconds, 2),
+        "peak_memory_mib": round(peak),
+        "memory": "GPU allocated" if args.device == "cuda" else "process peak RSS",
+        "threads": torch.get_num_threads(),
+        "responses": responses,
+    }
+    out.write_text(json.dumps(result), encoding="utf-8")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--trials", type=int, nargs="+", default=[10, 20, 40, 80])
-    parser.add_argument("--repeats", type=int, default=3)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--experiment", default=str(REPO / "experiments" / "big5" / "survey.yaml"))
+    parser.add_argument("--people", type=int, default=200)
+    parser.add_argument("--items", type=int, default=10)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1, 8, 32, 128])
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", default=str(REPO / "bench" / "results-simulate.json"))
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one configuration into this file
+    parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--dtype", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.one:
+        return one(args)
 
+    import numpy as np
+
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for dtype in args.dtypes:
+            reference = None
+            for size in args.sizes:
+                target = Path(tmp) / f"{dtype}-{size}.json"
+                load = os.getloadavg()[0]
+                command = [sys.executable, __file__, "--one", str(target), "--size", str(size), "--dtype", dtype]
+                command += ["--experiment", args.experiment, "--people", str(args.people), "--items", str(args.items)]
+                subprocess.run(command + ["--device", args.device], check=True)
+                result = json.loads(target.read_text("utf-8"))
+                probs = np.load(target.with_suffix(".npy"))
+                responses = result.pop("responses")
+                if reference is None:
+                    reference = (result, probs, responses)
+                base, base_probs, base_responses = reference
+                result["load_at_start"] = round(load, 2)
+                result["speedup"] = round(result["trials_per_second"] / base["trials_per_second"], 2)
+                result["max_prob_difference"] = float(np.max(np.abs(probs - base_probs)))
+                result["same_responses"] = responses == base_responses
+                print(json.dumps(result), flush=True)
+                results.append(result)
     import torch
     import transformers
 
-    from psysim.backends.hf import HFBackend, HFSession
-    from psysim.config import ModelConfig
-
-    torch.set_grad_enabled(False)
-    backend = HFBackend.from_config(ModelConfig(name=args.model, source=args.model), Path("."))
-
-    class Reencode(HFSession):
-        """Re-encodes the whole transcript at every trial (no cache between trials)."""
-
-        def __init__(self, *a):
-            super().__init__(*a)
-            self.all_ids: list[int] = []
-
-        def _feed(self):
-            self._tokenize()
-            self.all_ids += self.pending
-            self.pending = list(self.all_ids)
-            self.cache, self.length = None, 0  # forget everything: the whole prefix goes through again
-            super()._feed()
-
-    results = {"machine": platform.platform(), "torch": torch.__version__, "transformers": transformers.__version__}
-    rows = []
-    for trials in args.trials:
-        timings = {"cache": [], "reencode": []}
-        tokens = {}
-        ref = None
-        for _ in range(args.repeats):
-            for name, factory in (
-                ("cache", lambda: HFSession(backend, True, "bench")),
-                ("reencode", lambda: Reencode(backend, True, "bench")),
-            ):
-                lps, n_tokens, seconds = run(factory, trials)
-                timings[name].append(seconds)
-                tokens[name] = n_tokens
-                if ref is None:
-                    ref = lps
-                else:
-                    diff = max(abs(a - b) for x, y in zip(ref, lps, strict=True) for a, b in zip(x, y, strict=True))
-                    assert diff < 1e-4, f"{name} differs from the cache by {diff}"
-        row = {
-            "trials": trials,
-            "tokens_cache": tokens["cache"],
-            "tokens_reencode": tokens["reencode"],
-            "seconds_cache": statistics.median(timings["cache"]),
-            "seconds_reencode": statistics.median(timings["reencode"]),
-        }
-        row["speedup"] = row["seconds_reencode"] / row["seconds_cache"]
-        rows.append(row)
-        print(
-            f"T={trials:>3}: tokens {row['tokens_cache']:>6} vs {row['tokens_reencode']:>7}; "
-            f"seconds {row['seconds_cache']:.2f} vs {row['seconds_reencode']:.2f} ({row['speedup']:.1f}× faster)"
-        )
-    results["rows"] = rows
-    (HERE / "results-simulate.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    summary = {
+        "experiment": Path(args.experiment).name,
+        "items": args.items,
+        "machine": f"{platform.platform()}, {os.cpu_count()} CPUs",
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "results": results,
+    }
+    Path(args.out).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

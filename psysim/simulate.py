@@ -30,9 +30,10 @@ assistant's, read turn by turn exactly as scoring the finished conversation
 reads it (tested).
 
 Participants advance in lock-step groups (:func:`lock_step`): at each trial
-one forward pass reads every member's new text and options; groups are
-bounded by ``simulation.batch_tokens``, and each participant's numbers and
-draws are those it would get alone.
+one forward pass reads every member's new text and options; a group holds as
+many participants as ``simulation.batch_tokens`` allows, those who finish
+leave and the next join the running group, and each participant's numbers
+and draws are those it would get alone.
 
 Results go to a run folder (:mod:`psysim.store`) saved per batch of
 participants, so an interrupted simulation resumes without duplicating or
@@ -43,8 +44,10 @@ Psych-201 style) and ``participants.parquet`` (the synthetic profiles).
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +68,7 @@ __all__ = [
     "Walk",
     "human_table",
     "lock_step",
+    "new_walk",
     "plan",
     "simulate_experiment",
     "simulate_participant",
@@ -389,18 +393,55 @@ class Walk:
         self.k += 1
 
 
-def lock_step(backend: Backend, walks: list[Walk]) -> None:
-    """Advance every walk to its end together: one :meth:`~psysim.backends.Backend.options_batch` call per trial.
+def lock_step(
+    backend: Backend,
+    walks: list[Walk],
+    sizes: list[int] | None = None,
+    budget: int | None = None,
+    done: Callable[[int], None] | None = None,
+) -> None:
+    """Advance every walk to its end in lock-step: one :meth:`~psysim.backends.Backend.options_batch` call per trial.
 
-    Walks that finish leave the group; the others go on. Each walk samples
-    with its own generator, so what it draws does not depend on the group.
+    The group holds walks, in order, while their ``sizes`` (estimated tokens
+    of each whole transcript) sum to at most ``budget`` (always at least one);
+    a walk that finishes closes its session, which frees its row, and the next
+    walks join the running group. ``done(i)`` is called when walk ``i``
+    finishes. Each walk samples with its own generator, so what it draws does
+    not depend on the group.
     """
-    active = [w for w in walks if not w.done]
-    while active:
-        options = [w.ask() for w in active]
-        for w, lps in zip(active, backend.options_batch([w.session for w in active], options), strict=True):
-            w.answer(lps)
-        active = [w for w in active if not w.done]
+    sizes = sizes if sizes is not None else [0] * len(walks)
+    waiting = [i for i, w in enumerate(walks) if not w.done]
+    active: list[int] = []
+    total = 0
+    while waiting or active:
+        while waiting and admits(total, sizes[waiting[0]], budget):
+            total += sizes[waiting[0]]
+            active.append(waiting.pop(0))
+        options = [walks[i].ask() for i in active]
+        for i, lps in zip(active, backend.options_batch([walks[i].session for i in active], options), strict=True):
+            walks[i].answer(lps)
+        for i in [i for i in active if walks[i].done]:
+            walks[i].session.close()
+            active.remove(i)
+            total -= sizes[i]
+            if done:
+                done(i)
+
+
+def admits(total: int, size: int, budget: int | None) -> bool:
+    """Whether a walk of ``size`` tokens joins a group holding ``total``: within the budget, or the group is empty."""
+    return total == 0 or budget is None or total + size <= budget
+
+
+def check_budget(sizes: list[int], budget: int, names: list[str]) -> None:
+    """A participant larger than ``budget`` alone cannot be simulated: an error naming both."""
+    too_big = [(n, s) for n, s in zip(names, sizes, strict=True) if s > budget]
+    if too_big:
+        name, size = too_big[0]
+        raise ConfigError(
+            f"simulation.batch_tokens ({budget}) is smaller than one participant's transcript",
+            [Problem(f"participant {name}: about {size} tokens; expected simulation.batch_tokens of at least {size}")],
+        )
 
 
 def simulate_participant(exp: Experiment, session, who: SimParticipant, persona: str, *, temperature: float, rng):
@@ -416,30 +457,6 @@ def simulate_participant(exp: Experiment, session, who: SimParticipant, persona:
     return walk.rows, walk.text, walk.spans
 
 
-def groups(sizes: list[int], budget: int, names: list[str]) -> list[list[int]]:
-    """Consecutive groups of indices whose ``sizes`` (estimated tokens) sum to at most ``budget``.
-
-    A participant larger than the budget alone cannot be simulated: an error naming both.
-    """
-    too_big = [(n, s) for n, s in zip(names, sizes, strict=True) if s > budget]
-    if too_big:
-        name, size = too_big[0]
-        raise ConfigError(
-            f"simulation.batch_tokens ({budget}) is smaller than one participant's transcript",
-            [Problem(f"participant {name}: about {size} tokens; expected simulation.batch_tokens of at least {size}")],
-        )
-    out: list[list[int]] = []
-    total = 0
-    for i, size in enumerate(sizes):
-        if out and total + size <= budget:
-            out[-1].append(i)
-            total += size
-        else:
-            out.append([i])
-            total = size
-    return out
-
-
 def simulate_batch(exp: Experiment, backend: Backend, model, ci: int, people, by_id, shuffle, rank, progress=None):
     """One batch of synthetic participants under one model and condition: ``(rows, transcripts)`` as tables.
 
@@ -452,16 +469,16 @@ def simulate_batch(exp: Experiment, backend: Backend, model, ci: int, people, by
 
     cond = exp.config.conditions[ci]
     rows, transcripts = [], []
-    walks = [_walk(exp, backend, model, ci, cond, who, by_id, shuffle, rank[who.id]) for who in people]
+    walks = [new_walk(exp, backend, model, ci, cond, who, by_id, shuffle, rank[who.id]) for who in people]
     sizes = [backend.count_tokens(w.text + _rest(exp, w.who), ()) for w in walks]
-    for group in groups(sizes, exp.config.simulation.batch_tokens, [w.who.id for w in walks]):
-        lock_step(backend, [walks[i] for i in group])
-        for i in group:
-            r, t = _finish(walks[i], model, cond)
-            rows += r
-            transcripts.append(t)
-            if progress:
-                progress(len(transcripts))
+    budget = exp.config.simulation.batch_tokens
+    check_budget(sizes, budget, [w.who.id for w in walks])
+    finished = itertools.count(1)
+    lock_step(backend, walks, sizes, budget, done=(lambda _: progress(next(finished))) if progress else None)
+    for w in walks:  # in the batch's order, whatever order they finished in
+        r, t = _finish(w, model, cond)
+        rows += r
+        transcripts.append(t)
     return pd.DataFrame(rows, columns=SIM_COLUMNS), pd.DataFrame(transcripts, columns=TRANSCRIPT_COLUMNS)
 
 
@@ -640,8 +657,13 @@ def human_table(exp: Experiment):
     )
 
 
-def _walk(exp: Experiment, backend, model, ci: int, cond, who: SimParticipant, by_id, shuffle, index: int) -> Walk:
-    """A participant's walk under one model and condition, its persona read, ready for its first trial."""
+def new_walk(exp: Experiment, backend, model, ci: int, cond, who: SimParticipant, by_id, shuffle, index: int) -> Walk:
+    """A participant's walk under one model and condition, its persona read, ready for its first trial.
+
+    ``by_id`` maps participant ids to :class:`SimParticipant`, ``shuffle`` each
+    id to whose profile its ``shuffled_persona`` reads, and ``index`` is the
+    participant's place in the plan (its generator's key).
+    """
     import numpy as np
 
     cfg = exp.config

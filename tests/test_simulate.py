@@ -202,7 +202,7 @@ def test_lock_step_groups_give_the_numbers_and_draws_of_one_at_a_time(gambles, r
     save_tiny(gambles / "tiny-model", hf)
     together = simulate(run_cli, "--out", "together")["simulated"]
     assert together["participant"].value_counts().to_dict() == {"1": 9, "2": 6}  # 3 and 2 trials: one leaves first
-    monkeypatch.setattr(simulate_module, "groups", lambda sizes, budget, names: [[i] for i in range(len(sizes))])
+    monkeypatch.setattr(simulate_module, "admits", lambda total, size, budget: total == 0)  # one at a time
     alone = simulate(run_cli, "--out", "alone")["simulated"]
     assert together["response"].tolist() == alone["response"].tolist()
     for a, b in zip(together["option_probs"], alone["option_probs"], strict=True):
@@ -214,22 +214,22 @@ def test_lock_step_groups_give_the_numbers_and_draws_of_one_at_a_time(gambles, r
 def test_a_shared_beginning_is_read_once_with_the_same_numbers(gambles, run_cli, hf, monkeypatch):
     """Everyone doing participant 1's trials without a persona starts with the same tokens: they are read once,
     shared, and the numbers and draws are those of participants simulated one at a time."""
-    import psysim.backends.hf as hf_backend
+    import psysim.backends.lockstep as lockstep
     import psysim.simulate as simulate_module
 
     save_tiny(gambles / "tiny-model", hf)
     (gambles / "experiment.yaml").write_text(YAML + "simulation:\n  design: '1'\n", encoding="utf-8")
     shared = []
-    real = hf_backend._share_prefix
+    real = lockstep.Group.share_prefix
 
-    def spy(model, decoder, sessions, plans, device):
-        real(model, decoder, sessions, plans, device)
+    def spy(group, plans):
+        real(group, plans)
         shared.extend(p["start"] for p in plans if p["start"])
 
-    monkeypatch.setattr(hf_backend, "_share_prefix", spy)
+    monkeypatch.setattr(lockstep.Group, "share_prefix", spy)
     together = simulate(run_cli, "--out", "together")["simulated"]
-    assert len(shared) >= 2 and min(shared) >= hf_backend.SHARED_PREFIX  # the no_persona pair shared its beginning
-    monkeypatch.setattr(simulate_module, "groups", lambda sizes, budget, names: [[i] for i in range(len(sizes))])
+    assert len(shared) >= 2 and min(shared) >= lockstep.SHARED_PREFIX  # the no_persona pair shared its beginning
+    monkeypatch.setattr(simulate_module, "admits", lambda total, size, budget: total == 0)  # one at a time
     alone = simulate(run_cli, "--out", "alone")["simulated"]
     assert together["response"].tolist() == alone["response"].tolist()
     for a, b in zip(together["option_probs"], alone["option_probs"], strict=True):

@@ -182,6 +182,38 @@ def test_a_session_reads_the_same_tokens_and_numbers_as_scoring(family):
 
 
 @pytest.mark.parametrize("family", models_tiny.FAMILIES)
+def test_lock_step_sessions_joining_leaving_and_pausing_read_as_scoring(family):
+    """Seven transcripts of unequal lengths in one lock-step group (one batched cache): they join one per trial,
+    leave (close) as they finish, one sits out two trials and comes back; every option number equals scoring
+    the finished transcript, and each session has read each of its tokens once."""
+    backend = backend_for(family)
+    scored = backend.score([ScoreRequest(i, t, tuple(spans_of(t)), tuple(options_for(t))) for i, t in enumerate(TEXTS)])
+    sessions = [backend.session(add_special_tokens=True) for _ in TEXTS]
+    at = [0] * len(TEXTS)  # the next response of each transcript
+    pos = [0] * len(TEXTS)
+    step = 0
+    while any(k < len(spans_of(t)) for k, t in zip(at, TEXTS, strict=True)):
+        asked = [i for i, t in enumerate(TEXTS) if i <= step and at[i] < len(spans_of(t)) and not (i == 1 and step in (3, 4))]
+        options = []
+        for i in asked:
+            s, _ = spans_of(TEXTS[i])[at[i]]
+            sessions[i].read(TEXTS[i][pos[i] : s])
+            options.append(list(options_for(TEXTS[i])[at[i]]))
+        for i, offered, got in zip(asked, options, backend.options_batch([sessions[i] for i in asked], options), strict=True):
+            expected = scored[i].responses[at[i]].option_logprobs
+            assert got == pytest.approx(list(expected), abs=TOLERANCE), (i, at[i], offered)
+            s, e = spans_of(TEXTS[i])[at[i]]
+            sessions[i].respond(TEXTS[i][s:e])
+            pos[i], at[i] = e, at[i] + 1
+            if at[i] == len(spans_of(TEXTS[i])):
+                enc = backend.reader.encode(TEXTS[i], spans_of(TEXTS[i]))
+                assert sessions[i].tokens_read == enc.ranges[-1][0]
+                sessions[i].close()
+        step += 1
+    assert step > max(len(spans_of(t)) for t in TEXTS)  # the pause and the late joins made it longer than any one
+
+
+@pytest.mark.parametrize("family", models_tiny.FAMILIES)
 def test_the_window_reads_like_the_whole_prefix(family):
     """A long transcript (past the reading window): the windowed ids equal whole-prefix re-tokenisation."""
     tok = models_tiny.family(family)

@@ -102,6 +102,9 @@ class Session(ABC):
     def respond(self, text: str) -> None:
         """Append the response given (its own piece)."""
 
+    def close(self) -> None:  # noqa: B027 (optional: only sessions that hold memory need it)
+        """Free what the session holds (its cache): it reads no more. Lock-step simulation closes finished sessions."""
+
 
 class Backend(ABC):
     """A language model that scores transcripts. Subclasses: ``hf`` (transformers), ``vllm`` and ``mock``."""

@@ -9,7 +9,6 @@ Loads from a local folder, a pulled registry model, or a ``.gguf`` file
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -19,6 +18,7 @@ from ..errors import ModelError, Problem
 from ..transcripts import CLOSE
 from . import Backend, ResponseScore, ScoreRequest, ScoreResult, Session
 from .encoding import ReadingSession, TokenizedBackend
+from .lockstep import options_pass
 
 _DTYPES = ("float32", "bfloat16", "float16")
 
@@ -238,6 +238,8 @@ class HFSession(ReadingSession, Session):
     as the continuation of everything read before, exactly as scoring reads
     the finished transcript. Each trial is one forward pass: the new text and
     every option (with the closing text) together, under a block-causal mask.
+    Its cache is a row of a lock-step group's batched cache
+    (:mod:`psysim.backends.lockstep`), shared with the sessions asked with it.
     """
 
     def __init__(self, backend: HFBackend, add_special_tokens: bool, key: Any, closer: str):
@@ -247,7 +249,10 @@ class HFSession(ReadingSession, Session):
         self.read_text = ""  # everything read and tokenized so far
         self.text = ""  # read but not yet tokenized
         self.pending: list[int] = list(backend.reader.bos) if add_special_tokens else []
-        self.cache = None
+        self.group = None  # the lock-step group whose batched cache holds this session's (psysim.backends.lockstep)
+        self.row = None  # this session's row in it
+        self.saved = None  # its cache while in no group (per layer keys and values), or None
+        self.closed = False
         self.length = 0  # tokens in the cache
         self.last_hidden = None
         self.tokens_read = 0
@@ -265,6 +270,12 @@ class HFSession(ReadingSession, Session):
         pending tokens: the options leave no trace.
         """
         return options_pass(self.backend, [self], [options])[0]
+
+    def close(self) -> None:
+        """Leave the group and forget the cache: the session reads no more (its row goes to the others)."""
+        if self.group is not None:
+            self.group.leave(self, keep=False)
+        self.saved, self.last_hidden, self.closed = None, None, True
 
     def _plan(self, options) -> dict[str, Any]:
         """This session's part of a pass: pending tokens, option tokens, and where each goes."""
@@ -299,156 +310,3 @@ class HFSession(ReadingSession, Session):
             "targets": targets,
             "blocks": blocks,
         }
-
-
-#: Sessions starting together share a common beginning (the same instructions, no persona) of at least this many
-#: tokens before it is worth a pass of its own.
-SHARED_PREFIX = 16
-
-
-def _share_prefix(model, decoder, sessions, plans, device) -> None:
-    """Encode the token prefix that sessions starting now have in common once, and give each its cache.
-
-    Rows with an empty cache whose pending token ids begin the same way (the
-    same instructions, no persona before them) are read once up to the end of
-    their common beginning; each session then holds that cache (the same
-    tensors: caches are never written in place) and its plan feeds only the
-    rest. The token ids are those each session would read anyway, at the same
-    positions, so its numbers are its own.
-    """
-    import torch
-    from transformers import DynamicCache
-
-    from ..scoring import cache_layers, cache_of, decode
-
-    fresh = [b for b, p in enumerate(plans) if p["start"] == 0 and p["pending"] > 0]
-    if len(fresh) < 2:
-        return
-    first = plans[fresh[0]]["feed"][: plans[fresh[0]]["pending"]]
-    common = len(first)
-    for b in fresh[1:]:
-        ids = plans[b]["feed"][: plans[b]["pending"]]
-        n = 0
-        while n < min(common, len(ids)) and ids[n] == first[n]:
-            n += 1
-        common = n
-    if common < SHARED_PREFIX:
-        return
-    cache = DynamicCache()
-    with torch.inference_mode():
-        hidden = decode(decoder, cache, torch.tensor([first[:common]], device=device), torch.arange(common, device=device)[None])
-    layers = cache_layers(cache)
-    for b in fresh:
-        s, p = sessions[b], plans[b]
-        s.cache = cache_of(list(layers))
-        s.length = common
-        s.tokens_read += common
-        s.last_hidden = hidden[0, common - 1 : common]
-        p["start"], p["pending"] = common, p["pending"] - common
-        p["feed"], p["positions"] = p["feed"][common:], p["positions"][common:]
-        p["blocks"] = [(first_ - common, last - common) for first_, last in p["blocks"]]
-
-
-def options_pass(backend: HFBackend, sessions: Sequence[HFSession], options: Sequence[Sequence[str]]) -> list[list[float]]:
-    """Every session's pending text and options in one batched forward pass (lock-step closed-loop simulation).
-
-    Each session keeps its own key/value cache of the tokens it has read. For
-    the pass, the caches are laid side by side, each padded at its end to the
-    longest; row ``b`` feeds its pending tokens and its options' tokens at its
-    own positions, and its additive mask lets it see only its own cache (never
-    the padding), its pending tokens causally, and, per option, those plus the
-    option's own earlier tokens. A padding query sees only itself. So every
-    row's numbers are those of its session alone (a pass with one session is
-    exactly :meth:`HFSession.options`); afterwards each session keeps its
-    cache plus its pending tokens, and the options leave no trace.
-    """
-    import torch
-    from transformers import DynamicCache
-
-    from ..scoring import block_causal_mask, cache_layers, cache_of, decode, project
-
-    plans = [s._plan(o) for s, o in zip(sessions, options, strict=True)]
-    model = backend.model
-    decoder = model.get_decoder()
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    _share_prefix(model, decoder, sessions, plans, device)
-    rows = len(plans)
-    cached = max(p["start"] for p in plans)
-    q = max(len(p["feed"]) for p in plans)
-    input_ids = torch.full((rows, q), backend.pad_id, dtype=torch.long)
-    position_ids = torch.zeros((rows, q), dtype=torch.long)
-    masks = []
-    blocked = torch.finfo(dtype).min
-    for b, p in enumerate(plans):
-        n = len(p["feed"])
-        input_ids[b, :n] = torch.tensor(p["feed"], dtype=torch.long)
-        position_ids[b, :n] = torch.tensor(p["positions"], dtype=torch.long)
-        blocks = [(cached + p["pending"], first, last) for first, last in p["blocks"]]
-        mask = block_causal_mask(cached, q, blocks, dtype, pending=p["pending"])
-        mask[:, p["start"] : cached] = blocked  # this row's cache ends at its start: the rest is padding
-        for i in range(n, q):  # a padding query reads only itself: never all-blocked, never read by anyone
-            mask[i, :] = blocked
-            mask[i, cached + i] = 0
-        masks.append(mask)
-    mask = torch.stack(masks).unsqueeze(1)
-    if rows == 1 and sessions[0].cache is not None:
-        cache = cache_of(cache_layers(sessions[0].cache))
-    elif cached:
-        # The caches side by side, each padded at its end to the longest (the padding is masked above).
-        stacked = []
-        per_row = [
-            cache_layers(s.cache) if s.cache is not None and p["start"] else None for s, p in zip(sessions, plans, strict=True)
-        ]
-        first = next(layers for layers in per_row if layers is not None)
-        for layer, (k0, v0) in enumerate(first):
-            keys = k0.new_zeros((rows, k0.shape[1], cached, k0.shape[3]))
-            values = v0.new_zeros((rows, v0.shape[1], cached, v0.shape[3]))
-            for b, layers in enumerate(per_row):
-                if layers is not None:
-                    k, v = layers[layer]
-                    keys[b, :, : plans[b]["start"]] = k[0]
-                    values[b, :, : plans[b]["start"]] = v[0]
-            stacked.append((keys, values))
-        cache = cache_of(stacked)
-    else:
-        cache = DynamicCache()
-    with torch.inference_mode():
-        hidden = decode(decoder, cache, input_ids.to(device), position_ids.to(device), mask.to(device))
-        states, targets, spans = [], [], []
-        for b, (s, p) in enumerate(zip(sessions, plans, strict=True)):
-            if p["pending"]:
-                s.last_hidden = hidden[b, p["pending"] - 1 : p["pending"]]
-            begin = len(states)
-            states += [s.last_hidden[0]] * len(p["tokens"])
-            states += [hidden[b, first + k] for first, last in p["blocks"] for k in range(last - first)]
-            targets += [t[0] for t in p["tokens"]] + p["targets"]
-            spans.append((begin, len(states)))
-        lps = project(model, torch.stack(states), torch.tensor(targets, device=device)).tolist()
-        after = cache_layers(cache)
-    out = []
-    for b, (s, p, (begin, _)) in enumerate(zip(sessions, plans, spans, strict=True)):
-        # Keep the cache of what was read: this row's own cache, then its pending tokens' keys and values.
-        start, pending = p["start"], p["pending"]
-        if rows == 1:
-            s.cache = cache_of([(k[:, :, : start + pending], v[:, :, : start + pending]) for k, v in after])
-        else:
-            s.cache = cache_of(
-                [
-                    (
-                        torch.cat([k[b : b + 1, :, :start], k[b : b + 1, :, cached : cached + pending]], dim=2),
-                        torch.cat([v[b : b + 1, :, :start], v[b : b + 1, :, cached : cached + pending]], dim=2),
-                    )
-                    for k, v in after
-                ]
-            )
-        s.length = start + pending
-        s.tokens_read += pending
-        s.pending = []
-        tokens = p["tokens"]
-        mine, k, values = lps[begin:], len(tokens), []
-        for j, t in enumerate(tokens):
-            values.append(mine[j] + math.fsum(mine[k : k + len(t) - 1]))
-            k += len(t) - 1
-        out.append(values)
-    return out
