@@ -56,7 +56,8 @@ def one(args) -> None:
         walk.trials, walk.items = walk.trials[: args.items], walk.items[: args.items]
         walks.append(walk)
     started = time.perf_counter()
-    lock_step(backend, walks, [1] * len(walks), args.size)  # groups of exactly --size walks, joining as others finish
+    for _ in lock_step(backend, walks, [1] * len(walks), args.size):  # groups of --size walks, joining as others finish
+        pass
     seconds = time.perf_counter() - started
     probs = np.array([p for w in walks for r in w.rows for p in r["option_probs"]])
     responses = [r["response"] for w in walks for r in w.rows]

@@ -528,7 +528,9 @@ class _Bar:
         self._bar = tqdm(total=total, initial=initial, desc=desc, unit="transcript", dynamic_ncols=True)
 
     def update_to(self, n: int) -> None:
-        self._bar.update(n - self._bar.n)
+        """Show ``n`` done (never fewer than shown: a participant's progress may come before its batch is saved)."""
+        if n > self._bar.n:
+            self._bar.update(n - self._bar.n)
 
     def offset(self, base: int):
         """A callback taking a count within one batch (what backends report) and showing ``base`` plus it."""

@@ -44,10 +44,10 @@ Psych-201 style) and ``participants.parquet`` (the synthetic profiles).
 
 from __future__ import annotations
 
-import itertools
+import collections
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -394,29 +394,31 @@ class Walk:
 
 
 def lock_step(
-    backend: Backend,
-    walks: list[Walk],
-    sizes: list[int] | None = None,
-    budget: int | None = None,
-    done: Callable[[int], None] | None = None,
-) -> None:
-    """Advance every walk to its end in lock-step: one :meth:`~psysim.backends.Backend.options_batch` call per trial.
+    backend: Backend, walks: Sequence[Walk], sizes: Sequence[int] | None = None, budget: int | None = None
+) -> Iterator[int]:
+    """Advance every walk to its end in lock-step, one :meth:`~psysim.backends.Backend.options_batch` call per trial;
+    yields each walk's index as it finishes.
 
     The group holds walks, in order, while their ``sizes`` (estimated tokens
     of each whole transcript) sum to at most ``budget`` (always at least one);
     a walk that finishes closes its session, which frees its row, and the next
-    walks join the running group. ``done(i)`` is called when walk ``i``
-    finishes. Each walk samples with its own generator, so what it draws does
-    not depend on the group.
+    walks join the running group. Each walk samples with its own generator, so
+    what it draws does not depend on the group.
     """
     sizes = sizes if sizes is not None else [0] * len(walks)
-    waiting = [i for i, w in enumerate(walks) if not w.done]
+    waiting = collections.deque(range(len(walks)))
     active: list[int] = []
     total = 0
     while waiting or active:
         while waiting and admits(total, sizes[waiting[0]], budget):
             total += sizes[waiting[0]]
-            active.append(waiting.pop(0))
+            active.append(waiting.popleft())
+        for i in [i for i in active if walks[i].done]:  # nothing to ask (no trials left)
+            active.remove(i)
+            total -= sizes[i]
+            yield i
+        if not active:
+            continue
         options = [walks[i].ask() for i in active]
         for i, lps in zip(active, backend.options_batch([walks[i].session for i in active], options), strict=True):
             walks[i].answer(lps)
@@ -424,8 +426,7 @@ def lock_step(
             walks[i].session.close()
             active.remove(i)
             total -= sizes[i]
-            if done:
-                done(i)
+            yield i
 
 
 def admits(total: int, size: int, budget: int | None) -> bool:
@@ -457,29 +458,52 @@ def simulate_participant(exp: Experiment, session, who: SimParticipant, persona:
     return walk.rows, walk.text, walk.spans
 
 
-def simulate_batch(exp: Experiment, backend: Backend, model, ci: int, people, by_id, shuffle, rank, progress=None):
-    """One batch of synthetic participants under one model and condition: ``(rows, transcripts)`` as tables.
+def simulate_batches(
+    exp: Experiment, backend: Backend, model, ci: int, batches, by_id, shuffle, rank, progress=None
+) -> Iterator[tuple[Any, Any, Any]]:
+    """Batches of synthetic participants under one model and condition; yields ``(batch, rows, transcripts)`` tables
+    as each batch's last participant finishes.
 
-    The unit of work a simulation saves (and a Ray worker computes): walks
-    advance in lock-step groups bounded by ``simulation.batch_tokens``, each
-    with its own seeded generator, so the same batch gives the same tables
-    wherever and however it is computed. ``progress(n)`` after n participants of the batch finished.
+    ``batches`` are ``(batch, people)`` pairs. Every participant of every batch
+    walks in one stream of lock-step groups bounded by
+    ``simulation.batch_tokens`` (a group is not cut at a batch's end: the next
+    batch's participants join it), each with its own seeded generator, so a
+    batch gives the same tables wherever, however and with whomever it is
+    computed. A batch is the unit a simulation saves (and a Ray worker
+    computes). ``progress(n)`` after n participants finished.
     """
     import pandas as pd
 
     cond = exp.config.conditions[ci]
-    rows, transcripts = [], []
-    walks = [new_walk(exp, backend, model, ci, cond, who, by_id, shuffle, rank[who.id]) for who in people]
+    walks, member = [], []
+    for b, people in batches:
+        walks += [new_walk(exp, backend, model, ci, cond, who, by_id, shuffle, rank[who.id]) for who in people]
+        member += [b] * len(people)
     sizes = [backend.count_tokens(w.text + _rest(exp, w.who), ()) for w in walks]
     budget = exp.config.simulation.batch_tokens
     check_budget(sizes, budget, [w.who.id for w in walks])
-    finished = itertools.count(1)
-    lock_step(backend, walks, sizes, budget, done=(lambda _: progress(next(finished))) if progress else None)
-    for w in walks:  # in the batch's order, whatever order they finished in
-        r, t = _finish(w, model, cond)
-        rows += r
-        transcripts.append(t)
-    return pd.DataFrame(rows, columns=SIM_COLUMNS), pd.DataFrame(transcripts, columns=TRANSCRIPT_COLUMNS)
+    left = collections.Counter(member)
+    for n, i in enumerate(lock_step(backend, walks, sizes, budget), start=1):
+        if progress:
+            progress(n)
+        b = member[i]
+        left[b] -= 1
+        if left[b]:
+            continue
+        rows, transcripts = [], []
+        for j in [j for j, m in enumerate(member) if m == b]:  # in the batch's order, whatever order they finished in
+            r, t = _finish(walks[j], model, cond)
+            rows += r
+            transcripts.append(t)
+            walks[j] = None  # saved by the caller: its rows need not stay in memory
+        yield b, pd.DataFrame(rows, columns=SIM_COLUMNS), pd.DataFrame(transcripts, columns=TRANSCRIPT_COLUMNS)
+
+
+def simulate_batch(exp: Experiment, backend: Backend, model, ci: int, people, by_id, shuffle, rank, progress=None):
+    """One batch of synthetic participants under one model and condition: ``(rows, transcripts)`` as tables
+    (:func:`simulate_batches` of one batch; what a Ray worker computes)."""
+    [(_, rows, transcripts)] = simulate_batches(exp, backend, model, ci, [(0, people)], by_id, shuffle, rank, progress)
+    return rows, transcripts
 
 
 def simulate_experiment(
@@ -550,25 +574,22 @@ def simulate_experiment(
                 else:
                     backend = backend_for(model, cfg.folder, backends, dry_run, progress)
                     store.record_model(model.name, backend.identity())
-                    # Lazy: each batch is simulated when the loop below asks for it, so `done` is the count before it.
+                    # Lazy: each unit's stream starts when the loop below has saved the one before, so `done` is the
+                    # count before it.
                     results = (
-                        (
-                            u,
-                            b,
-                            *simulate_batch(
-                                exp,
-                                backend,
-                                model,
-                                units[u][1],
-                                batches[b],
-                                by_id,
-                                shuffle,
-                                rank,
-                                progress=bar.offset(done) if bar else None,
-                            ),
-                        )
+                        (u, b, rows, transcripts)
                         for u in mine
-                        for b in todo[u]
+                        for b, rows, transcripts in simulate_batches(
+                            exp,
+                            backend,
+                            model,
+                            units[u][1],
+                            [(b, batches[b]) for b in todo[u]],
+                            by_id,
+                            shuffle,
+                            rank,
+                            progress=bar.offset(done) if bar else None,
+                        )
                     )
                 for u, b, rows, transcripts in results:
                     store.save_batch(u, b, rows, extra={"transcripts": transcripts})

@@ -142,7 +142,9 @@ def test_same_seed_same_synthetic_data_and_resume_after_interrupt(gambles, run_c
 
     def interrupted(self, options):
         calls.append(1)
-        if len(calls) == 4:  # participant 1 has 3 trials: the interrupt lands in the second batch
+        # Participants 1 (3 trials) and 2 (2 trials) walk together, one batch each: after four calls participant 2
+        # has finished and its batch is saved; the fifth (participant 1's last trial) is interrupted.
+        if len(calls) == 5:
             raise KeyboardInterrupt
         return real(self, options)
 
@@ -194,14 +196,26 @@ def test_hf_simulation_is_exact_against_single_pass_scoring(gambles, run_cli, hf
     assert exp.config.simulation.temperature == 1.0
 
 
-def test_lock_step_groups_give_the_numbers_and_draws_of_one_at_a_time(gambles, run_cli, hf, monkeypatch):
-    """Participants advancing together in one padded forward pass per trial (ragged lengths, one leaving early)
-    see the option probabilities they see alone, within 1e-6, and sample the same responses."""
+@pytest.mark.parametrize("save_every", [8, 1])
+def test_lock_step_groups_give_the_numbers_and_draws_of_one_at_a_time(gambles, run_cli, hf, monkeypatch, save_every):
+    """Participants advancing together in one padded forward pass per trial (ragged lengths, one leaving early;
+    in one saved batch, or each in its own with the group spanning both) see the option probabilities they see
+    alone, within 1e-6, and sample the same responses."""
     import psysim.simulate as simulate_module
 
     save_tiny(gambles / "tiny-model", hf)
+    (gambles / "experiment.yaml").write_text(YAML + f"scoring:\n  save_every: {save_every}\n", encoding="utf-8")
+    passes = []
+    real = simulate_module.lock_step
+
+    def spy(backend, walks, sizes=None, budget=None):
+        passes.append(len(walks))
+        yield from real(backend, walks, sizes, budget)
+
+    monkeypatch.setattr(simulate_module, "lock_step", spy)
     together = simulate(run_cli, "--out", "together")["simulated"]
     assert together["participant"].value_counts().to_dict() == {"1": 9, "2": 6}  # 3 and 2 trials: one leaves first
+    assert passes == [2, 2, 2]  # one stream of both participants per condition, whatever the saved batches
     monkeypatch.setattr(simulate_module, "admits", lambda total, size, budget: total == 0)  # one at a time
     alone = simulate(run_cli, "--out", "alone")["simulated"]
     assert together["response"].tolist() == alone["response"].tolist()
