@@ -71,7 +71,7 @@ def format_path(path: Sequence[Any]) -> str:
     return out or "(top level)"
 
 
-def _expected_types(spec: Any) -> str:
+def expected_types(spec: Any) -> str:
     types = spec if isinstance(spec, list) else [spec]
     names = [_TYPE_NAMES.get(t, t) for t in types]
     return " or ".join(names)
@@ -97,7 +97,7 @@ def describe(error: ValidationError) -> list[tuple[tuple[Any, ...], str]]:
         missing = [k for k in spec if isinstance(inst, dict) and k not in inst]
         return [(path + (k,), "missing required key") for k in missing] or [(path, error.message)]
     if kw == "type":
-        return [(path, f"expected {_expected_types(spec)}, found {found(inst)}")]
+        return [(path, f"expected {expected_types(spec)}, found {found(inst)}")]
     if kw == "enum":
         options = ", ".join(_short(v) for v in spec)
         msg = f"expected one of {options}; found {found(inst)}"
@@ -131,7 +131,7 @@ def describe(error: ValidationError) -> list[tuple[tuple[Any, ...], str]]:
         shallow = [e for e in error.context or () if len(e.absolute_path) == len(path)]
         if shallow and len(shallow) == len(error.context or ()) and all(e.validator in ("type", "const") for e in shallow):
             # Every branch wants a different kind of value: say so in one line.
-            wanted = [_expected_types(e.validator_value) if e.validator == "type" else _short(e.validator_value) for e in shallow]
+            wanted = [expected_types(e.validator_value) if e.validator == "type" else _short(e.validator_value) for e in shallow]
             return [(path, f"expected {' or '.join(dict.fromkeys(wanted))}, found {found(inst)}")]
         # Report the branch that got furthest, which is what the user most likely meant.
         best = _best_context(error.context, inst, len(path))

@@ -54,8 +54,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._jsonschema import _expected_types as expected_types
-from ._jsonschema import format_path, found
+from ._jsonschema import expected_types, format_path, found
 from .config import ExperimentConfig
 from .errors import ConfigError, Problem, raise_if
 from .files import display_path

@@ -277,7 +277,7 @@ class HFSession(ReadingSession, Session):
             self.group.leave(self, keep=False)
         self.saved, self.last_hidden, self.closed = None, None, True
 
-    def _plan(self, options) -> dict[str, Any]:
+    def step_plan(self, options) -> dict[str, Any]:
         """This session's part of a pass: pending tokens, option tokens, and where each goes."""
         self._tokenize()
         pending, start = self.pending, self.length

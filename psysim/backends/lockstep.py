@@ -274,7 +274,7 @@ def options_pass(backend: HFBackend, sessions: Sequence[HFSession], options: Seq
 
     group = _group_of(backend, sessions)
     asked = {id(s): list(o) for s, o in zip(sessions, options, strict=True)}
-    plans = [s._plan(asked[id(s)]) for s in group.sessions]  # in row order
+    plans = [s.step_plan(asked[id(s)]) for s in group.sessions]  # in row order
     model = backend.model
     decoder = model.get_decoder()
     device = next(model.parameters()).device
