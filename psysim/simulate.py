@@ -10,7 +10,7 @@ the forgone option are looked up as for a person), and the history grows.
 
 The model's key/value cache is kept between trials (:class:`psysim.backends.Session`),
 so every token is processed once: the cost per participant grows with the
-transcript's length, not its square (bench/bench_simulate.py measures it).
+transcript's length, not its square (bench/bench_cache.py measures it).
 Scoring the finished synthetic transcript with ``psysim run``'s method gives
 back exactly the option probabilities seen while simulating (tested).
 

@@ -106,11 +106,19 @@ def test_an_adapter_is_merged_once_and_scores_as_hf_applies_it(folder, tmp_path)
         text.replace("    backend: vllm\n", "").replace("    vllm: {kv_cache_gb: 1, max_model_len: 4096}", "")
     )
     try:
-        for _ in range(2):  # the second run reuses the merged folder
-            vllm_psysim("run", str(tmp_path / "vllm.yaml"), "--limit", "2", "-q", "--out", str(tmp_path / "vllm"), "--restart")
+        vllm_psysim("run", str(tmp_path / "vllm.yaml"), "--limit", "2", "-q", "--out", str(tmp_path / "vllm"))
         identity = json.loads((tmp_path / "vllm" / "manifest.json").read_text())["models"]["smollm2-135m-instruct"]
         merged = Path(identity["adapter"]["merged_into"])
         assert (merged / "psysim-merged.json").is_file()
+        # Asked again (as the next run's backend asks, without starting an engine): the same folder, not merged again.
+        stamp = (merged / "psysim-merged.json").stat().st_mtime_ns
+        ask = (
+            "import sys; from pathlib import Path; from psysim.backends.vllm import merged_model; from psysim.models import "
+            "resolve; print(merged_model(resolve('smollm2-135m-instruct'), Path(sys.argv[1]), 'm')[0])"
+        )
+        again = subprocess.run([str(PYTHON), "-c", ask, str(tmp_path / "adapter")], capture_output=True, text=True, timeout=300)
+        assert again.returncode == 0, again.stderr[-2000:]
+        assert Path(again.stdout.strip()) == merged and (merged / "psysim-merged.json").stat().st_mtime_ns == stamp
         got = pd.read_parquet(tmp_path / "vllm" / "trials.parquet")
         want = run_experiment(psysim.load_experiment(tmp_path / "hf.yaml"), out=tmp_path / "hf", limit=2, progress=False).trials
         base_run = run_experiment(
