@@ -559,7 +559,7 @@ def models_check(experiment: Path, model: str | None, against: str, limit: int) 
     """
     from .backends.parity import check_parity
     from .experiment import load_experiment
-    from .run import quiet_transformers
+    from .progress import quiet_transformers
 
     exp = load_experiment(experiment)
     quiet_transformers(progress=False)

@@ -54,11 +54,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ._jsonschema import expected_types, format_path, found
 from .config import ExperimentConfig
 from .errors import ConfigError, Problem, raise_if
 from .files import display_path
 from .participants import Cohort, Profile, ProfileSchema, is_missing
+from .validation import expected_types, format_path, found
 
 __all__ = ["DISTRIBUTIONS", "Generated", "check_spec", "generate_profiles"]
 

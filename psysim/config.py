@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 from jsonschema import Draft202012Validator
 
-from . import _jsonschema
+from . import validation
 from .errors import ConfigError, Problem, raise_if
 from .files import TABLE_SUFFIXES, TRIAL_TABLE_SUFFIXES, display_path, read_text, table_suffix
 
@@ -276,7 +276,7 @@ class ExperimentConfig:
         return Problem(
             message,
             file=display_path(self.path),
-            where=_jsonschema.format_path(yaml_path),
+            where=validation.format_path(yaml_path),
             line=mark[0] if mark else None,
             column=mark[1] if mark else None,
         )
@@ -327,7 +327,7 @@ def _compose(text: str, shown: str) -> tuple[Any, Marks, Marks, list[Problem]]:
                     Problem(
                         "recursive YAML alias: the value refers to itself",
                         file=shown,
-                        where=_jsonschema.format_path(path),
+                        where=validation.format_path(path),
                         line=n.start_mark.line + 1,
                         column=n.start_mark.column + 1,
                     )
@@ -344,7 +344,7 @@ def _compose(text: str, shown: str) -> tuple[Any, Marks, Marks, list[Problem]]:
                         Problem(
                             f"duplicate key {key!r} (first given on line {seen[key]}); YAML would silently keep the last",
                             file=shown,
-                            where=_jsonschema.format_path(path + (key,)),
+                            where=validation.format_path(path + (key,)),
                             line=key_node.start_mark.line + 1,
                             column=key_node.start_mark.column + 1,
                         )
@@ -399,7 +399,7 @@ def _semantic_problems(data: dict[str, Any], at, resolve) -> list[Problem]:
                 problems.append(
                     at(
                         where,
-                        f"two studies are named {name!r} (also {_jsonschema.format_path(names[name][:-1])}); give "
+                        f"two studies are named {name!r} (also {validation.format_path(names[name][:-1])}); give "
                         "each a distinct data.name",
                     )
                 )
@@ -698,7 +698,7 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
         while probe and probe not in (key_marks if about_key else marks):
             probe = probe[:-1]
         line, col = (key_marks if about_key else marks).get(probe, marks.get(probe, (1, 1) if not probe else (None, None)))
-        return Problem(message, file=shown, where=_jsonschema.format_path(yaml_path), line=line, column=col)
+        return Problem(message, file=shown, where=validation.format_path(yaml_path), line=line, column=col)
 
     if data is None:
         raise ConfigError(
@@ -706,7 +706,7 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
             [Problem("expected a mapping of keys, found an empty file (or only comments)", file=shown)],
         )
     validator = Draft202012Validator(experiment_schema())
-    for yaml_path, message in _jsonschema.iter_described(validator, data):
+    for yaml_path, message in validation.iter_described(validator, data):
         problems.append(at(yaml_path, message))
     folder = p.parent
 

@@ -137,7 +137,8 @@ class BatchWorker:
 
     def __init__(self, model, folder, dry_run: bool, threads: int):
         from .backends.hf import THREADS_ENV
-        from .run import backend_for, quiet_transformers
+        from .progress import quiet_transformers
+        from .run import backend_for
 
         os.environ[THREADS_ENV] = str(threads)  # torch's threads: this worker's CPUs, as psysim --threads would
         quiet_transformers(progress=False)

@@ -222,7 +222,9 @@ def finetune_experiment(
     import torch
 
     from .backends import get_backend
-    from .run import _inputs, _now, _versions, check_writable, quiet_transformers, result_config
+    from .progress import quiet_transformers
+    from .record import inputs, now, result_config, versions
+    from .run import check_writable
 
     cfg = exp.config
     ft = cfg.finetune
@@ -236,7 +238,7 @@ def finetune_experiment(
         )
     participants = [p for p in exp.participants if p in exp.transcripts]
     split = make_split(exp, participants)
-    fingerprint = {"config": result_config(exp), "inputs": _inputs(exp), "psysim": _versions()["psysim"]}
+    fingerprint = {"config": result_config(exp), "inputs": inputs(exp), "psysim": versions()["psysim"]}
     state_path = folder / "state.json"
     if restart:
         import shutil
@@ -292,7 +294,7 @@ def finetune_experiment(
     backend.model = model  # scoring (validation) goes through the adapter from now on
     started = time.time()
     # One record per session: a card of a resumed training says so, with where each session started.
-    sessions = [*(state.get("sessions", []) if state else []), {"started": _now(started), "epoch": epoch, "step": step}]
+    sessions = [*(state.get("sessions", []) if state else []), {"started": now(started), "epoch": epoch, "step": step}]
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -384,8 +386,8 @@ def finetune_experiment(
         "curve": curve,
         "best_validation_nll": best,
         "test_nll": {"base": base_test_nll, "fine_tuned": tuned_test_nll, "participants": len(split["test"])},
-        "versions": _versions(),
-        "finished": _now(time.time()),
+        "versions": versions(),
+        "finished": now(time.time()),
         "seconds_last_session": round(time.time() - started, 1),
         "resumed": len(sessions) > 1,
         "sessions": [*sessions[:-1], {**sessions[-1], "seconds": round(time.time() - started, 1)}],

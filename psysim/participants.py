@@ -30,7 +30,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
-from . import _jsonschema
+from . import validation
 from .errors import DataError, Problem, raise_if
 from .files import Location, display_path, read_table, read_text
 
@@ -124,7 +124,7 @@ class ProfileSchema:
         try:
             Draft202012Validator.check_schema(schema)
         except SchemaError as exc:
-            where = _jsonschema.format_path(tuple(exc.absolute_path))
+            where = validation.format_path(tuple(exc.absolute_path))
             problems.append(Problem(f"not a valid JSON Schema: {exc.message}", file=shown, where=where))
             raise_if(problems, DataError, f"invalid profile schema {shown}")
         if schema.get("type") != "object" or not isinstance(schema.get("properties"), dict):
@@ -138,9 +138,9 @@ class ProfileSchema:
             if not isinstance(prop, dict):
                 continue
             ann = prop.get("x-psysim", {})
-            for sub, message in _jsonschema.iter_described(annotation_validator, ann):
+            for sub, message in validation.iter_described(annotation_validator, ann):
                 problems.append(
-                    Problem(message, file=shown, where=_jsonschema.format_path(("properties", name, "x-psysim") + sub))
+                    Problem(message, file=shown, where=validation.format_path(("properties", name, "x-psysim") + sub))
                 )
             if problems:
                 continue
@@ -254,7 +254,7 @@ class ProfileSchema:
         missing_set = frozenset(missing)
         raw = {k: v for k, v in record.items() if not is_missing(v, missing_set)}
         typed = {k: self._typed(k, v) for k, v in raw.items()}
-        found = list(_jsonschema.iter_described(self._validator, typed))
+        found = list(validation.iter_described(self._validator, typed))
         lenient = {path[0] for path, _ in found if path and path[0] in self._lenient}
         invalid = {}
         if lenient:
@@ -262,7 +262,7 @@ class ProfileSchema:
             # the record is validated again without it (so that `required` still applies).
             invalid = {k: raw.pop(k) for k in self.fields if k in lenient}
             typed = {k: v for k, v in typed.items() if k not in lenient}
-            found = list(_jsonschema.iter_described(self._validator, typed))
+            found = list(validation.iter_described(self._validator, typed))
         text = {k: self._display(k, raw[k], typed[k]) for k in typed if k in self.fields}
         return typed, text, invalid, found
 
@@ -360,7 +360,7 @@ def load_cohort(
         pid = participant_id(row.get(id_column))
         if pid is None:
             problems.append(
-                loc.problem(f"expected a participant id in column {id_column!r}, found {_jsonschema.found(row.get(id_column))}")
+                loc.problem(f"expected a participant id in column {id_column!r}, found {validation.found(row.get(id_column))}")
             )
             continue
         if pid in first_seen:

@@ -10,12 +10,8 @@ and format) are scored together, so length-sorted batches mix conditions.
 
 from __future__ import annotations
 
-import datetime as _dt
-import hashlib
-import json
 import math
 import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +22,9 @@ from .errors import Problem, PsysimError
 from .experiment import Experiment, Prompt
 from .files import display_path
 from .metrics import CONDITION_KEYS, option_probs, predicted_option
-from .store import FORMAT, RunFolder
+from .progress import progress_bar, quiet_transformers
+from .record import manifest_base, now, study_manifest
+from .store import RunFolder
 
 __all__ = ["COLUMNS", "RunResult", "baseline_table", "check_writable", "participant_table", "run_experiment"]
 
@@ -156,7 +154,7 @@ def run_experiment(
         return RunResult(pd.read_parquet(folder / "trials.parquet"), folder, store.manifest, resumed=True)
     todo = {m.index: [b for b in range(len(batches)) if b not in store.saved_batches(m.index)] for m in cfg.models}
     resumed = sum(len(batches) - len(t) for t in todo.values())
-    store.begin_session(_now(started), resumed)
+    store.begin_session(now(started), resumed)
     try:
         with compute_engine(engine, address, workers) as pool:
             if pool is not None:
@@ -170,7 +168,7 @@ def run_experiment(
         store.write_table("baselines.parquet", baseline_table(exp, participants, progress=progress))
     finally:
         store.end_session(time.time() - started)
-    store.finish({"finished": _now(time.time())})
+    store.finish({"finished": now(time.time())})
     return RunResult(trials, folder, store.manifest, resumed=resumed > 0)
 
 
@@ -339,102 +337,6 @@ def _rows(model: str, prompt: Prompt, dropped: int, result) -> list[dict[str, An
     return rows
 
 
-def quiet_transformers(progress: bool) -> None:
-    """transformers' own warnings are not the user's business here; its progress bars follow ``progress``."""
-    try:
-        from transformers.utils import logging as tlog
-    except ImportError:
-        return
-    tlog.set_verbosity_error()
-    import warnings
-
-    # peft asks transformers a deprecated question while applying an adapter; the answer is right, the warning noise.
-    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
-    if progress:
-        tlog.enable_progress_bar()
-    else:
-        tlog.disable_progress_bar()
-
-
-def _versions() -> dict[str, str | None]:
-    from importlib import metadata
-
-    out = {}
-    for pkg in ("psysim", "torch", "transformers", "peft", "numpy", "pandas", "scikit-learn", "pyarrow", "jsonschema", "Jinja2"):
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
-def _now(t: float) -> str:
-    return _dt.datetime.fromtimestamp(t, _dt.UTC).isoformat()
-
-
-def _inputs(exp: Experiment) -> dict[str, str]:
-    """sha256 of every input file the run reads (data, profiles, schema, templates), by their YAML key."""
-    from .models import file_sha256
-
-    cfg = exp.config
-    files = {"cohort.schema": cfg.cohort.schema}
-    if len(cfg.studies) > 1:
-        files.update({f"data.{s.name}.path": s.path for s in cfg.studies})
-    else:
-        files["data.path"] = cfg.data.path
-    if cfg.cohort.path is not None:
-        files["cohort.path"] = cfg.cohort.path
-    files.update({f"data.templates.{k}": v for k, v in cfg.data.templates.items()})
-    return {key: file_sha256(path) for key, path in sorted(files.items())}
-
-
-def result_config(exp: Experiment) -> dict[str, Any]:
-    """The experiment file's settings that can change a number: all but where results go and the description."""
-    return {k: v for k, v in exp.config.raw.items() if k not in ("output", "description")}
-
-
-def fingerprint(key: dict[str, Any]) -> str:
-    """SHA-256 of everything that decides a run's numbers (config, input hashes, limits, versions), as canonical JSON."""
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode("utf-8")).hexdigest()
-
-
-def manifest_base(exp: Experiment, *, limit, dry_run: bool, kind: str | None = None) -> dict[str, Any]:
-    """The fields every run folder's manifest starts with (``psysim run`` and ``psysim simulate``), fingerprint included.
-
-    ``kind`` (the simulation's) enters the fingerprint; a scoring run's fingerprint is keyed without it.
-    """
-    cfg = exp.config
-    config, inputs, versions = result_config(exp), _inputs(exp), _versions()
-    key = {"config": config, "inputs": inputs, "limit": limit, "dry_run": dry_run, "psysim": versions["psysim"]}
-    if kind is not None:
-        key["kind"] = kind
-    return {
-        "psysim_run": FORMAT,
-        "kind": kind or "scoring",
-        "experiment": cfg.name,
-        "config_path": display_path(cfg.path),
-        "config_sha256": cfg.sha256,
-        "config": config,
-        "inputs": inputs,
-        "fingerprint": fingerprint(key),
-        "seed": cfg.seed,
-        "dry_run": dry_run,
-        "limit": limit,
-        "save_every": cfg.save_every,
-        "model_order": [m.name for m in cfg.models],
-        "conditions": [c.name for c in cfg.conditions],
-        "condition_types": {c.name: {"type": c.type, "format": c.format} for c in cfg.conditions},
-        # The words the schema gives coded values (e.g. sex "1" = "Female"): report subgroups and export dictionaries.
-        "value_labels": {name: dict(spec.value_labels) for name, spec in exp.schema.fields.items() if spec.value_labels},
-        # Each field's question (x-psysim.question, else its label): variable labels of Stata/SPSS exports.
-        "field_labels": {name: spec.question or spec.label for name, spec in exp.schema.fields.items()},
-        "versions": versions,
-        "python": platform.python_version(),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()},
-        "started": _now(time.time()),
-    }
-
-
 def _manifest(exp: Experiment, participants, batches, dry_run, limit) -> dict[str, Any]:
     cfg = exp.config
     return {
@@ -452,24 +354,6 @@ def _manifest(exp: Experiment, participants, batches, dry_run, limit) -> dict[st
         "formats": {m.name: list(m.formats) for m in cfg.models},
         "studies": study_manifest(exp, participants),
     }
-
-
-def study_manifest(exp: Experiment, participants) -> dict[str, dict[str, Any]]:
-    """Per study: its declared option and item rules, whether options are pooled, and whether it has profiles."""
-    chosen = {exp.study(p) for p in participants}
-    out = {}
-    for prof in exp.study_profiles():
-        if prof.name not in chosen:
-            continue
-        out[prof.name] = {
-            "options": prof.options,
-            "item": prof.item,
-            "pooled_options": prof.approximate,
-            "profiles": prof.has_profiles,
-            "items": prof.items,
-            "excluded": prof.excluded,
-        }
-    return out
 
 
 def participant_table(exp: Experiment, trials):
@@ -518,33 +402,3 @@ def baseline_table(exp: Experiment, participants, *, progress: bool = False):
         return pd.DataFrame(columns=columns)
     out = cross_validate(table, default_baselines(ev.baselines), folds=ev.folds, seed=exp.config.seed, progress=progress)
     return out[columns]
-
-
-class _Bar:
-    def __init__(self, total: int, desc: str, initial: int = 0):
-        from tqdm.auto import tqdm
-
-        # tqdm shows elapsed time, rate and ETA; `initial` counts batches saved by an earlier session.
-        self._bar = tqdm(total=total, initial=initial, desc=desc, unit="transcript", dynamic_ncols=True)
-
-    def update_to(self, n: int) -> None:
-        """Show ``n`` done (never fewer than shown: a participant's progress may come before its batch is saved)."""
-        if n > self._bar.n:
-            self._bar.update(n - self._bar.n)
-
-    def offset(self, base: int):
-        """A callback taking a count within one batch (what backends report) and showing ``base`` plus it."""
-        return lambda n: self.update_to(base + n)
-
-    def close(self) -> None:
-        self._bar.close()
-
-
-def progress_bar(total: int, desc: str, enabled: bool, initial: int = 0) -> _Bar | None:
-    """A tqdm bar counting transcripts (elapsed, rate, ETA), or None when progress is off or tqdm is missing."""
-    if not enabled:
-        return None
-    try:
-        return _Bar(total, desc, initial)
-    except ImportError:
-        return None

@@ -525,7 +525,9 @@ def simulate_experiment(
     """
     import pandas as pd
 
-    from .run import _now, backend_for, check_engines, check_writable, compute_engine, progress_bar
+    from .progress import progress_bar
+    from .record import now
+    from .run import backend_for, check_engines, check_writable, compute_engine
     from .store import RunFolder
 
     cfg = exp.config
@@ -548,7 +550,7 @@ def simulate_experiment(
         return _load(folder, store.manifest)
     todo = {u: [b for b in range(len(batches)) if b not in store.saved_batches(u)] for u in range(len(units))}
     resumed = sum(len(batches) - len(t) for t in todo.values())
-    store.begin_session(_now(started), resumed)
+    store.begin_session(now(started), resumed)
     try:
         with compute_engine(engine, address, workers) as pool:
             if pool is not None:
@@ -618,7 +620,7 @@ def simulate_experiment(
         store.write_table("humans.parquet", human_table(exp))
     finally:
         store.end_session(time.time() - started)
-    store.finish({"finished": _now(time.time())})
+    store.finish({"finished": now(time.time())})
     return SimulationResult(
         simulated, transcripts, pd.read_parquet(folder / "participants.parquet"), folder, store.manifest, resumed
     )
@@ -750,7 +752,7 @@ def participant_profiles(exp: Experiment, people: list[SimParticipant]):
 
 
 def _manifest(exp: Experiment, people, batches_total: int, dry_run: bool, n: int | None) -> dict[str, Any]:
-    from .run import manifest_base
+    from .record import manifest_base
 
     cfg = exp.config
     return {

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import _jsonschema
+from . import validation
 from .errors import DataError, Problem, raise_if
 from .files import read_jsonl
 from .participants import participant_id
@@ -273,7 +273,7 @@ def read_psych201(path: str | Path, *, study: str | None = None, prefix: str = "
         if pid is None:
             problems.append(
                 Problem(
-                    f"expected a participant id in key 'participant', found {_jsonschema.found(row.get('participant'))}",
+                    f"expected a participant id in key 'participant', found {validation.found(row.get('participant'))}",
                     file=shown,
                     line=line,
                 )
@@ -289,7 +289,7 @@ def read_psych201(path: str | Path, *, study: str | None = None, prefix: str = "
         if not isinstance(text, str):
             problems.append(
                 Problem(
-                    f"expected the session text in key 'text', found {_jsonschema.found(text)}", file=shown, line=line, where=who
+                    f"expected the session text in key 'text', found {validation.found(text)}", file=shown, line=line, where=who
                 )
             )
             continue
@@ -297,7 +297,7 @@ def read_psych201(path: str | Path, *, study: str | None = None, prefix: str = "
         if not isinstance(experiment, str) or not experiment.strip():
             problems.append(
                 Problem(
-                    f"expected the experiment name in key 'experiment', found {_jsonschema.found(experiment)}",
+                    f"expected the experiment name in key 'experiment', found {validation.found(experiment)}",
                     file=shown,
                     line=line,
                     where=who,

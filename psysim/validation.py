@@ -14,7 +14,7 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
-__all__ = ["describe", "format_path", "found", "iter_described", "type_name"]
+__all__ = ["describe", "expected_types", "format_path", "found", "iter_described", "type_name"]
 
 _TYPE_NAMES = {
     "object": "a mapping",
