@@ -106,15 +106,17 @@ def response_table(experiment):
 def _keys(table) -> list[list[str]]:
     """Each row's option keys: its ``keys`` column where present, else its options."""
     if "keys" in table:
-        return [list(k) if k is not None else list(o) for k, o in zip(table["keys"], table["options"], strict=True)]
-    return [list(o) for o in table["options"]]
+        return [
+            list(k) if k is not None else list(o) for k, o in zip(table["keys"].tolist(), table["options"].tolist(), strict=True)
+        ]
+    return [list(o) for o in table["options"].tolist()]
 
 
 def _choices(table) -> list[str]:
     """Each row's chosen key: its ``choice`` column where present, else its response."""
     if "choice" in table:
-        return [c if c is not None else r for c, r in zip(table["choice"], table["response"], strict=True)]
-    return list(table["response"])
+        return [c if c is not None else r for c, r in zip(table["choice"].tolist(), table["response"].tolist(), strict=True)]
+    return table["response"].tolist()
 
 
 def expected_accuracy(probs, options, response) -> float:
@@ -155,7 +157,7 @@ class UniformBaseline(_Baseline):
 
     def predict_proba(self, table) -> list[list[float]]:
         """One uniform distribution over each row's options."""
-        return [[1.0 / len(o)] * len(o) for o in table["options"]]
+        return [[1.0 / len(o)] * len(o) for o in table["options"].tolist()]
 
 
 class PopulationFrequency(_Baseline):
@@ -171,7 +173,7 @@ class PopulationFrequency(_Baseline):
         self._check()
         self.item_counts_: dict[tuple[str, str], Counter] = {}
         self.study_counts_: dict[str, Counter] = {}
-        for exp, item, choice in zip(table["experiment"], table["item"], _choices(table), strict=True):
+        for exp, item, choice in zip(table["experiment"].tolist(), table["item"].tolist(), _choices(table), strict=True):
             self.item_counts_.setdefault((exp, item), Counter())[choice] += 1
             self.study_counts_.setdefault(exp, Counter())[choice] += 1
         return self
@@ -182,13 +184,16 @@ class PopulationFrequency(_Baseline):
 
     def covers(self, table) -> list[bool]:
         """Per row: whether its item was seen in training (else the study's frequencies predict it)."""
-        return [(exp, item) in self.item_counts_ for exp, item in zip(table["experiment"], table["item"], strict=True)]
+        return [
+            (exp, item) in self.item_counts_
+            for exp, item in zip(table["experiment"].tolist(), table["item"].tolist(), strict=True)
+        ]
 
     def predict_proba(self, table) -> list[list[float]]:
         """Per row: smoothed frequencies over its option keys, from its item if seen in training, else its study."""
         return [
             self._distribution(self.counts(exp, item), keys)
-            for exp, item, keys in zip(table["experiment"], table["item"], _keys(table), strict=True)
+            for exp, item, keys in zip(table["experiment"].tolist(), table["item"].tolist(), _keys(table), strict=True)
         ]
 
 
@@ -231,8 +236,8 @@ class PersonAdjustedPopulation(_Baseline):
         study and participant (a person's own rates)."""
         offered: Counter = Counter()
         chosen: Counter = Counter()
-        whos = table["participant"] if per_person else [None] * len(table)
-        for exp, who, keys, choice in zip(table["experiment"], whos, _keys(table), _choices(table), strict=True):
+        whos = table["participant"].tolist() if per_person else [None] * len(table)
+        for exp, who, keys, choice in zip(table["experiment"].tolist(), whos, _keys(table), _choices(table), strict=True):
             at = (exp, who) if per_person else (exp,)
             for pair in self._names(keys):
                 for name in pair:
@@ -251,8 +256,8 @@ class PersonAdjustedPopulation(_Baseline):
         import numpy as np
 
         keys_all, choices = _keys(table), _choices(table)
-        exps, pids, items = list(table["experiment"]), list(table["participant"]), list(table["item"])
-        previous = list(table["previous"]) if "previous" in table else [None] * len(table)
+        exps, pids, items = table["experiment"].tolist(), table["participant"].tolist(), table["item"].tolist()
+        previous = table["previous"].tolist() if "previous" in table else [None] * len(table)
 
         names = self._names
         # The reference rates are the training participants' (fitted), never the predicted rows'.
@@ -378,22 +383,31 @@ class ProfileModel(_Baseline):
 
     def covers(self, table) -> list[bool]:
         """Per row: whether a regression was fitted for its item (else it is predicted by the population fallback)."""
-        return [(exp, item) in self.models_ for exp, item in zip(table["experiment"], table["item"], strict=True)]
+        return [
+            (exp, item) in self.models_ for exp, item in zip(table["experiment"].tolist(), table["item"].tolist(), strict=True)
+        ]
 
     def predict_proba(self, table) -> list[list[float]]:
         """Per row: the item's regression prediction over its option keys, smoothed; else the population's."""
-        fallback = self.fallback_.predict_proba(table)
+        out = self.fallback_.predict_proba(table)
         x_all = self._design(table)
-        out = []
-        for i, (exp, item, keys) in enumerate(zip(table["experiment"], table["item"], _keys(table), strict=True)):
-            fitted = self.models_.get((exp, item))
-            if fitted is None:
-                out.append(fallback[i])
-                continue
-            model, n = fitted
-            probs = dict(zip(model.classes_, model.predict_proba(x_all.iloc[[i]])[0], strict=True))
-            # The regression's probabilities as n pseudo-counts, smoothed like the frequency baselines.
-            out.append(self._distribution({k: n * probs.get(k, 0.0) for k in keys}, keys))
+        keys_all = _keys(table)
+        where: dict[tuple[str, str], list[int]] = {}
+        for i, key in enumerate(zip(table["experiment"].tolist(), table["item"].tolist(), strict=True)):
+            if key in self.models_:
+                where.setdefault(key, []).append(i)
+        for key, rows in where.items():
+            model, n = self.models_[key]
+            # The item's rows encoded at once (imputing, scaling and one-hot encoding work value by value), the
+            # regression applied row by row: a matrix product over many rows may round differently in the last
+            # bit, and a row's probabilities should not depend on which rows it is predicted with.
+            encoded = model[:-1].transform(x_all.iloc[rows])
+            regression = model[-1]
+            for k, i in enumerate(rows):
+                probs = dict(zip(model.classes_, regression.predict_proba(encoded[k : k + 1])[0], strict=True))
+                keys = keys_all[i]
+                # The regression's probabilities as n pseudo-counts, smoothed like the frequency baselines.
+                out[i] = self._distribution({k: n * probs.get(k, 0.0) for k in keys}, keys)
         return out
 
 
