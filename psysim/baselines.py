@@ -272,8 +272,7 @@ class PersonAdjustedPopulation(_Baseline):
             counts = population.counts(exp, item)
             if minus_own:
                 # A training row's offset is the population without its own participant's choice on it.
-                counts = Counter(counts)
-                counts[choice] -= 1
+                counts = {k: counts.get(k, 0) - (k == choice) for k in keys}
             offsets[i, : len(keys)] = np.log(self._distribution(counts, keys))
             mine = set(names(keys)[keys.index(choice)]) if choice in keys else set()
             for j, pair in enumerate(names(keys)):
