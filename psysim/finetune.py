@@ -10,7 +10,7 @@ never saw. This module does that on the user's own experiment:
    held-out people.
 2. **Data**: each training participant's prompt under ``finetune.condition``
    (raw format; persona conditions train with the persona), tokenized as
-   scoring tokenizes it (:func:`psysim.scoring.encode`); labels are ``-100``
+   scoring tokenizes it (:func:`psysim.backends.forward.encode`); labels are ``-100``
    everywhere except the tokens of human responses, so the loss is the NLL of
    the responses only. Transcripts longer than ``max_length`` lose their
    oldest trials (persona and instructions kept).
@@ -123,7 +123,7 @@ def batch_loss(model, batch: list[tuple[list[int], list[int]]], pad_id: int, *, 
     against the plain ``model(...).logits`` loss):
 
     * Only the hidden states that predict a response token go through the
-      vocabulary projection (:func:`psysim.scoring.project`): a few dozen rows
+      vocabulary projection (:func:`psysim.backends.forward.project`): a few dozen rows
       per batch instead of batch × length × vocabulary logits and their gradients.
     * No attention mask: padding sits after every real token, and causal attention
       never reads what comes later, so the real positions are computed exactly as
@@ -132,7 +132,7 @@ def batch_loss(model, batch: list[tuple[list[int], list[int]]], pad_id: int, *, 
     """
     import torch
 
-    from .scoring import project
+    from .backends.forward import project
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft's LoRA layers live inside it
     device = next(model.parameters()).device

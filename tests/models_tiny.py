@@ -22,7 +22,7 @@ def tokenizer(merge_boundaries: bool = False, vocab_size: int = 400):
 
     With ``merge_boundaries`` the pre-tokenizer does not split at punctuation,
     so BPE learns tokens such as ``<<O`` that cross a response boundary: the
-    nasty case :func:`psysim.scoring.encode` must repair.
+    nasty case :func:`psysim.backends.forward.encode` must repair.
     """
     import tokenizers
     from tokenizers import decoders, models, pre_tokenizers, trainers

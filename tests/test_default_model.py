@@ -19,8 +19,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from psysim import models  # noqa: E402
+from psysim.backends.forward import reference_scores  # noqa: E402
 from psysim.run import COLUMNS  # noqa: E402
-from psysim.scoring import reference_scores  # noqa: E402
 
 NAME = "smollm2-135m-instruct"
 QUICKSTART = REPO / "experiments" / "quickstart.yaml"

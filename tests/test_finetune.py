@@ -59,8 +59,8 @@ def test_loss_is_the_mean_nll_of_response_tokens_only(ft, hf):
     import torch
 
     import psysim
+    from psysim.backends.forward import reference_scores
     from psysim.finetune import batch_loss, training_example
-    from psysim.scoring import reference_scores
 
     exp = psysim.load_experiment("experiment.yaml")
     tok = hf.tokenizer()

@@ -60,6 +60,7 @@ def test_shows_reads_the_readmes_elisions():
     assert shows(["abc def"], ["abc ..."]) and not shows(["abd"], ["abc ..."]) and not shows(["a", "b"], ["a"])
 
 
+@pytest.mark.journey
 def test_the_quickstart_prints_what_the_readme_shows(tmp_path, monkeypatch, run_cli):
     """The quickstart's commands as the README shows them, run in full (several minutes on 2 cores): validate,
     run, report and render print the README's lines, every number included (only the run's seconds differ from

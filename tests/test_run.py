@@ -537,7 +537,7 @@ def _requests(hf):
 
 def test_out_of_memory_halves_the_batch(hf, monkeypatch):
     """A batch that runs out of memory is halved until it fits; the results equal the unhalved run's."""
-    import psysim.scoring
+    import psysim.backends.forward
     from psysim.backends.hf import HFBackend
 
     tok = hf.tokenizer()
@@ -545,7 +545,7 @@ def test_out_of_memory_halves_the_batch(hf, monkeypatch):
     requests = _requests(hf)
     expected = backend.score(requests)
 
-    real, sizes = psysim.scoring.score_encoded, []
+    real, sizes = psysim.backends.forward.score_encoded, []
 
     def oom_above_one(model, batch, pad_id=0):
         sizes.append(len(batch))
@@ -553,7 +553,7 @@ def test_out_of_memory_halves_the_batch(hf, monkeypatch):
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(model, batch, pad_id)
 
-    monkeypatch.setattr(psysim.scoring, "score_encoded", oom_above_one)
+    monkeypatch.setattr(psysim.backends.forward, "score_encoded", oom_above_one)
     progress: list[int] = []
     got = backend.score(requests, progress=progress.append)
     assert sizes[0] == 6 and sizes.count(1) == 6  # one batch of six, halved down to single transcripts
@@ -574,7 +574,7 @@ def test_out_of_memory_halves_the_batch(hf, monkeypatch):
 )
 def test_errors_that_halving_cannot_fix_propagate(hf, monkeypatch, message, fail_single):
     """Out of memory on a single transcript, or any other RuntimeError, is raised as is (no endless halving)."""
-    import psysim.scoring
+    import psysim.backends.forward
     from psysim.backends.hf import HFBackend
 
     tok = hf.tokenizer()
@@ -585,7 +585,7 @@ def test_errors_that_halving_cannot_fix_propagate(hf, monkeypatch, message, fail
         sizes.append(len(batch))
         raise RuntimeError(message)
 
-    monkeypatch.setattr(psysim.scoring, "score_encoded", failing)
+    monkeypatch.setattr(psysim.backends.forward, "score_encoded", failing)
     with pytest.raises(RuntimeError, match=message):
         backend.score(_requests(hf)[:4])
     assert sizes == ([4, 2, 1] if fail_single else [4])

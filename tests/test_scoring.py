@@ -18,7 +18,7 @@ pytest.importorskip("transformers")
 import models_tiny  # noqa: E402
 
 from psysim.backends.encoding import TokenReader  # noqa: E402
-from psysim.scoring import ROWS, reference_scores, score_encoded  # noqa: E402
+from psysim.backends.forward import ROWS, reference_scores, score_encoded  # noqa: E402
 
 TEXTS = models_tiny.corpus(6)
 

@@ -166,7 +166,7 @@ def test_hf_simulation_is_exact_against_single_pass_scoring(gambles, run_cli, hf
 
     import psysim
     from psysim.backends.encoding import TokenReader
-    from psysim.scoring import score_encoded
+    from psysim.backends.forward import score_encoded
 
     save_tiny(gambles / "tiny-model", hf)
     t = simulate(run_cli, "--out", "out")
@@ -386,8 +386,8 @@ def test_chat_simulation_is_exact_against_scoring_the_finished_chat(gambles, run
 
     import psysim
     from psysim.backends.encoding import TokenReader
+    from psysim.backends.forward import score_encoded
     from psysim.chat import to_messages
-    from psysim.scoring import score_encoded
     from psysim.transcripts import Response, Transcript, parse_markup
 
     save_tiny(gambles / "tiny-model", hf)

@@ -3,7 +3,7 @@
 Loads from a local folder, a pulled registry model, or a ``.gguf`` file
 (transformers' GGUF support, through the ``gguf`` package), reads text with
 :class:`~psysim.backends.encoding.TokenReader` and scores with
-:mod:`psysim.scoring` (one forward pass per transcript, batches sorted by length).
+:mod:`psysim.backends.forward` (one forward pass per transcript, batches sorted by length).
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ class HFBackend(TokenizedBackend, Backend):
         """Score a batch; on out-of-memory, halve it and go on."""
         import torch
 
-        from ..scoring import score_encoded
+        from .forward import score_encoded
 
         try:
             return score_encoded(self.model, chunk, self.pad_id)

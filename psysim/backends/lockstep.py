@@ -195,7 +195,7 @@ class Group:
         import torch
         from transformers import DynamicCache
 
-        from ..scoring import cache_layers, decode
+        from .forward import cache_layers, decode
 
         fresh = [b for b, p in enumerate(plans) if p["start"] == 0 and p["pending"] > 0]
         if not fresh:
@@ -270,7 +270,7 @@ def options_pass(backend: HFBackend, sessions: Sequence[HFSession], options: Seq
     import torch
     from transformers import DynamicCache
 
-    from ..scoring import block_causal_mask, decode, project
+    from .forward import block_causal_mask, decode, project
 
     group = _group_of(backend, sessions)
     asked = {id(s): list(o) for s, o in zip(sessions, options, strict=True)}

@@ -7,7 +7,7 @@ the same tokens. Two kinds of engine request give every number:
 - **A response's log-probability** comes from one request per transcript with
   ``prompt_logprobs=0``: vLLM returns each prompt token's own log-probability
   (full-vocabulary log-softmax of the raw logits), and a response's is the sum
-  over its tokens, as in :mod:`psysim.scoring`.
+  over its tokens, as in :mod:`psysim.backends.forward`.
 - **An option's log-probability** (option + closing text, as ``hf`` scores it)
   comes from *next-token* requests: for every distinct token prefix of the
   trial's options, the text before the response plus that prefix, asking for
