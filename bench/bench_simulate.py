@@ -99,8 +99,18 @@ def main() -> None:
         return one(args)
 
     import numpy as np
+    import torch
+    import transformers
 
-    results = []
+    summary = {
+        "experiment": Path(args.experiment).name,
+        "items": args.items,
+        "machine": f"{platform.platform()}, {os.cpu_count()} CPUs",
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "results": [],
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for dtype in args.dtypes:
             reference = None
@@ -121,20 +131,9 @@ def main() -> None:
                 result["max_prob_difference"] = float(np.max(np.abs(probs - base_probs)))
                 result["same_responses"] = responses == base_responses
                 print(json.dumps(result), flush=True)
-                results.append(result)
-    import torch
-    import transformers
-
-    summary = {
-        "experiment": Path(args.experiment).name,
-        "items": args.items,
-        "machine": f"{platform.platform()}, {os.cpu_count()} CPUs",
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "results": results,
-    }
-    Path(args.out).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+                summary["results"].append(result)
+                # Written after every run, so that an interrupted benchmark keeps what it measured.
+                Path(args.out).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {args.out}")
 
 

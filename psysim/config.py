@@ -9,6 +9,7 @@ documented defaults listed in the schema's descriptions.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -622,26 +623,32 @@ def _either(suffixes: tuple[str, ...]) -> str:
     return " or ".join(suffixes) if len(suffixes) < 3 else ", ".join(suffixes[:-1]) + " or " + suffixes[-1]
 
 
+def _default(cls, name: str) -> Any:
+    """The default of ``cls``'s field ``name``: every default is written once, in its config class."""
+    spec = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return spec.default_factory() if spec.default is dataclasses.MISSING else spec.default
+
+
 def _finetune(f: dict[str, Any]) -> FinetuneConfig:
     lora = f.get("lora", {})
     split = f.get("split")
-    targets = lora.get("target_modules", "all-linear")
+    targets = lora.get("target_modules", _default(FinetuneConfig, "target_modules"))
     return FinetuneConfig(
         model=f.get("model"),
         condition=f.get("condition"),
-        split=(split["train"], split["validation"], split["test"]) if split else (0.7, 0.15, 0.15),
-        rank=lora.get("rank", 8),
-        alpha=float(lora.get("alpha", 16.0)),
-        dropout=float(lora.get("dropout", 0.05)),
+        split=(split["train"], split["validation"], split["test"]) if split else _default(FinetuneConfig, "split"),
+        rank=lora.get("rank", _default(FinetuneConfig, "rank")),
+        alpha=float(lora.get("alpha", _default(FinetuneConfig, "alpha"))),
+        dropout=float(lora.get("dropout", _default(FinetuneConfig, "dropout"))),
         target_modules=targets if isinstance(targets, str) else tuple(targets),
-        rslora=lora.get("rslora", False),
-        learning_rate=float(f.get("learning_rate", 2e-4)),
-        epochs=f.get("epochs", 3),
-        batch_size=f.get("batch_size", 4),
-        max_length=f.get("max_length", 2048),
-        patience=f.get("patience", 1),
-        gradient_checkpointing=f.get("gradient_checkpointing", True),
-        batch_tokens=f.get("batch_tokens", 1024),
+        rslora=lora.get("rslora", _default(FinetuneConfig, "rslora")),
+        learning_rate=float(f.get("learning_rate", _default(FinetuneConfig, "learning_rate"))),
+        epochs=f.get("epochs", _default(FinetuneConfig, "epochs")),
+        batch_size=f.get("batch_size", _default(FinetuneConfig, "batch_size")),
+        max_length=f.get("max_length", _default(FinetuneConfig, "max_length")),
+        patience=f.get("patience", _default(FinetuneConfig, "patience")),
+        gradient_checkpointing=f.get("gradient_checkpointing", _default(FinetuneConfig, "gradient_checkpointing")),
+        batch_tokens=f.get("batch_tokens", _default(FinetuneConfig, "batch_tokens")),
     )
 
 
@@ -649,31 +656,32 @@ def _study(d: dict[str, Any], path: Path, resolve, experiment_name: str) -> Data
     """One validated ``data`` entry (one file of a glob) as a :class:`DataConfig`."""
     cols = d.get("columns", {})
     opts = d.get("options")
-    item = d.get("item", "text")
+    declared = opts if isinstance(opts, dict) else {}  # options: {pattern | column, ...}
+    item = d.get("item", _default(DataConfig, "item_rule"))
     name = _study_name(d, path) or (experiment_name if d["format"] == "trials" else "")
     return DataConfig(
         format=d["format"],
         path=path,
         experiment=d.get("experiment") or (name if d["format"] == "trials" and "name" in d else None),
-        participant_column=cols.get("participant", "participant"),
-        trial_column=cols.get("trial", "trial"),
-        response_column=cols.get("response", "response"),
+        participant_column=cols.get("participant", _default(DataConfig, "participant_column")),
+        trial_column=cols.get("trial", _default(DataConfig, "trial_column")),
+        response_column=cols.get("response", _default(DataConfig, "response_column")),
         options=tuple(opts) if isinstance(opts, list) else None,
-        options_column=opts.get("column") if isinstance(opts, dict) else None,
-        options_sep=opts.get("sep", "|") if isinstance(opts, dict) else "|",
-        options_pattern=opts.get("pattern") if isinstance(opts, dict) else None,
-        options_from=opts.get("from", "trial") if isinstance(opts, dict) else "trial",
-        options_roles=tuple(opts.get("roles", ())) if isinstance(opts, dict) else (),
+        options_column=declared.get("column"),
+        options_sep=declared.get("sep", _default(DataConfig, "options_sep")),
+        options_pattern=declared.get("pattern"),
+        options_from=declared.get("from", _default(DataConfig, "options_from")),
+        options_roles=tuple(declared.get("roles", ())),
         pooled_options=opts == "pooled",
         item_rule=item if isinstance(item, str) else ("pattern" if "pattern" in item else "columns"),
         item_pattern=item.get("pattern") if isinstance(item, dict) else None,
         item_columns=tuple(item.get("columns", ())) if isinstance(item, dict) else (),
-        outside_options=d.get("outside_options", "error"),
+        outside_options=d.get("outside_options", _default(DataConfig, "outside_options")),
         templates={kind: resolve(value) for kind, value in d.get("templates", {}).items()},
-        separator=d.get("separator", "\n"),
+        separator=d.get("separator", _default(DataConfig, "separator")),
         items=resolve(d["items"]["path"]) if "items" in d else None,
-        items_key=d.get("items", {}).get("key", "item"),
-        layout=d.get("layout", "long"),
+        items_key=d.get("items", {}).get("key", _default(DataConfig, "items_key")),
+        layout=d.get("layout", _default(DataConfig, "layout")),
         name=name,
     )
 
@@ -725,10 +733,10 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
     cohort_cfg = CohortConfig(
         schema=resolve(c["schema"]),
         path=resolve(c["path"]) if "path" in c else None,
-        id_column=c.get("id", "participant"),
-        missing=tuple(c.get("missing", DEFAULT_MISSING)),
+        id_column=c.get("id", _default(CohortConfig, "id_column")),
+        missing=tuple(c.get("missing", _default(CohortConfig, "missing"))),
         sample=c.get("sample"),
-        unmatched=c.get("unmatched", "error"),
+        unmatched=c.get("unmatched", _default(CohortConfig, "unmatched")),
         generate=c.get("generate"),
         split=(resolve(c["split"]["file"]), c["split"]["part"]) if "split" in c else None,
     )
@@ -736,14 +744,14 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
         ModelConfig(
             name=m["name"],
             source=m.get("source", m["name"]),
-            backend=m.get("backend", "hf"),
-            formats=tuple(m.get("formats", ["raw"])),
+            backend=m.get("backend", _default(ModelConfig, "backend")),
+            formats=tuple(m.get("formats", _default(ModelConfig, "formats"))),
             chat_template=m.get("chat_template"),
-            dtype=m.get("dtype", "float32"),
-            device=m.get("device", "cpu"),
+            dtype=m.get("dtype", _default(ModelConfig, "dtype")),
+            device=m.get("device", _default(ModelConfig, "device")),
             adapter=m.get("adapter"),
-            trust_remote_code=m.get("trust_remote_code", False),
-            batch_tokens=m.get("batch_tokens", 8192),
+            trust_remote_code=m.get("trust_remote_code", _default(ModelConfig, "trust_remote_code")),
+            batch_tokens=m.get("batch_tokens", _default(ModelConfig, "batch_tokens")),
             vllm=tuple(sorted(m.get("vllm", {}).items())),
             index=i,
         )
@@ -769,22 +777,22 @@ def load_config(path: str | os.PathLike) -> ExperimentConfig:
         conditions=tuple(conditions),
         output=output,
         persona_format=persona_format,
-        context_policy=data.get("scoring", {}).get("context", "error"),
-        save_every=data.get("scoring", {}).get("save_every", 8),
+        context_policy=data.get("scoring", {}).get("context", _default(ExperimentConfig, "context_policy")),
+        save_every=data.get("scoring", {}).get("save_every", _default(ExperimentConfig, "save_every")),
         evaluation=EvaluationConfig(
-            baselines=tuple(ev.get("baselines", BASELINES)),
+            baselines=tuple(ev.get("baselines", _default(EvaluationConfig, "baselines"))),
             folds=None if ev.get("cross_validation", "leave_one_out") == "leave_one_out" else ev["cross_validation"],
-            bootstrap=ev.get("bootstrap", 10_000),
+            bootstrap=ev.get("bootstrap", _default(EvaluationConfig, "bootstrap")),
             post_training=tuple((p["base"], p["post_trained"]) for p in ev.get("post_training", [])),
             fine_tuning=tuple((p["base"], p["fine_tuned"]) for p in ev.get("fine_tuning", [])),
         ),
         simulation=SimulationConfig(
             n=data.get("simulation", {}).get("n"),
-            temperature=float(data.get("simulation", {}).get("temperature", 1.0)),
+            temperature=float(data.get("simulation", {}).get("temperature", _default(SimulationConfig, "temperature"))),
             design=data.get("simulation", {}).get("design"),
-            scale=data.get("simulation", {}).get("scale", "auto"),
-            batch_tokens=data.get("simulation", {}).get("batch_tokens", 32768),
-            format=data.get("simulation", {}).get("format", "raw"),
+            scale=data.get("simulation", {}).get("scale", _default(SimulationConfig, "scale")),
+            batch_tokens=data.get("simulation", {}).get("batch_tokens", _default(SimulationConfig, "batch_tokens")),
+            format=data.get("simulation", {}).get("format", _default(SimulationConfig, "format")),
         ),
         finetune=_finetune(data.get("finetune", {})),
         description=data.get("description", ""),

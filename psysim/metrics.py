@@ -22,6 +22,8 @@ from __future__ import annotations
 import itertools
 import math
 
+from .config import EvaluationConfig
+
 __all__ = [
     "CONDITION_KEYS",
     "compare_conditions",
@@ -132,7 +134,9 @@ def condition_metrics(trials):
     return table.reset_index()
 
 
-def compare_conditions(trials, before: str, after: str, *, measure: str = "nll", seed: int, n_boot: int = 10_000):
+def compare_conditions(
+    trials, before: str, after: str, *, measure: str = "nll", seed: int, n_boot: int = EvaluationConfig.bootstrap
+):
     """Paired comparison of two conditions per model × format: ``after − before`` of a measure.
 
     E.g. ``compare_conditions(trials, "no_persona", "persona", seed=...)`` is the
@@ -345,7 +349,7 @@ def population_comparison(
     return pd.DataFrame(rows, columns=[*columns, "measure", "distance", "floor", "floor_p95", "note"])
 
 
-def compare_models(trials, before: str, after: str, *, measure: str = "nll", seed: int, n_boot: int = 10_000):
+def compare_models(trials, before: str, after: str, *, measure: str = "nll", seed: int, n_boot: int = EvaluationConfig.bootstrap):
     """Paired comparison of two models per format × condition: ``after − before`` of a measure.
 
     E.g. a base model and the same model with a fine-tuned adapter, on the same

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from .baselines import LABELS as BASELINE_LABELS
+from .config import EvaluationConfig
 from .files import display_path
 from .metrics import CONDITION_KEYS, compare_conditions, compare_models, dropped_to_fit, post_training_d, response_metrics
 from .stats import MIN_PARTICIPANTS, Bootstrap, paired, verdict
@@ -124,7 +125,7 @@ def build_report(run: SavedRun | str | os.PathLike) -> Report | SimulationReport
         return build_simulation_report(run)
     man = run.manifest
     ev = man.get("evaluation", {})
-    seed, n_boot = int(man.get("seed", 0)), int(ev.get("bootstrap", 10_000))
+    seed, n_boot = int(man.get("seed", 0)), int(ev.get("bootstrap", EvaluationConfig.bootstrap))
     trials = response_metrics(run.trials)
     bl = response_metrics(run.baselines.assign(logprob=math.nan)) if len(run.baselines) else run.baselines
     units = pd.concat(
@@ -541,7 +542,7 @@ def _paragraphs(report: Report) -> list[str]:
         "NLL is the negative log-likelihood of each human response in nats (lower is better); option NLL renormalises "
         "over the options the response's own trial offered. Every comparison below is paired: the difference on exactly "
         "the responses both sides scored, with a 95% bootstrap interval over participants resampled within studies "
-        f"({man.get('evaluation', {}).get('bootstrap', 10_000):,} resamples, seed {man.get('seed')}); "
+        f"({man.get('evaluation', {}).get('bootstrap', EvaluationConfig.bootstrap):,} resamples, seed {man.get('seed')}); "
         f"with fewer than {MIN_PARTICIPANTS} participants an interval is shown but not called reliable."
     )
     comps = report.comparisons

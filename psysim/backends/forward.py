@@ -27,7 +27,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from .backends.encoding import Encoded, TokenReader
+from .encoding import Encoded, TokenReader
 
 __all__ = ["QUERIES", "ROWS", "reference_scores", "score_encoded"]
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..config import ModelConfig
 from ..errors import ModelError, Problem
 from ..transcripts import CLOSE
 from . import Backend, ResponseScore, ScoreRequest, ScoreResult, Session
@@ -69,7 +70,14 @@ class HFBackend(TokenizedBackend, Backend):
     """A transformers model and tokenizer behind the backend contract."""
 
     def __init__(
-        self, model, tokenizer, *, name: str, identity: dict[str, Any], batch_tokens: int = 8192, max_length: int | None = None
+        self,
+        model,
+        tokenizer,
+        *,
+        name: str,
+        identity: dict[str, Any],
+        batch_tokens: int = ModelConfig.batch_tokens,
+        max_length: int | None = None,
     ):
         self.model = model
         self.tokenizer = tokenizer
@@ -90,11 +98,11 @@ class HFBackend(TokenizedBackend, Backend):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         settings = {
-            "dtype": getattr(model_cfg, "dtype", "float32"),
-            "device": getattr(model_cfg, "device", "cpu"),
-            "adapter": getattr(model_cfg, "adapter", None),
-            "trust_remote_code": getattr(model_cfg, "trust_remote_code", False),
-            "batch_tokens": getattr(model_cfg, "batch_tokens", 8192),
+            "dtype": model_cfg.dtype,
+            "device": model_cfg.device,
+            "adapter": model_cfg.adapter,
+            "trust_remote_code": model_cfg.trust_remote_code,
+            "batch_tokens": model_cfg.batch_tokens,
         }
         settings.update({k: v for k, v in overrides.items() if v is not None})
         resolved = resolve(model_cfg.source, base)
