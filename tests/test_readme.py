@@ -80,7 +80,7 @@ def test_the_quickstart_prints_what_the_readme_shows(tmp_path, monkeypatch, run_
             args = [*args, "--out", "runs/quickstart", "-q"]  # the experiment's output, inside this test's folder
         r = run_cli(*args)
         assert r.exit_code == 0, r.stderr
-        printed = r.stdout.rstrip("\n").splitlines()
+        printed = [line.rstrip() for line in r.stdout.rstrip("\n").splitlines()]  # a page keeps no trailing blanks
         if args[0] == "run":  # the seconds it took are the machine's
             seconds = re.compile(r"\(\d+\.\d s\)$")
             printed[0], shown = seconds.sub("(T s)", printed[0]), [seconds.sub("(T s)", shown[0]), *shown[1:]]
