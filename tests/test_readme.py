@@ -70,17 +70,19 @@ def test_the_quickstart_prints_what_the_readme_shows(tmp_path, monkeypatch, run_
 
     if models.pulled_path("smollm2-135m-instruct") is None:
         pytest.skip("the default model is not pulled (psysim models pull smollm2-135m-instruct)")
-    for name in ("experiments", "participants", "prompts"):
-        (tmp_path / name).symlink_to(REPO / name)
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.chdir(REPO)  # paths print as the README shows them, relative to the repository
+    out = tmp_path / "quickstart"  # the run folder the README calls runs/quickstart
     commands = [(c.split()[1:], shown) for c, shown in console_commands("The quickstart")]
     assert [args[0] for args, _ in commands] == ["models", "validate", "run", "report", "render"]
     for args, shown in commands[1:]:
         if args[0] == "run":
-            args = [*args, "--out", "runs/quickstart", "-q"]  # the experiment's output, inside this test's folder
+            args = [*args, "--out", str(out), "-q"]
+        if args[0] == "report":
+            args = [args[0], str(out), *args[2:]]
         r = run_cli(*args)
         assert r.exit_code == 0, r.stderr
-        printed = [line.rstrip() for line in r.stdout.rstrip("\n").splitlines()]  # a page keeps no trailing blanks
+        # A page keeps no trailing blanks; the folder is the README's.
+        printed = [line.rstrip().replace(str(out), "runs/quickstart") for line in r.stdout.rstrip("\n").splitlines()]
         if args[0] == "run":  # the seconds it took are the machine's
             seconds = re.compile(r"\(\d+\.\d s\)$")
             printed[0], shown = seconds.sub("(T s)", printed[0]), [seconds.sub("(T s)", shown[0]), *shown[1:]]
