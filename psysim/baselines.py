@@ -42,6 +42,7 @@ from sklearn.base import BaseEstimator
 
 __all__ = [
     "LABELS",
+    "Baseline",
     "PersonAdjustedPopulation",
     "PopulationFrequency",
     "ProfileModel",
@@ -130,8 +131,10 @@ def expected_accuracy(probs, options, response) -> float:
     return (1.0 / len(best)) if response in best else 0.0
 
 
-class _Baseline(BaseEstimator):
-    """Shared pieces: smoothing, and counts turned into a distribution over a trial's option keys."""
+class Baseline(BaseEstimator):
+    """What every baseline shares, and the class a new one subclasses (docs/architecture.md): additive smoothing
+    (``alpha``) and counts turned into a distribution over a trial's option keys; subclasses ``fit`` on training
+    participants' rows and ``predict_proba`` per row over that row's options."""
 
     def __init__(self, alpha: float = 1.0):
         self.alpha = alpha
@@ -146,7 +149,7 @@ class _Baseline(BaseEstimator):
         return [w / total for w in weights]
 
 
-class UniformBaseline(_Baseline):
+class UniformBaseline(Baseline):
     """Chance: every option of a trial equally likely. Learns nothing (``alpha`` is ignored)."""
 
     def fit(self, table):
@@ -160,7 +163,7 @@ class UniformBaseline(_Baseline):
         return [[1.0 / len(o)] * len(o) for o in table["options"].tolist()]
 
 
-class PopulationFrequency(_Baseline):
+class PopulationFrequency(Baseline):
     """The population: choice frequencies of the training participants on the same item, else in the study.
 
     Choices are counted by key (an option's role where the study declares
@@ -197,7 +200,7 @@ class PopulationFrequency(_Baseline):
         ]
 
 
-class PersonAdjustedPopulation(_Baseline):
+class PersonAdjustedPopulation(Baseline):
     """The population on this item, adjusted by what this person did on their other trials.
 
     For an option ``o`` of a trial, ``P(o) ∝ P_pop(o | item) · exp(β · x_o)``: a
@@ -328,7 +331,7 @@ class PersonAdjustedPopulation(_Baseline):
         return [[float(v) for v in p[: len(k)]] for p, k in zip(probs, _keys(table), strict=True)]
 
 
-class ProfileModel(_Baseline):
+class ProfileModel(Baseline):
     """The non-LLM way to use a profile: per item, a multinomial logistic regression from profile to choice.
 
     Features are the table's ``profile.*`` columns: numbers standardised (a
@@ -454,7 +457,7 @@ def participant_folds(participants, folds: int | None, seed: int) -> dict[str, i
     return out
 
 
-def default_baselines(names=("uniform", "population", "profile", "individual")) -> dict[str, _Baseline]:
+def default_baselines(names=("uniform", "population", "profile", "individual")) -> dict[str, Baseline]:
     """Fresh baselines by name (the keys of :data:`LABELS`), with their default parameters."""
     make = {
         "uniform": UniformBaseline,
@@ -466,7 +469,7 @@ def default_baselines(names=("uniform", "population", "profile", "individual")) 
 
 
 def cross_validate(
-    table, baselines: dict[str, _Baseline] | None = None, *, folds: int | None = None, seed: int = 0, progress: bool = False
+    table, baselines: dict[str, Baseline] | None = None, *, folds: int | None = None, seed: int = 0, progress: bool = False
 ):
     """Cross-validated probabilities of each baseline for every response that has options.
 
