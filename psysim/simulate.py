@@ -413,15 +413,11 @@ def lock_step(
         while waiting and admits(total, sizes[waiting[0]], budget):
             total += sizes[waiting[0]]
             active.append(waiting.popleft())
-        for i in [i for i in active if walks[i].done]:  # nothing to ask (no trials left)
-            active.remove(i)
-            total -= sizes[i]
-            yield i
-        if not active:
-            continue
-        options = [walks[i].ask() for i in active]
-        for i, lps in zip(active, backend.options_batch([walks[i].session for i in active], options), strict=True):
-            walks[i].answer(lps)
+        asking = [i for i in active if not walks[i].done]  # a walk may have no trials left from the start
+        if asking:
+            options = [walks[i].ask() for i in asking]
+            for i, lps in zip(asking, backend.options_batch([walks[i].session for i in asking], options), strict=True):
+                walks[i].answer(lps)
         for i in [i for i in active if walks[i].done]:
             walks[i].session.close()
             active.remove(i)

@@ -135,7 +135,6 @@ class Group:
                 rows = max(rows, math.ceil(have_rows * GROWTH))
             if columns > have_cols:
                 columns = max(columns, math.ceil(have_cols * GROWTH))
-            rows, columns = max(rows, have_rows), max(columns, have_cols)
         keys = k.new_zeros((rows, k.shape[1], columns, k.shape[3]))
         values = v.new_zeros((rows, v.shape[1], columns, v.shape[3]))
         if old is not None:  # what the rows hold so far (columns past the longest row are stale)
@@ -202,8 +201,9 @@ class Group:
             return
         reads = [plans[b]["feed"][: plans[b]["pending"]] for b in fresh]
         common = _common(reads)
-        if self.prefix is not None and _common([self.prefix[0], *reads]) >= SHARED_PREFIX:
-            common = _common([self.prefix[0], *reads])
+        remembered = _common([self.prefix[0], *reads]) if self.prefix is not None else 0
+        if remembered >= SHARED_PREFIX:
+            common = remembered
         elif len(fresh) >= 2 and common >= SHARED_PREFIX:
             model = self.backend.model
             device = next(model.parameters()).device
