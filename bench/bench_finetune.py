@@ -2,7 +2,8 @@
 
 Measured in one run, each method in its own fresh subprocess (so peak memory
 is its own), on the same batch of thoma2025riskychoice participants
-(``experiments/finetune.yaml``'s rendering), LoRA on all linear layers:
+(``experiments/finetune.yaml``'s rendering), with that file's LoRA settings
+(rank 8 on all linear layers, no dropout):
 
 * ``naive``  — ``model(input_ids, attention_mask).logits`` at every position,
                shifted cross-entropy where a label is a response token (the
@@ -11,18 +12,27 @@ is its own), on the same batch of thoma2025riskychoice participants
                no attention mask for the right-padded batch (causal attention
                never reads the padding), the vocabulary projection only where a
                response token is predicted;
-* ``psysim`` — as shipped: the same loss through :func:`psysim.finetune.accumulate`
+* ``psysim-ckpt`` — the same loss through :func:`psysim.finetune.accumulate`
                in parts of at most ``finetune.batch_tokens`` (1024) tokens, with
-               gradient checkpointing (``finetune.gradient_checkpointing``).
+               gradient checkpointing (the shipped step until run 3);
+* ``psysim-dropout`` — as shipped but with dropout 0.05 on the adapters'
+               inputs (the default until run 4);
+* ``psysim`` — as shipped: parts of at most ``finetune.batch_tokens`` tokens,
+               checkpointing as ``finetune.gradient_checkpointing`` says (off by
+               default: the parts already bound memory).
 
 All give the same loss (printed). Reported: seconds per step (median of
 ``--steps``), peak resident memory of the process and what the step added on
 top of the loaded model, and the step's FLOP bound: the matrix products a
-step cannot avoid (2 FLOPs per weight per token forward, as many again for the
-gradients with respect to the inputs that the adapters need; the frozen
-weights need no weight gradients, and checkpointing's recomputed forward is
-counted against the method) divided by this machine's float32 matrix-product rate, measured in
-the same process (2048 × 2048 ``torch.mm``).
+step cannot avoid, divided by this machine's float32 matrix-product rate,
+measured in the same process (2048 × 2048 ``torch.mm``): 2 FLOPs per weight per
+token forward and as many again for the gradients with respect to the inputs
+that the adapters need (the frozen weights need no weight gradients), and the
+attention products, which no method avoids either (``QKᵀ`` and ``PV`` forward,
+four products of the same size backward, each over the causal half: 6·L²·d per
+layer for an example of L tokens and attention width d). Checkpointing's
+recomputed forward is counted against the method. ``flop_bound_seconds_weights``
+is the older bound without the attention products (runs 1–3 of BENCHMARKS.md).
 
     .venv/bin/python bench/bench_finetune.py [--batch 4] [--steps 3]
 """
@@ -30,6 +40,7 @@ the same process (2048 × 2048 ``torch.mm``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import statistics
@@ -43,12 +54,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 def step(method: str, batch: int, steps: int) -> dict:
     import torch
-    from peft import LoraConfig
 
     import psysim
     from psysim.backends import get_backend
-    from psysim.config import FinetuneConfig
-    from psysim.finetune import accumulate, batch_loss, lora_model, training_example
+    from psysim.finetune import accumulate, batch_loss, lora_config, lora_model, training_example
 
     exp = psysim.load_experiment(REPO / "experiments" / "finetune.yaml")
     backend = get_backend(exp.model(None), exp.config.folder)
@@ -56,8 +65,12 @@ def step(method: str, batch: int, steps: int) -> dict:
     prompts = [exp.render(pid, "no_persona") for pid in exp.participants[:batch]]
     examples = [training_example(tok, p.text, p.spans) for p in prompts]
     torch.manual_seed(0)
-    lora = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear")
-    model = lora_model(backend.model, lora, gradient_checkpointing=method == "psysim")
+    ft = exp.config.finetune  # the experiment's LoRA settings, as psysim finetune builds them
+    if method == "psysim-dropout":
+        ft = dataclasses.replace(ft, dropout=0.05)
+    lora = lora_config(ft)
+    checkpointing = method == "psysim-ckpt" or (method in ("psysim", "psysim-dropout") and ft.gradient_checkpointing)
+    model = lora_model(backend.model, lora, gradient_checkpointing=checkpointing)
     model.train()
     loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
@@ -84,7 +97,7 @@ def step(method: str, batch: int, steps: int) -> dict:
     elif method == "psysim-nockpt":
         run_step = plain(lambda b: batch_loss(model, b, backend.pad_id))
     else:
-        run_step = lambda b: accumulate(model, b, backend.pad_id, FinetuneConfig.batch_tokens)  # noqa: E731
+        run_step = lambda b: accumulate(model, b, backend.pad_id, ft.batch_tokens)  # noqa: E731
     times, losses = [], []
     for _ in range(steps):
         model.zero_grad()
@@ -96,7 +109,11 @@ def step(method: str, batch: int, steps: int) -> dict:
     # The step's unavoidable matrix products, and how fast this machine does them.
     weights = sum(p.numel() for n, p in backend.model.named_parameters() if "embed" not in n and "lora" not in n)
     tokens = sum(len(ids) for ids, _ in examples)
-    flops = 2 * weights * tokens * 2  # forward + the input gradients (checkpointing's recomputation is on top)
+    flops_weights = 2 * weights * tokens * 2  # forward + the input gradients (checkpointing's recomputation is on top)
+    config = backend.model.config
+    width = config.num_attention_heads * getattr(config, "head_dim", config.hidden_size // config.num_attention_heads)
+    flops_attention = sum(6 * len(ids) ** 2 * width * config.num_hidden_layers for ids, _ in examples)
+    flops = flops_weights + flops_attention
     a = torch.randn(2048, 2048)
     torch.mm(a, a)
     started = time.perf_counter()
@@ -112,8 +129,11 @@ def step(method: str, batch: int, steps: int) -> dict:
         "loss": round(losses[0], 6),
         "threads": torch.get_num_threads(),
         "matmul_gflops": round(rate / 1e9),
+        "checkpointing": checkpointing,
         "flop_bound_seconds": round(flops / rate, 2),
+        "flop_bound_seconds_weights": round(flops_weights / rate, 2),
         "times_the_bound": round(statistics.median(times) / (flops / rate), 2),
+        "times_the_weights_bound": round(statistics.median(times) / (flops_weights / rate), 2),
     }
 
 
@@ -127,11 +147,11 @@ def main() -> None:
         print(json.dumps(step(args.method, args.batch, args.steps)))
         return
     results = []
-    for method in ("naive", "psysim-nockpt", "psysim"):
+    for method in ("naive", "psysim-nockpt", "psysim-ckpt", "psysim-dropout", "psysim"):
         cmd = [sys.executable, __file__, "--method", method, "--batch", str(args.batch), "--steps", str(args.steps)]
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         results.append(json.loads(out.strip().splitlines()[-1]))
-    naive, _, ours = results
+    naive, *_, ours = results
     print(json.dumps(results, indent=2))
     print(
         f"speed-up {naive['seconds_per_step'] / ours['seconds_per_step']:.1f}x, "

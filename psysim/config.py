@@ -210,7 +210,9 @@ class FinetuneConfig:
     split: tuple[float, float, float] = (0.7, 0.15, 0.15)
     rank: int = 8
     alpha: float = 16.0
-    dropout: float = 0.05
+    #: peft's default. Dropout on the adapters' inputs drew a random mask per adapted layer per step, 16% of a CPU
+    #: step, and kept a masked copy of every layer's input for the backward pass (bench/bench_finetune.py).
+    dropout: float = 0.0
     target_modules: str | tuple[str, ...] = "all-linear"
     rslora: bool = False
     learning_rate: float = 2e-4
@@ -218,8 +220,9 @@ class FinetuneConfig:
     batch_size: int = 4
     max_length: int = 2048
     patience: int = 1
-    #: Recompute each layer's activations in the backward pass instead of keeping them: several times less memory.
-    gradient_checkpointing: bool = True
+    #: Recompute each layer's activations in the backward pass instead of keeping them: several times less memory for
+    #: ~1.4× the time. Off by default: parts of ``batch_tokens`` already bound a step's memory (bench/bench_finetune.py).
+    gradient_checkpointing: bool = False
     #: A batch is computed in parts of at most this many (padded) tokens, gradients accumulated: memory follows it.
     batch_tokens: int = 1024
 

@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .config import FinetuneConfig
 from .errors import ConfigError, Problem, PsysimError
 from .experiment import Experiment
 from .files import display_path
@@ -100,7 +101,21 @@ def training_example(tokenizer, text: str, spans, add_special_tokens: bool = Tru
     return enc.ids, labels
 
 
-def lora_model(base_model, lora, gradient_checkpointing: bool = True):
+def lora_config(ft: FinetuneConfig):
+    """peft's ``LoraConfig`` for ``finetune:``'s settings (the one place they are translated)."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=ft.rank,
+        lora_alpha=ft.alpha,
+        lora_dropout=ft.dropout,
+        target_modules=ft.target_modules if isinstance(ft.target_modules, str) else list(ft.target_modules),
+        use_rslora=ft.rslora,
+        task_type="CAUSAL_LM",
+    )
+
+
+def lora_model(base_model, lora, gradient_checkpointing: bool = False):
     """The base model with a fresh LoRA adapter (peft), checkpointing each layer's activations when asked."""
     from peft import get_peft_model
 
@@ -268,20 +283,12 @@ def finetune_experiment(
     }
     examples = [training_example(tok, p.text, p.spans) for p in prompts["train"]]
 
-    from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
     torch.manual_seed(cfg.seed)
     base_test_nll = state["base_test_nll"] if state else _nll(backend, prompts["test"])
     base_val_nll = state["curve"][0]["validation_nll"] if state else _nll(backend, prompts["validation"])
-    lora = LoraConfig(
-        r=ft.rank,
-        lora_alpha=ft.alpha,
-        lora_dropout=ft.dropout,
-        target_modules=ft.target_modules if isinstance(ft.target_modules, str) else list(ft.target_modules),
-        use_rslora=ft.rslora,
-        task_type="CAUSAL_LM",
-    )
-    model = lora_model(backend.model, lora, ft.gradient_checkpointing)
+    model = lora_model(backend.model, lora_config(ft), ft.gradient_checkpointing)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=ft.learning_rate)
     curve = state["curve"] if state else [{"epoch": 0, "train_loss": None, "validation_nll": base_val_nll}]
     epoch, step = (state["epoch"], state["step"]) if state else (1, 0)
