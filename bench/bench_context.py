@@ -34,7 +34,7 @@ def main() -> None:
     import psysim
     from psysim.backends import encoding
     from psysim.context import drop_oldest_to_fit
-    from psysim.models import resolve
+    from psysim.registry import resolve
 
     exp = psysim.load_experiment(REPO / "experiments" / "psych201.yaml")
     folder = resolve("smollm2-135m-instruct", REPO).path

@@ -66,11 +66,11 @@ def worker(kind: str, n: int, threads: int) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from psysim import models
+    from psysim import registry
     from psysim.backends.hf import HFBackend
 
     torch.set_num_threads(threads)
-    folder = models.pulled_path("smollm2-135m-instruct")
+    folder = registry.pulled_path("smollm2-135m-instruct")
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(folder)
     reqs = requests(kind, n)

@@ -63,7 +63,7 @@ SHAPES = {
 
 def tokenizer(vocab: int):
     """SmolLM2's tokenizer where the default model is pulled; else a byte-level BPE trained here on the shipped study."""
-    from psysim.models import pulled_path
+    from psysim.registry import pulled_path
 
     folder = pulled_path("smollm2-135m-instruct")
     if folder is not None and vocab >= 49152:

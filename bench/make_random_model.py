@@ -68,7 +68,7 @@ def main() -> None:
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from psysim.models import pulled_path
+    from psysim.registry import pulled_path
 
     config_class, kwargs = ARCHITECTURES[name]
     config = getattr(transformers, config_class)(**kwargs)

@@ -496,7 +496,7 @@ def _size(n: int) -> str:
 @models.command("list")
 def models_list() -> None:
     """List the registry: post-trained or base, sources, and whether each model is pulled."""
-    from . import models as registry
+    from . import registry
 
     rows = [("name", "post-trained", "base", "sources", "pulled")]
     for e in registry.REGISTRY.values():
@@ -525,7 +525,8 @@ def models_pull(name: str, source: str | None) -> None:
     """Download registry model NAME once into the cache, so that it runs offline."""
     import time
 
-    from . import models as registry
+    from . import registry
+    from .pull import pull
 
     start = time.monotonic()
     registry.get(name)  # an unknown name fails here, before anything is printed
@@ -539,7 +540,7 @@ def models_pull(name: str, source: str | None) -> None:
         click.echo(f"[{time.monotonic() - start:5.1f} s] {message}", err=True)
 
     say(f"pulling {name}")
-    folder = registry.pull(name, progress=say, source=source)
+    folder = pull(name, progress=say, source=source)
     click.echo(f"pulled {name} in {time.monotonic() - start:.1f} s: {folder} ({_size(registry.folder_size(folder))})")
 
 

@@ -147,7 +147,7 @@ def token_counter(model, base: Path) -> tuple[TokenCounter | None, str]:
     """
     if model.backend == "mock":
         return None, "the mock backend has no context limit"
-    from .models import resolve
+    from .registry import resolve
 
     try:
         resolved = resolve(model.source, base)

@@ -705,7 +705,7 @@ def chat_template_for(model: ModelConfig, base: Path) -> ChatTemplate:
             raise ModelError(exc.args[0]) from None
     source = Path(base, os.path.expanduser(model.source))
     if not source.exists():
-        from .models import resolve
+        from .registry import resolve
 
         try:  # a registry name or hub id that has been pulled: its folder has the template
             source = resolve(model.source, base).path

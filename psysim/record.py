@@ -44,7 +44,7 @@ def now(t: float) -> str:
 
 def inputs(exp: Experiment) -> dict[str, str]:
     """sha256 of every input file the run reads (data, profiles, schema, templates), by their YAML key."""
-    from .models import file_sha256
+    from .registry import file_sha256
 
     cfg = exp.config
     files = {"cohort.schema": cfg.cohort.schema}

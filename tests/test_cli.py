@@ -10,7 +10,7 @@ import sys
 from conftest import REPO
 
 import psysim
-from psysim import models
+from psysim import registry
 
 QUICKSTART = REPO / "experiments" / "quickstart.yaml"
 THOMA = REPO / "participants" / "thoma2025riskychoice" / "prompts.jsonl"
@@ -50,7 +50,7 @@ def test_quickstart_validates_with_exact_summary(run_cli, monkeypatch):
         "  output       runs/quickstart",
         # With the default model pulled, its tokenizer counts every prompt against its context.
         "  context      smollm2-135m-instruct (raw): all 150 transcripts fit its context"
-        if models.pulled_path("smollm2-135m-instruct")
+        if registry.pulled_path("smollm2-135m-instruct")
         else "  context      smollm2-135m-instruct: not checked (model smollm2-135m-instruct is not pulled; "
         "run `psysim models pull smollm2-135m-instruct`)",
     ]

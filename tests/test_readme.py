@@ -66,9 +66,9 @@ def test_the_quickstart_prints_what_the_readme_shows(tmp_path, monkeypatch, run_
     run, report and render print the README's lines, every number included (only the run's seconds differ from
     machine to machine)."""
     pytest.importorskip("torch")
-    from psysim import models
+    from psysim import registry
 
-    if models.pulled_path("smollm2-135m-instruct") is None:
+    if registry.pulled_path("smollm2-135m-instruct") is None:
         pytest.skip("the default model is not pulled (psysim models pull smollm2-135m-instruct)")
     monkeypatch.chdir(REPO)  # paths print as the README shows them, relative to the repository
     out = tmp_path / "quickstart"  # the run folder the README calls runs/quickstart
@@ -91,9 +91,9 @@ def test_the_quickstart_prints_what_the_readme_shows(tmp_path, monkeypatch, run_
 
 def _api_setup(tmp_path, monkeypatch) -> list[str]:
     pytest.importorskip("torch")
-    from psysim import models
+    from psysim import registry
 
-    if models.pulled_path("smollm2-135m-instruct") is None:
+    if registry.pulled_path("smollm2-135m-instruct") is None:
         pytest.skip("the default model is not pulled (psysim models pull smollm2-135m-instruct)")
     blocks = python_blocks()
     assert len(blocks) == 3 and "finetune_experiment" in blocks[2]  # the third (fine-tuning) is documented, not run

@@ -497,7 +497,7 @@ def test_adapter_for_another_base_model(toy, run_cli, hf, adapter):
 def test_adapter_for_the_same_base_reloads_exactly(toy, run_cli, hf, adapter):
     """A matching adapter loads, changes the scores, equals the in-memory adapted model, and is deterministic."""
     from psysim.experiment import load_experiment
-    from psysim.models import file_sha256
+    from psysim.registry import file_sha256
 
     two_models = "  - name: base\n    source: base-model\n  - name: tuned\n    source: base-model\n    adapter: adapter\n"
     hf_experiment(toy, models=two_models)

@@ -113,7 +113,7 @@ def test_an_adapter_is_merged_once_and_scores_as_hf_applies_it(folder, tmp_path)
         # Asked again (as the next run's backend asks, without starting an engine): the same folder, not merged again.
         stamp = (merged / "psysim-merged.json").stat().st_mtime_ns
         ask = (
-            "import sys; from pathlib import Path; from psysim.backends.vllm import merged_model; from psysim.models import "
+            "import sys; from pathlib import Path; from psysim.backends.vllm import merged_model; from psysim.registry import "
             "resolve; print(merged_model(resolve('smollm2-135m-instruct'), Path(sys.argv[1]), 'm')[0])"
         )
         again = subprocess.run([str(PYTHON), "-c", ask, str(tmp_path / "adapter")], capture_output=True, text=True, timeout=300)

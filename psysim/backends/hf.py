@@ -90,7 +90,7 @@ class HFBackend(TokenizedBackend, Backend):
     @classmethod
     def from_config(cls, model_cfg, base: Path, **overrides) -> HFBackend:
         """Load the model of a ``models:`` entry (dtype, device, adapter, trust_remote_code from the entry)."""
-        from ..models import resolve
+        from ..registry import resolve
 
         _require("torch", "torch (the CPU build: see README, Installing)")
         _require("transformers", "transformers")
@@ -217,7 +217,7 @@ def load_adapter(model, folder: Path, name: str):
             f"model {name!r}: the adapter in {folder} does not fit this base model",
             [Problem(f"the adapter was trained on {config.get('base_model_name_or_path')!r}; {_first_useful_line(exc)}")],
         ) from None
-    from ..models import file_sha256
+    from ..registry import file_sha256
 
     weights = next((p for p in (folder / "adapter_model.safetensors", folder / "adapter_model.bin") if p.is_file()), None)
     identity = {

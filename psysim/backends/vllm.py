@@ -127,7 +127,7 @@ class VLLMBackend(TokenizedBackend, Backend):
     @classmethod
     def from_config(cls, model_cfg, base: Path, **overrides) -> VLLMBackend:
         """Start the engine of a ``models:`` entry (its ``vllm:`` settings, dtype and adapter)."""
-        from ..models import resolve
+        from ..registry import resolve
 
         if not available():
             raise ModelError(f"model {model_cfg.name!r} has backend: vllm, but vLLM is not installed here: {INSTALL}")
@@ -312,7 +312,7 @@ def merged_model(resolved, adapter: Path, name: str) -> tuple[Path, dict[str, An
     """
     import hashlib
 
-    from ..models import cache_dir, file_sha256
+    from ..registry import cache_dir, file_sha256
     from .hf import load_adapter
 
     weights = next((p for p in (adapter / "adapter_model.safetensors", adapter / "adapter_model.bin") if p.is_file()), None)
