@@ -33,8 +33,8 @@ def main() -> None:
 
     import psysim
     from psysim.backends import encoding
-    from psysim.context import drop_oldest_to_fit
     from psysim.registry import resolve
+    from psysim.render.context import drop_oldest_to_fit
 
     exp = psysim.load_experiment(REPO / "experiments" / "psych201.yaml")
     folder = resolve("smollm2-135m-instruct", REPO).path

@@ -35,7 +35,7 @@ LIKERT = ("strongly agree", "agree", "neutral", "disagree", "strongly disagree")
 
 def requests(kind: str, n: int):
     from psysim.backends import ScoreRequest
-    from psysim.transcripts import read_psych201
+    from psysim.data.transcripts import read_psych201
 
     out = []
     if kind == "busch":

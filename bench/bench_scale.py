@@ -86,7 +86,7 @@ def tokenizer(vocab: int):
 
 def transcripts(n: int, concat: int) -> list[tuple[str, list[tuple[int, int]]]]:
     """``n`` participants' transcripts, each ``concat`` shipped transcripts in a row (responses' spans shifted)."""
-    from psysim.transcripts import read_psych201
+    from psysim.data.transcripts import read_psych201
 
     records = read_psych201(REPO / "participants" / "thoma2025riskychoice" / "prompts.jsonl")
     out = []

@@ -44,7 +44,7 @@ SHARED = REPO.parent / "shared" / "data" / "psych201"
 
 
 def load_texts(study: str, n: int) -> list[tuple[str, list[tuple[int, int]]]]:
-    from psysim.transcripts import read_psych201
+    from psysim.data.transcripts import read_psych201
 
     local = REPO / "participants" / study / "prompts.jsonl"
     path = local if local.exists() else SHARED / study / "prompts.jsonl"

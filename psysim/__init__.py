@@ -8,15 +8,15 @@ The public API, in reading order::
     psysim.run_experiment(exp)                                     # score it: trials.parquet
 """
 
-from .chat import ChatTemplate, to_messages
 from .config import ExperimentConfig, load_config
+from .data.transcripts import Response, Transcript, parse_markup, read_psych201
+from .data.trials import StructuredTask
 from .errors import ConfigError, DataError, ModelError, Problem, PsysimError, TemplateError
 from .experiment import Experiment, Prompt, Summary, load_experiment
 from .participants import Cohort, Profile, ProfileSchema, load_cohort
-from .prompts import derangement, render_persona
+from .render.chat import ChatTemplate, to_messages
+from .render.persona import derangement, render_persona
 from .run import RunResult, run_experiment
-from .transcripts import Response, Transcript, parse_markup, read_psych201
-from .trials import StructuredTask
 
 __version__ = "0.2.0"
 

@@ -89,10 +89,10 @@ def validate(experiment: Path) -> None:
     once; exit code 2 if any.
     """
     from .backends import engine_problems
-    from .context import check_context
     from .errors import ConfigError, raise_if
     from .experiment import load_experiment
     from .files import display_path
+    from .render.context import check_context
 
     exp = load_experiment(experiment)
     raise_if(engine_problems(exp.config), ConfigError, f"{display_path(exp.config.path)} names an engine that is not installed")
@@ -136,9 +136,9 @@ def render(
     shown is the shortened one the model reads, and the header says how many
     trials were dropped.
     """
-    from .context import fit_prompt, token_counter
     from .errors import ModelError
     from .experiment import load_experiment
+    from .render.context import fit_prompt, token_counter
 
     exp = load_experiment(experiment)
     scorable = [p for p in exp.participants if p in exp.transcripts]
@@ -472,7 +472,7 @@ def finetune(experiment: Path, out: Path | None, quiet: bool, restart: bool, kee
 @cli.command()
 def templates() -> None:
     """List the built-in persona and chat templates."""
-    from .prompts import builtin_templates
+    from .templating import builtin_templates
 
     for kind in ("persona", "chat"):
         click.echo(click.style(f"{kind} templates", bold=True))

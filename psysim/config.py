@@ -59,7 +59,7 @@ class DataConfig:
 
     The option rule (``options``) says what each trial offered; the item rule
     (``item``) says which stimulus participants shared. Both are applied by
-    :mod:`psysim.studies`, the one home of those definitions.
+    :mod:`psysim.data.studies`, the one home of those definitions.
     """
 
     format: str
@@ -220,9 +220,9 @@ class FinetuneConfig:
     batch_size: int = 4
     max_length: int = 2048
     patience: int = 1
-    #: Recompute each layer's activations in the backward pass instead of keeping them: several times less memory for
-    #: ~1.4× the time. Off by default: parts of ``batch_tokens`` already bound a step's memory (bench/bench_finetune.py).
-    gradient_checkpointing: bool = False
+    #: Recompute each layer's activations in the backward pass instead of keeping them: the finetune quickstart peaks at
+    #: 1.7 GB instead of 3.7 GB, for ~1.4× the time of a step (bench/bench_finetune.py, BENCHMARKS.md).
+    gradient_checkpointing: bool = True
     #: A batch is computed in parts of at most this many (padded) tokens, gradients accumulated: memory follows it.
     batch_tokens: int = 1024
 

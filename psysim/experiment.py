@@ -22,55 +22,19 @@ import statistics
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .chat import ChatTemplate, to_messages
 from .config import ConditionConfig, ExperimentConfig, ModelConfig, load_config
+from .data.studies import StudyProfile, apply_rules, pooled_options, profile_study
+from .data.transcripts import CLOSE, OPEN, Transcript, read_psych201
+from .data.trials import StructuredTask
 from .errors import DataError, ModelError, Problem, PsysimError, TemplateError, raise_if
 from .files import Location, display_path
 from .participants import Cohort, Profile, ProfileSchema, cohort_from_records, load_cohort
-from .prompts import PERSONA_NAMES, Template, derangement, load_template, render_persona, resolve_template
-from .studies import StudyProfile, apply_rules, pooled_options, profile_study
-from .transcripts import CLOSE, OPEN, Transcript, read_psych201
-from .trials import StructuredTask
+from .render.chat import ChatTemplate, chat_template_for
+from .render.persona import PERSONA_NAMES, derangement, render_persona
+from .render.prompt import Prompt, assemble
+from .templating import Template, load_template, resolve_template
 
 __all__ = ["Experiment", "Prompt", "Summary", "load_experiment"]
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """Exactly what a model reads for one participant under one condition and format.
-
-    ``spans[i]`` is the character span of response ``i`` in ``text`` (its content,
-    without delimiters); ``responses[i]`` is that response's text.
-    ``persona_of`` names the participant whose profile conditions the prompt
-    (``None`` for ``no_persona``; another participant for ``shuffled_persona``).
-    """
-
-    participant: str
-    experiment: str
-    condition: str
-    format: str
-    text: str
-    spans: tuple[tuple[int, int], ...]
-    responses: tuple[str, ...]
-    persona: str = ""
-    persona_of: str | None = None
-    #: The index of each response in the participant's full transcript (differs after drop_oldest).
-    indices: tuple[int, ...] = ()
-    #: The options offered with each response, where known.
-    options: tuple[tuple[str, ...] | None, ...] = ()
-    #: The text that ends each response in this format (``>>`` raw; the chat template's end of turn), scored after options.
-    closers: tuple[str, ...] = ()
-    #: Per response: left out of scoring by its study's rules (read as context only), e.g. outside its trial's options.
-    excluded: tuple[bool, ...] = ()
-
-    def marked(self, left: str = "⟦", right: str = "⟧") -> str:
-        """The text with every response span wrapped in ``left``/``right`` (for reading, not for models)."""
-        out, pos = [], 0
-        for s, e in self.spans:
-            out += [self.text[pos:s], left, self.text[s:e], right]
-            pos = e
-        out.append(self.text[pos:])
-        return "".join(out)
 
 
 @dataclass
@@ -303,7 +267,7 @@ class Experiment:
         return [display_path(s.path) for s in self.config.studies]
 
     def _apply_study_rules(self) -> None:
-        """Every response's options, roles and item from its study's rules (:mod:`psysim.studies`); all problems at once."""
+        """Every response's options, roles and item from its study's rules (:mod:`psysim.data.studies`); all problems at once."""
         by_study: dict[str, list[str]] = {}
         for pid in self.transcripts:
             by_study.setdefault(self._experiment_of(pid), []).append(pid)
@@ -552,38 +516,15 @@ class Experiment:
         """
         transcript = self.transcript(participant).without_first(drop_oldest)
         persona, source = self.persona(participant, condition)
-        responses = tuple(r.text for r in transcript.responses)
-        if format == "raw":
-            shift = len(persona)
-            spans = tuple((r.start + shift, r.end + shift) for r in transcript.responses)
-            text = persona + transcript.text
-            closers = (CLOSE,) * len(spans)
-        elif format == "chat":
+        chat_template = None
+        if format == "chat":
             m = self.model(model)
             if m.name not in self.chat_templates:
                 raise PsysimError(
                     f"model {m.name!r} has no chat template here; add 'chat' to its formats or set its chat_template"
                 )
-            rendering = self.chat_templates[m.name].render(to_messages(transcript, persona), where=f"participant {participant}")
-            text, spans = rendering.text, tuple(rendering.spans)
-            closers = (self.chat_templates[m.name].closer,) * len(spans)
-        else:
-            raise PsysimError(f"unknown format {format!r}; expected raw or chat")
-        return Prompt(
-            participant,
-            transcript.experiment,
-            condition,
-            format,
-            text,
-            spans,
-            responses,
-            persona,
-            source,
-            indices=tuple(r.index for r in transcript.responses),
-            options=tuple(r.options for r in transcript.responses),
-            closers=closers,
-            excluded=tuple(r.excluded is not None for r in transcript.responses),
-        )
+            chat_template = self.chat_templates[m.name]
+        return assemble(participant, condition, format, transcript, persona, source, chat_template)
 
     def prompts(self, condition: str, *, format: str = "raw", model: str | None = None):
         """Prompts of every scorable participant under ``condition``, in cohort order."""
@@ -689,75 +630,6 @@ def _stem(path: Path) -> str:
 
 def _examples(ids: list[str], most: int = 5) -> str:
     return ", ".join(ids[:most]) + (", ..." if len(ids) > most else "") if ids else "none"
-
-
-def chat_template_for(model: ModelConfig, base: Path) -> ChatTemplate:
-    """The chat template of ``model``: the experiment's ``chat_template``, else the model's own files.
-
-    A local model folder provides ``chat_template.jinja`` or the
-    ``chat_template`` of ``tokenizer_config.json``; a local ``.gguf`` file
-    provides ``tokenizer.chat_template`` from its metadata.
-    """
-    if model.chat_template:
-        try:
-            return ChatTemplate.from_file(resolve_template(model.chat_template, "chat", base))
-        except KeyError as exc:
-            raise ModelError(exc.args[0]) from None
-    source = Path(base, os.path.expanduser(model.source))
-    if not source.exists():
-        from .registry import resolve
-
-        try:  # a registry name or hub id that has been pulled: its folder has the template
-            source = resolve(model.source, base).path
-        except ModelError:
-            pass
-    if source.is_dir():
-        # transformers' save_pretrained writes the template to chat_template.jinja (newer) or
-        # into tokenizer_config.json (older); the special tokens are in tokenizer_config.json.
-        config = source / "tokenizer_config.json"
-        data = _read_json(config) if config.is_file() else {}
-        special = {}
-        for key in ("bos_token", "eos_token"):
-            token = data.get(key)
-            token = token.get("content") if isinstance(token, dict) else token  # older AddedToken form
-            if isinstance(token, str):
-                special[key] = token
-        jinja = source / "chat_template.jinja"
-        if jinja.is_file():
-            return ChatTemplate.from_file(jinja, special_tokens=special)
-        template = data.get("chat_template")
-        if isinstance(template, str):
-            return ChatTemplate(template, name=display_path(config), special_tokens=special)
-    if source.is_file() and source.suffix == ".gguf":
-        try:
-            from gguf import GGUFReader  # lazy: only GGUF users need it
-        except ImportError:
-            raise ModelError(
-                "reading a chat template from a .gguf file needs the gguf package: pip install 'psysim[gguf]'"
-            ) from None
-        reader = GGUFReader(str(source))
-        tmpl = reader.fields.get("tokenizer.chat_template")
-        if tmpl is not None:
-            return ChatTemplate(bytes(tmpl.parts[tmpl.data[0]]).decode("utf-8"), name=display_path(source))
-    raise ModelError(
-        f"model {model.name!r} has no chat template psysim can find without loading it; "
-        "set chat_template to a built-in name (chatml, smollm2) or a .jinja file"
-    )
-
-
-def _read_json(path: Path) -> dict:
-    import json
-
-    from .files import read_text
-
-    try:
-        data = json.loads(read_text(path, error=ModelError, what="tokenizer config"))
-    except json.JSONDecodeError as exc:
-        raise ModelError(
-            f"tokenizer config is not valid JSON: {display_path(path)}",
-            [Problem(f"invalid JSON: {exc.msg}", file=display_path(path), line=exc.lineno, column=exc.colno)],
-        ) from None
-    return data if isinstance(data, dict) else {}
 
 
 def load_experiment(path: str | os.PathLike) -> Experiment:

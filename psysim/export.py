@@ -208,7 +208,7 @@ def export_run(
     folder.mkdir(parents=True, exist_ok=True)
     written: dict[str, Any] = {}
     items: dict[str, tuple[str, list]] = {}
-    labels = run.manifest.get("value_labels", {})
+    labels = run.record.value_labels
     if format == "psych201":
         written = _psych201(run, folder)
     else:
@@ -234,7 +234,7 @@ def export_run(
                     flat[column] = [None if v is None else json.dumps(list(v)) for v in flat[column]]
             write_atomic(path, lambda tmp: flat.to_csv(tmp, index=False))
         else:
-            _write_labelled(path, table, format, labels, items, run.manifest.get("field_labels", {}))
+            _write_labelled(path, table, format, labels, items, run.record.field_labels)
         written[path.name] = table
     columns = ["file", "column", "type", "meaning", "values"]
     dictionary = pd.DataFrame(_dictionary(written, labels, items), columns=columns)

@@ -115,7 +115,7 @@ def lora_config(ft: FinetuneConfig):
     )
 
 
-def lora_model(base_model, lora, gradient_checkpointing: bool = False):
+def lora_model(base_model, lora, gradient_checkpointing: bool = True):
     """The base model with a fresh LoRA adapter (peft), checkpointing each layer's activations when asked."""
     from peft import get_peft_model
 
@@ -203,7 +203,7 @@ def _nll(backend, prompts) -> float:
 
 def _fitting_prompt(exp, backend, pid, condition, limit):
     """The participant's raw prompt, oldest trials dropped until it fits ``limit`` tokens; error if one trial does not."""
-    from .context import drop_oldest_to_fit
+    from .render.context import drop_oldest_to_fit
 
     prompt = exp.render(pid, condition)
     tokens = backend.count_tokens(prompt.text, prompt.spans, True)

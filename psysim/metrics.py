@@ -287,7 +287,7 @@ def population_comparison(
     ``synthetic`` has one row per model × condition × synthetic participant ×
     trial (``simulated.parquet``), ``humans`` one row per human response
     (``humans.parquet``); items are matched by experiment and item (the
-    study's item rule, :mod:`psysim.studies`). Per model × condition × item:
+    study's item rule, :mod:`psysim.data.studies`). Per model × condition × item:
     the response proportions of both over the options the item offered (in
     order of first appearance), their distance (:func:`distribution_distance`:
     Wasserstein-1 in scale points for numeric rating options, else

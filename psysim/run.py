@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from .backends import Backend, ScoreRequest, get_backend
-from .context import fit_prompt
 from .errors import Problem, PsysimError
 from .experiment import Experiment, Prompt
 from .files import display_path
 from .metrics import CONDITION_KEYS, option_probs, predicted_option
 from .progress import progress_bar, quiet_transformers
 from .record import manifest_base, now, study_manifest
+from .render.context import fit_prompt
 from .store import RunFolder
 
 __all__ = ["COLUMNS", "RunResult", "baseline_table", "check_writable", "participant_table", "run_experiment"]

@@ -53,13 +53,13 @@ from pathlib import Path
 from typing import Any
 
 from .backends import Backend
+from .data.studies import normalise, trial_item
+from .data.transcripts import CLOSE, OPEN
 from .errors import ConfigError, Problem, PsysimError
 from .experiment import Experiment
 from .metrics import option_probs
 from .participants import Profile
-from .prompts import derangement, render_persona
-from .studies import normalise, trial_item
-from .transcripts import CLOSE, OPEN
+from .render.persona import derangement, render_persona
 
 __all__ = [
     "SIM_COLUMNS",
@@ -288,7 +288,7 @@ class Walk:
     def __init__(self, exp: Experiment, session, who: SimParticipant, persona: str, *, temperature: float, rng, chat=None):
         task = exp.task
         self.exp, self.session, self.who, self.temperature, self.rng = exp, session, who, temperature, rng
-        #: A :class:`psysim.chat.ChatTemplate` for chat-format simulation (the session reads its rendering), or None.
+        #: A :class:`psysim.render.chat.ChatTemplate` for chat-format simulation (the session reads its rendering), or None.
         self.chat = chat
         self.messages: list[dict[str, str]] = []
         self.consumed = ""  # the chat text read so far
@@ -626,7 +626,7 @@ def trial_items(exp: Experiment, participant: str) -> list[str | None]:
     """The item of each of a participant's trials as run and the baselines define it; ``None`` where no human answered.
 
     Items come from the participant's transcript, where the study's rules
-    (:func:`psysim.studies.apply_rules`) set them: one definition for scoring,
+    (:func:`psysim.data.studies.apply_rules`) set them: one definition for scoring,
     baselines, simulation and export.
     """
     trials = exp.task.trials[participant]

@@ -25,13 +25,15 @@ import json
 import os
 import re
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config import EvaluationConfig
 from .errors import Problem, PsysimError
 from .files import display_path
 
-__all__ = ["FORMAT", "RunFolder", "open_run", "write_atomic"]
+__all__ = ["FORMAT", "RunFolder", "RunRecord", "SavedRun", "SimulationRecord", "open_run", "write_atomic"]
 
 #: The run-folder format this psysim writes and reads. Format 1 (psysim before the run store)
 #: wrote trials.parquet only at the end and had no fingerprint.
@@ -247,6 +249,84 @@ class RunFolder:
         _write_json(self.folder / MANIFEST, self.manifest)
 
 
+@dataclass(frozen=True)
+class SimulationRecord:
+    """The ``simulation`` part of a simulation run's manifest: how its synthetic participants were made."""
+
+    n: int | None = None
+    temperature: float | None = None
+    scale: str = "auto"
+    format: str = "raw"
+    design: str | None = None
+    #: Profiles drawn by ``cohort.generate`` (else twins of real participants).
+    generated: bool = False
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A run folder's manifest as the report and export read it: typed, with what an older manifest lacks defaulted here.
+
+    The manifest file itself stays a plain JSON object (written by :class:`RunFolder`,
+    its fields by :mod:`psysim.record`); this is the one place that reads it back.
+    """
+
+    kind: str = "scoring"
+    seed: int = 0
+    dry_run: bool = False
+    #: Participants in the run (scored, or simulated per model and condition).
+    participants: int = 0
+    model_order: tuple[str, ...] = ()
+    conditions: tuple[str, ...] = ()
+    #: Per condition: ``{"type": no_persona | persona | shuffled_persona, "format": the persona format}``.
+    condition_types: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: Per model: the formats it was scored in (raw, chat).
+    formats: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: Per study: its declared option and item rules (:func:`psysim.record.study_manifest`).
+    studies: dict[str, dict[str, Any]] = field(default_factory=dict)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    simulation: SimulationRecord = field(default_factory=SimulationRecord)
+    #: The words the profile schema gives coded values, per field.
+    value_labels: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: Each profile field's question or label.
+    field_labels: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any]) -> RunRecord:
+        """The typed record of a manifest dict (as :func:`open_run` read it)."""
+        conditions = tuple(manifest.get("conditions", ()))
+        ev = manifest.get("evaluation", {})
+        evaluation = EvaluationConfig(
+            baselines=tuple(ev.get("baselines", EvaluationConfig.baselines)),
+            bootstrap=int(ev.get("bootstrap", EvaluationConfig.bootstrap)),
+            post_training=tuple((p["base"], p["post_trained"]) for p in ev.get("post_training", ())),
+            fine_tuning=tuple((p["base"], p["fine_tuned"]) for p in ev.get("fine_tuning", ())),
+        )
+        sim = manifest.get("simulation", {})
+        return cls(
+            kind=manifest.get("kind", "scoring"),
+            seed=int(manifest.get("seed", 0)),
+            dry_run=bool(manifest.get("dry_run", False)),
+            participants=int(manifest.get("participants", 0)),
+            model_order=tuple(manifest.get("model_order", ())),
+            conditions=conditions,
+            # Manifests before condition types named each condition by its type, in the interview format.
+            condition_types=manifest.get("condition_types") or {c: {"type": c, "format": "interview"} for c in conditions},
+            formats={m: tuple(f) for m, f in manifest.get("formats", {}).items()},
+            studies=manifest.get("studies", {}),
+            evaluation=evaluation,
+            simulation=SimulationRecord(
+                n=sim.get("n", manifest.get("participants")),
+                temperature=sim.get("temperature"),
+                scale=sim.get("scale", SimulationRecord.scale),
+                format=sim.get("format", SimulationRecord.format),
+                design=sim.get("design"),
+                generated=bool(sim.get("generated", False)),
+            ),
+            value_labels=manifest.get("value_labels", {}),
+            field_labels=manifest.get("field_labels", {}),
+        )
+
+
 class SavedRun:
     """A completed run folder, read back: manifest and tables (for ``psysim report`` and notebooks)."""
 
@@ -258,7 +338,14 @@ class SavedRun:
     @property
     def kind(self) -> str:
         """``scoring`` (psysim run) or ``simulation`` (psysim simulate)."""
-        return self.manifest.get("kind", "scoring")
+        return self.record.kind
+
+    @property
+    def record(self) -> RunRecord:
+        """The manifest, typed (:class:`RunRecord`)."""
+        if "record" not in self._cache:
+            self._cache["record"] = RunRecord.from_manifest(self.manifest)
+        return self._cache["record"]
 
     def table(self, name: str):
         """A table of the run (``trials``, ``participants``, ``baselines``; ``simulated``, ``transcripts``), read once."""

@@ -17,12 +17,11 @@ import pytest
 from conftest import RECORDS
 
 import psysim
-from psysim.chat import ChatTemplate, to_messages
 from psysim.config import ModelConfig
+from psysim.data.transcripts import Response, Transcript, parse_markup
 from psysim.errors import ModelError, Problem, TemplateError
-from psysim.experiment import chat_template_for
-from psysim.prompts import builtin_templates
-from psysim.transcripts import Response, Transcript, parse_markup
+from psysim.render.chat import ChatTemplate, chat_template_for, to_messages
+from psysim.templating import builtin_templates
 
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")

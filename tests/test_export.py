@@ -9,7 +9,7 @@ import pytest
 from test_simulate import gambles, simulate  # noqa: F401 (gambles is a fixture)
 from test_tables import here, survey  # noqa: F401 (fixtures)
 
-from psysim.transcripts import read_psych201
+from psysim.data.transcripts import read_psych201
 
 
 def test_csv_and_parquet_of_a_simulation_read_back_equal(gambles, run_cli):  # noqa: F811

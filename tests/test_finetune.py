@@ -169,6 +169,39 @@ def test_micro_batches_accumulate_the_whole_batchs_gradient(ft, hf):
         assert torch.allclose(g, full_grads[name], atol=1e-6, rtol=1e-5), name
 
 
+def test_gradient_checkpointing_gives_the_same_gradients(ft, hf):
+    """finetune.gradient_checkpointing trades time for memory only: the recomputed forward gives identical gradients."""
+    import copy
+
+    import torch
+    from peft import LoraConfig
+
+    import psysim
+    from psysim.finetune import accumulate, lora_model, training_example
+
+    exp = psysim.load_experiment("experiment.yaml")
+    tok = hf.tokenizer()
+    batch = [training_example(tok, p.text, p.spans) for p in (exp.render(pid, "no_persona") for pid in exp.participants[:3])]
+    out = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = lora_model(
+            copy.deepcopy(hf.model(len(tok))), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"), checkpointing
+        )
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(param, std=0.05)
+        model.train()  # checkpointing acts in training mode only
+        assert model.get_base_model().model.layers[0].gradient_checkpointing == checkpointing
+        loss = accumulate(model, batch, tok.pad_token_id, 10**6)
+        out.append((loss, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
+    (plain, plain_grads), (ckpt, ckpt_grads) = out
+    assert ckpt == plain
+    assert plain_grads.keys() == ckpt_grads.keys() and plain_grads
+    for name, g in ckpt_grads.items():
+        assert torch.equal(g, plain_grads[name]), name
+
+
 def test_finetune_then_run_on_held_out_people(ft, run_cli):
     """Split, card, curve; psysim run with cohort.split reproduces the card's held-out NLLs exactly."""
     r = run_cli("finetune", "experiment.yaml", "--out", "out", "-q")

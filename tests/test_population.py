@@ -96,7 +96,7 @@ def test_simulation_report_compares_with_the_humans(gambles, run_cli):  # noqa: 
 
 def test_numeric_profile_fields_become_tertile_bands_of_the_humans():
     """Ages 20..49 (30 people): cut at the humans' tertiles; synthetic participants get the same cut points."""
-    from psysim.report import _subgroups, add_bands
+    from psysim.report import add_bands, subgroups
 
     humans = pd.DataFrame({"profile.age": list(range(20, 50)), "profile.sex": ["f", "m"] * 15})
     synthetic = pd.DataFrame({"profile.age": [20, 35, 49, 80, None], "profile.sex": ["f", "m", "f", "m", "f"]})
@@ -106,18 +106,18 @@ def test_numeric_profile_fields_become_tertile_bands_of_the_humans():
     bands = [None if pd.isna(b) else b for b in synthetic["profile.age band"]]
     assert bands == [labels[0], labels[1], labels[2], None, None]  # 80: above the humans
     assert humans["profile.age band"].value_counts().tolist() == [10, 10, 10]
-    groups, notes = _subgroups(humans, synthetic)
+    groups, notes = subgroups(humans, synthetic)
     assert ("sex", "f", "") in groups and ("age band", labels[1], "") in groups and not notes
     assert not [g for g in groups if g[0] == "age"]  # raw numbers are never levels
 
 
 def test_subgroups_that_cannot_be_compared_say_why():
     """A level only one cohort has is a row with its reason; a field with too many levels is a note, not silence."""
-    from psysim.report import _subgroups
+    from psysim.report import subgroups
 
     humans = pd.DataFrame({"profile.sex": ["f", "m", "x"] * 4, "profile.city": [f"c{i:02}" for i in range(12)]})
     synthetic = pd.DataFrame({"profile.sex": ["f", "m", "other"], "profile.city": ["c01", "c02", "c03"]})
-    groups, notes = _subgroups(humans, synthetic)
+    groups, notes = subgroups(humans, synthetic)
     assert groups == [
         ("sex", "f", ""),
         ("sex", "m", ""),

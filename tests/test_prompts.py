@@ -18,7 +18,8 @@ import psysim
 from psysim.config import DEFAULT_MISSING
 from psysim.errors import DataError, Problem, TemplateError
 from psysim.participants import ProfileSchema
-from psysim.prompts import builtin_templates, load_template, render_persona
+from psysim.render.persona import render_persona
+from psysim.templating import builtin_templates, load_template
 
 REPO = Path(__file__).resolve().parents[1]
 

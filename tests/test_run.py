@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from pandas.testing import assert_frame_equal
 
-from psysim.prompts import derangement
+from psysim.render.persona import derangement
 from psysim.run import COLUMNS
 
 DRY = """\
@@ -378,7 +378,7 @@ MERGED = "Guess O or Q.\n" + "You predict <<Q>>.\n" * 6
 
 def merged_experiment(toy, hf, context: str) -> Path:
     from psysim.backends.encoding import TokenReader
-    from psysim.transcripts import parse_markup
+    from psysim.data.transcripts import parse_markup
 
     tok = hf.tokenizer(merge_boundaries=True)
     whole, scored = len(tok(MERGED)["input_ids"]), len(TokenReader(tok).encode(MERGED, parse_markup(MERGED)[0]).ids)
@@ -523,7 +523,7 @@ def test_adapter_for_the_same_base_reloads_exactly(toy, run_cli, hf, adapter):
 
 def _requests(hf):
     from psysim.backends import ScoreRequest
-    from psysim.transcripts import parse_markup
+    from psysim.data.transcripts import parse_markup
 
     requests = []
     for i, text in enumerate(hf.corpus(6)):

@@ -24,7 +24,7 @@ TEXTS = models_tiny.corpus(6)
 
 
 def spans_of(text: str) -> list[tuple[int, int]]:
-    from psysim.transcripts import parse_markup
+    from psysim.data.transcripts import parse_markup
 
     spans, errors = parse_markup(text)
     assert not errors
@@ -96,9 +96,9 @@ def test_multi_token_responses_and_options_share_the_prefix():
 
 def test_chat_formatted_text_scores_like_reference():
     """Chat-template text (special tokens as text, no added BOS) scores like the reference."""
-    from psysim.chat import ChatTemplate
-    from psysim.prompts import builtin_templates
-    from psysim.transcripts import Transcript, build_transcript
+    from psysim.data.transcripts import Transcript, build_transcript
+    from psysim.render.chat import ChatTemplate
+    from psysim.templating import builtin_templates
 
     tok = models_tiny.tokenizer()
     model = models_tiny.model(len(tok))
@@ -106,7 +106,7 @@ def test_chat_formatted_text_scores_like_reference():
     contexts = Transcript("1", "x", TEXTS[0], ()).text
     del contexts
     # Rebuild the transcript with responses to split it into messages.
-    from psysim.transcripts import parse_markup
+    from psysim.data.transcripts import parse_markup
 
     s, _ = parse_markup(TEXTS[0])
     pieces, pos = [], 0
@@ -115,7 +115,7 @@ def test_chat_formatted_text_scores_like_reference():
         pos = b + 2
     pieces.append(TEXTS[0][pos:])
     transcript = build_transcript("1", "x", pieces, [TEXTS[0][a:b] for a, b in s])
-    from psysim.chat import to_messages
+    from psysim.render.chat import to_messages
 
     rendering = ChatTemplate.from_file(builtin_templates("chat")["smollm2"]).render(to_messages(transcript))
     enc = TokenReader(tok).encode(rendering.text, rendering.spans, add_special_tokens=False)

@@ -387,8 +387,8 @@ def test_chat_simulation_is_exact_against_scoring_the_finished_chat(gambles, run
     import psysim
     from psysim.backends.encoding import TokenReader
     from psysim.backends.forward import score_encoded
-    from psysim.chat import to_messages
-    from psysim.transcripts import Response, Transcript, parse_markup
+    from psysim.data.transcripts import Response, Transcript, parse_markup
+    from psysim.render.chat import to_messages
 
     save_tiny(gambles / "tiny-model", hf)
     yaml = YAML.replace("    source: tiny-model\n", "    source: tiny-model\n    formats: [chat]\n    chat_template: chatml\n")

@@ -33,7 +33,7 @@ import models_tiny  # noqa: E402
 
 from psysim.backends import ScoreRequest  # noqa: E402
 from psysim.backends.hf import HFBackend  # noqa: E402
-from psysim.transcripts import parse_markup  # noqa: E402
+from psysim.data.transcripts import parse_markup  # noqa: E402
 
 TOLERANCE = 1e-5
 

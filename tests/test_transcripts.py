@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from conftest import RECORDS, needs_shared_data
 
+from psysim.data.transcripts import Response, Transcript, build_transcript, parse_markup, read_psych201
 from psysim.errors import DataError, Problem
-from psysim.transcripts import Response, Transcript, build_transcript, parse_markup, read_psych201
 
 # -- parse_markup: spans ------------------------------------------------------
 

@@ -10,9 +10,9 @@ import pytest
 
 import psysim
 from psysim.config import load_config
+from psysim.data.transcripts import parse_markup
+from psysim.data.trials import load_structured
 from psysim.errors import DataError, Problem, PsysimError, TemplateError
-from psysim.transcripts import parse_markup
-from psysim.trials import load_structured
 
 YAML = """\
 name: gambles

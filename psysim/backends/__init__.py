@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..transcripts import CLOSE
+from ..data.transcripts import CLOSE
 
 __all__ = ["Backend", "ResponseScore", "ScoreRequest", "ScoreResult", "Session", "engine_problems", "get_backend"]
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ..config import ModelConfig
+from ..data.transcripts import CLOSE
 from ..errors import ModelError, Problem
-from ..transcripts import CLOSE
 from . import Backend, ResponseScore, ScoreRequest, ScoreResult, Session
 from .encoding import ReadingSession, TokenizedBackend
 from .lockstep import options_pass

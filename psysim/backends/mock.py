@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..transcripts import CLOSE
+from ..data.transcripts import CLOSE
 from . import Backend, ResponseScore, ScoreRequest, ScoreResult, Session
 
 VOCAB = 256  # a character-level "vocabulary": a uniform model would give log(1/256) per character

@@ -71,7 +71,7 @@ def check_parity(exp, *, model: str | None = None, against: str = "hf", limit: i
     ``(model name, backend name)`` (tests). Raises :class:`PsysimError` when
     the two read different token ids, naming the first differing token.
     """
-    from ..context import fit_prompt
+    from ..render.context import fit_prompt
     from ..run import limited, score_requests
     from . import get_backend
 

@@ -44,8 +44,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..data.transcripts import CLOSE
 from ..errors import ModelError, Problem
-from ..transcripts import CLOSE
 from . import Backend, ResponseScore, ScoreRequest, ScoreResult, Session
 from .encoding import ReadingSession, TokenizedBackend
 

@@ -4,7 +4,7 @@ A :class:`Transcript` is the whole session as text, with every human response
 wrapped in ``<<`` and ``>>`` (the Psych-101/201 convention), and the character
 span of each response's content. Psych-201 JSONL files are parsed into it
 (:func:`read_psych201`); structured trial tables are rendered into it
-(:mod:`psysim.trials`). Everything downstream sees only transcripts.
+(:mod:`psysim.data.trials`). Everything downstream sees only transcripts.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import validation
-from .errors import DataError, Problem, raise_if
-from .files import read_jsonl
-from .participants import participant_id
+from .. import validation
+from ..errors import DataError, Problem, raise_if
+from ..files import read_jsonl
+from ..participants import participant_id
 
 __all__ = ["CLOSE", "OPEN", "PsychRecord", "Response", "Transcript", "build_transcript", "parse_markup", "read_psych201"]
 
@@ -36,7 +36,7 @@ class Response:
     ``options`` are the choices offered on that trial where known, ``roles``
     what each option stands for where the study declares it (counterbalanced
     keys), ``item`` the stimulus the trial shared with other participants
-    (:mod:`psysim.studies` sets all three from the study's rules); ``data``
+    (:mod:`psysim.data.studies` sets all three from the study's rules); ``data``
     holds per-response values such as a reaction time. ``excluded`` says why
     a response is left out of scoring (e.g. not among its trial's options
     under ``outside_options: drop``).

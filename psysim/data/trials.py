@@ -45,11 +45,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .config import DataConfig
-from .errors import DataError, Problem, TemplateError, raise_if
-from .files import Location, Table, read_table
-from .participants import is_missing, participant_id
-from .prompts import Template, load_template
+from ..config import DataConfig
+from ..errors import DataError, Problem, TemplateError, raise_if
+from ..files import Location, Table, read_table
+from ..participants import is_missing, participant_id
+from ..templating import Template, load_template
 from .studies import normalise
 from .transcripts import CLOSE, OPEN, Transcript, build_transcript
 

@@ -20,18 +20,20 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
-from .errors import Problem, TemplateError
-from .files import display_path
-from .prompts import sandbox
-from .transcripts import Transcript
+from ..config import ModelConfig
+from ..data.transcripts import Transcript
+from ..errors import ModelError, Problem, TemplateError
+from ..files import display_path
+from ..templating import resolve_template, sandbox
 
-__all__ = ["ChatTemplate", "to_messages"]
+__all__ = ["ChatTemplate", "chat_template_for", "to_messages"]
 
 _OPEN_MARK = "\ue000"
 _CLOSE_MARK = "\ue001"
@@ -96,7 +98,7 @@ class ChatTemplate:
     @classmethod
     def from_file(cls, path: str | Path, **kwargs: Any) -> ChatTemplate:
         """Load a chat template from a ``.jinja`` file."""
-        from .files import read_text
+        from ..files import read_text
 
         p = Path(path)
         return cls(read_text(p, error=TemplateError, what="chat template"), name=display_path(p), **kwargs)
@@ -190,3 +192,72 @@ class ChatTemplate:
 
 def _chat_template(source: str, name: str, special_tokens: dict[str, str]) -> ChatTemplate:
     return ChatTemplate(source, name=name, special_tokens=special_tokens)
+
+
+def chat_template_for(model: ModelConfig, base: Path) -> ChatTemplate:
+    """The chat template of ``model``: the experiment's ``chat_template``, else the model's own files.
+
+    A local model folder provides ``chat_template.jinja`` or the
+    ``chat_template`` of ``tokenizer_config.json``; a local ``.gguf`` file
+    provides ``tokenizer.chat_template`` from its metadata.
+    """
+    if model.chat_template:
+        try:
+            return ChatTemplate.from_file(resolve_template(model.chat_template, "chat", base))
+        except KeyError as exc:
+            raise ModelError(exc.args[0]) from None
+    source = Path(base, os.path.expanduser(model.source))
+    if not source.exists():
+        from ..registry import resolve
+
+        try:  # a registry name or hub id that has been pulled: its folder has the template
+            source = resolve(model.source, base).path
+        except ModelError:
+            pass
+    if source.is_dir():
+        # transformers' save_pretrained writes the template to chat_template.jinja (newer) or
+        # into tokenizer_config.json (older); the special tokens are in tokenizer_config.json.
+        config = source / "tokenizer_config.json"
+        data = _read_json(config) if config.is_file() else {}
+        special = {}
+        for key in ("bos_token", "eos_token"):
+            token = data.get(key)
+            token = token.get("content") if isinstance(token, dict) else token  # older AddedToken form
+            if isinstance(token, str):
+                special[key] = token
+        jinja = source / "chat_template.jinja"
+        if jinja.is_file():
+            return ChatTemplate.from_file(jinja, special_tokens=special)
+        template = data.get("chat_template")
+        if isinstance(template, str):
+            return ChatTemplate(template, name=display_path(config), special_tokens=special)
+    if source.is_file() and source.suffix == ".gguf":
+        try:
+            from gguf import GGUFReader  # lazy: only GGUF users need it
+        except ImportError:
+            raise ModelError(
+                "reading a chat template from a .gguf file needs the gguf package: pip install 'psysim[gguf]'"
+            ) from None
+        reader = GGUFReader(str(source))
+        tmpl = reader.fields.get("tokenizer.chat_template")
+        if tmpl is not None:
+            return ChatTemplate(bytes(tmpl.parts[tmpl.data[0]]).decode("utf-8"), name=display_path(source))
+    raise ModelError(
+        f"model {model.name!r} has no chat template psysim can find without loading it; "
+        "set chat_template to a built-in name (chatml, smollm2) or a .jinja file"
+    )
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    from ..files import read_text
+
+    try:
+        data = json.loads(read_text(path, error=ModelError, what="tokenizer config"))
+    except json.JSONDecodeError as exc:
+        raise ModelError(
+            f"tokenizer config is not valid JSON: {display_path(path)}",
+            [Problem(f"invalid JSON: {exc.msg}", file=display_path(path), line=exc.lineno, column=exc.colno)],
+        ) from None
+    return data if isinstance(data, dict) else {}

@@ -2,7 +2,7 @@
 
 A prompt longer than a model's context is either an error (``scoring.context:
 error``, the default) or shortened by dropping its oldest whole trials
-(``drop_oldest``; :meth:`psysim.transcripts.Transcript.without_first` says
+(``drop_oldest``; :meth:`psysim.data.transcripts.Transcript.without_first` says
 what a trial is and what is kept). The decision is made here, once, for
 ``psysim run`` (with the loaded backend), ``psysim render`` (which shows the
 shortened text) and ``psysim validate`` (which counts, before any model loads,
@@ -22,8 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ModelError, Problem, PsysimError
-from .files import display_path
+from ..errors import ModelError, Problem, PsysimError
+from ..files import display_path
 
 __all__ = [
     "ContextCheck",
@@ -147,7 +147,7 @@ def token_counter(model, base: Path) -> tuple[TokenCounter | None, str]:
     """
     if model.backend == "mock":
         return None, "the mock backend has no context limit"
-    from .registry import resolve
+    from ..registry import resolve
 
     try:
         resolved = resolve(model.source, base)
@@ -157,7 +157,7 @@ def token_counter(model, base: Path) -> tuple[TokenCounter | None, str]:
         from transformers import AutoConfig, AutoTokenizer
         from transformers.utils import logging as tlog
 
-        from .backends.encoding import TokenReader
+        from ..backends.encoding import TokenReader
 
         tlog.set_verbosity_error()
         folder, kwargs = resolved.pretrained_args()

@@ -31,8 +31,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .config import DataConfig
-from .errors import Problem
+from ..config import DataConfig
+from ..errors import Problem
 from .transcripts import Transcript
 
 __all__ = [
