@@ -138,6 +138,21 @@ class CohortConfig:
     split: tuple[Path, str] | None = None
 
 
+def _check(section: str, checks: list[tuple[str, Any, bool, str]]) -> None:
+    """Raise one :class:`ConfigError` naming every setting of ``section`` that fails its check.
+
+    The experiment file is checked against the schema (with line numbers) before
+    these classes are built; these checks hold the same limits for configs made
+    in Python, as peft's configs check theirs.
+    """
+    problems = [
+        Problem(f"expected {expected}, found {value!r}", where=f"{section}.{name}")
+        for name, value, ok, expected in checks
+        if not ok
+    ]
+    raise_if(problems, ConfigError, f"invalid {section} settings")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """One entry of ``models:``."""
@@ -155,6 +170,9 @@ class ModelConfig:
     #: ``vllm:`` as written (the engine's settings; :data:`VLLM_DEFAULTS` fills the rest).
     vllm: tuple[tuple[str, Any], ...] = ()
     index: int = 0
+
+    def __post_init__(self) -> None:
+        _check("models", [("batch_tokens", self.batch_tokens, self.batch_tokens >= 1, "a number of tokens of at least 1")])
 
     def vllm_settings(self) -> dict[str, Any]:
         """The vLLM engine's settings of this entry: :data:`VLLM_DEFAULTS` updated with what the file says."""
@@ -200,6 +218,16 @@ class EvaluationConfig:
     #: (base, fine_tuned) model names.
     fine_tuning: tuple[tuple[str, str], ...] = ()
 
+    def __post_init__(self) -> None:
+        _check(
+            "evaluation",
+            [
+                ("baselines", self.baselines, set(self.baselines) <= set(BASELINES), f"names among {', '.join(BASELINES)}"),
+                ("cross_validation", self.folds, self.folds is None or self.folds >= 2, "leave_one_out or at least 2 folds"),
+                ("bootstrap", self.bootstrap, self.bootstrap >= 100, "at least 100 resamples"),
+            ],
+        )
+
 
 @dataclass(frozen=True)
 class FinetuneConfig:
@@ -226,6 +254,29 @@ class FinetuneConfig:
     #: A batch is computed in parts of at most this many (padded) tokens, gradients accumulated: memory follows it.
     batch_tokens: int = 1024
 
+    def __post_init__(self) -> None:
+        split = tuple(self.split)
+        _check(
+            "finetune",
+            [
+                (
+                    "split",
+                    split,
+                    len(split) == 3 and all(0 <= x <= 1 for x in split) and abs(sum(split) - 1) <= 1e-9,
+                    "three fractions (train, validation, test) that add up to 1",
+                ),
+                ("lora.rank", self.rank, self.rank >= 1, "at least 1"),
+                ("lora.alpha", self.alpha, self.alpha > 0, "a number above 0"),
+                ("lora.dropout", self.dropout, 0 <= self.dropout <= 1, "a probability between 0 and 1"),
+                ("learning_rate", self.learning_rate, self.learning_rate > 0, "a number above 0"),
+                ("epochs", self.epochs, self.epochs >= 1, "at least 1"),
+                ("batch_size", self.batch_size, self.batch_size >= 1, "at least 1"),
+                ("max_length", self.max_length, self.max_length >= 16, "at least 16 tokens"),
+                ("patience", self.patience, self.patience >= 1, "at least 1 epoch"),
+                ("batch_tokens", self.batch_tokens, self.batch_tokens >= 16, "at least 16 tokens"),
+            ],
+        )
+
 
 @dataclass(frozen=True)
 class SimulationConfig:
@@ -242,6 +293,18 @@ class SimulationConfig:
     batch_tokens: int = 32768
     #: ``raw`` (the transcript as text) or ``chat`` (each trial a user turn, each response an assistant turn).
     format: str = "raw"
+
+    def __post_init__(self) -> None:
+        _check(
+            "simulation",
+            [
+                ("n", self.n, self.n is None or self.n >= 1, "at least 1 participant"),
+                ("temperature", self.temperature, self.temperature >= 0, "a number of at least 0"),
+                ("scale", self.scale, self.scale in ("auto", "ordinal", "nominal"), "auto, ordinal or nominal"),
+                ("batch_tokens", self.batch_tokens, self.batch_tokens >= 1, "a number of tokens of at least 1"),
+                ("format", self.format, self.format in ("raw", "chat"), "raw or chat"),
+            ],
+        )
 
 
 @dataclass(frozen=True)

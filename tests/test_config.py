@@ -310,3 +310,33 @@ def test_marks_locate_values_for_later_stages(toy):
     cfg = load_config("experiment.yaml")
     p = cfg.problem(("models", 0, "chat_template"), "some later problem")
     assert str(p) == "experiment.yaml:11:20: models[0].chat_template: some later problem"
+
+
+@pytest.mark.parametrize(
+    "make, where, found",
+    [
+        (lambda c: c.FinetuneConfig(learning_rate=0.0), "finetune.learning_rate", "0.0"),
+        (lambda c: c.FinetuneConfig(split=(0.5, 0.5, 0.5)), "finetune.split", "(0.5, 0.5, 0.5)"),
+        (lambda c: c.FinetuneConfig(batch_tokens=8), "finetune.batch_tokens", "8"),
+        (lambda c: c.SimulationConfig(format="html"), "simulation.format", "'html'"),
+        (lambda c: c.SimulationConfig(n=0), "simulation.n", "0"),
+        (lambda c: c.EvaluationConfig(bootstrap=10), "evaluation.bootstrap", "10"),
+        (lambda c: c.EvaluationConfig(baselines=("population", "oracle")), "evaluation.baselines", "('population', 'oracle')"),
+        (lambda c: c.ModelConfig(name="m", source="s", batch_tokens=0), "models.batch_tokens", "0"),
+    ],
+)
+def test_config_classes_made_in_python_check_their_values(make, where, found):
+    """The Python API holds the schema's limits too: a bad value is a ConfigError naming the setting and the value."""
+    from psysim import config
+    from psysim.errors import ConfigError
+
+    with pytest.raises(ConfigError) as exc:
+        make(config)
+    assert [p.where for p in exc.value.problems] == [where]
+    assert exc.value.problems[0].message.endswith(f"found {found}")
+
+
+def test_default_config_classes_are_valid():
+    from psysim import config
+
+    config.FinetuneConfig(), config.SimulationConfig(), config.EvaluationConfig(), config.ModelConfig(name="m", source="s")
