@@ -229,6 +229,10 @@ class EvaluationConfig:
         )
 
 
+#: ``finetune.gradient_checkpointing``'s values, from the most memory kept to the least.
+CHECKPOINTING = ("none", "selective", "full")
+
+
 @dataclass(frozen=True)
 class FinetuneConfig:
     """``finetune:`` — LoRA fine-tuning on the training participants (``psysim finetune``)."""
@@ -248,9 +252,10 @@ class FinetuneConfig:
     batch_size: int = 4
     max_length: int = 2048
     patience: int = 1
-    #: Recompute each layer's activations in the backward pass instead of keeping them: the finetune quickstart peaks at
-    #: 1.7 GB instead of 3.7 GB, for ~1.4× the time of a step (bench/bench_finetune.py, BENCHMARKS.md).
-    gradient_checkpointing: bool = True
+    #: What a layer keeps for its backward pass (one of :data:`CHECKPOINTING`; psysim.finetune.lora_model says what
+    #: each does). ``selective`` recomputes only cheap elementwise work: nearly the speed of ``none`` for much of the
+    #: memory saving of ``full`` (bench/bench_finetune.py, BENCHMARKS.md).
+    gradient_checkpointing: str = "selective"
     #: A batch is computed in parts of at most this many (padded) tokens, gradients accumulated: memory follows it.
     batch_tokens: int = 1024
 
@@ -274,6 +279,12 @@ class FinetuneConfig:
                 ("max_length", self.max_length, self.max_length >= 16, "at least 16 tokens"),
                 ("patience", self.patience, self.patience >= 1, "at least 1 epoch"),
                 ("batch_tokens", self.batch_tokens, self.batch_tokens >= 16, "at least 16 tokens"),
+                (
+                    "gradient_checkpointing",
+                    self.gradient_checkpointing,
+                    self.gradient_checkpointing in CHECKPOINTING,
+                    f"one of {', '.join(CHECKPOINTING)}",
+                ),
             ],
         )
 
@@ -689,6 +700,12 @@ def _either(suffixes: tuple[str, ...]) -> str:
     return " or ".join(suffixes) if len(suffixes) < 3 else ", ".join(suffixes[:-1]) + " or " + suffixes[-1]
 
 
+def _checkpointing(value: str | bool) -> str:
+    """``finetune.gradient_checkpointing`` as one of :data:`CHECKPOINTING`; psysim 0.2.0's booleans are documented
+    spellings (true: ``full``, what it meant then; false: ``none``)."""
+    return {True: "full", False: "none"}.get(value, value) if isinstance(value, bool) else value
+
+
 def _default(cls, name: str) -> Any:
     """The default of ``cls``'s field ``name``: every default is written once, in its config class."""
     spec = next(f for f in dataclasses.fields(cls) if f.name == name)
@@ -713,7 +730,9 @@ def _finetune(f: dict[str, Any]) -> FinetuneConfig:
         batch_size=f.get("batch_size", _default(FinetuneConfig, "batch_size")),
         max_length=f.get("max_length", _default(FinetuneConfig, "max_length")),
         patience=f.get("patience", _default(FinetuneConfig, "patience")),
-        gradient_checkpointing=f.get("gradient_checkpointing", _default(FinetuneConfig, "gradient_checkpointing")),
+        gradient_checkpointing=_checkpointing(
+            f.get("gradient_checkpointing", _default(FinetuneConfig, "gradient_checkpointing"))
+        ),
         batch_tokens=f.get("batch_tokens", _default(FinetuneConfig, "batch_tokens")),
     )
 

@@ -32,6 +32,7 @@ never saw. This module does that on the user's own experiment:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -39,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import FinetuneConfig
+from .config import CHECKPOINTING, FinetuneConfig
 from .errors import ConfigError, Problem, PsysimError
 from .experiment import Experiment
 from .files import display_path
@@ -115,18 +116,110 @@ def lora_config(ft: FinetuneConfig):
     )
 
 
-def lora_model(base_model, lora, gradient_checkpointing: bool = True):
-    """The base model with a fresh LoRA adapter (peft), checkpointing each layer's activations when asked."""
+def lora_model(base_model, lora, checkpointing: str):
+    """The base model with a fresh LoRA adapter (peft), its layers' activations checkpointed as ``checkpointing`` says.
+
+    * ``none``: autograd keeps every activation a layer's backward pass needs
+      (fastest; the most memory).
+    * ``selective``: a layer keeps only the outputs of its products with the
+      model's weights and of its attention kernel, and recomputes the rest in the
+      backward pass (norms, rotary embedding, SiLU, products of activations,
+      residual sums, the adapters' rank-r products): about a third less memory for
+      a few percent of the time, since what is recomputed is cheap elementwise
+      work (:func:`_selective_policy`).
+    * ``full``: a layer keeps only its input and recomputes its whole forward pass
+      (the least memory, for about 1.3-1.6x the time of a step).
+
+    All three give the same gradients, bit for bit (tests/test_finetune.py).
+    """
     from peft import get_peft_model
 
-    if gradient_checkpointing:
-        # Non-reentrant checkpointing works with the frozen embeddings (no enable_input_require_grads hook needed).
+    if checkpointing not in CHECKPOINTING:
+        raise ValueError(f"checkpointing must be one of {', '.join(CHECKPOINTING)}, not {checkpointing!r}")
+    if checkpointing != "none":
+        kwargs: dict[str, Any] = {"use_reentrant": False}
+        if checkpointing == "selective":
+            from torch.utils.checkpoint import create_selective_checkpoint_contexts
+
+            kwargs["context_fn"] = functools.partial(create_selective_checkpoint_contexts, _selective_policy(lora.r))
         # (Newer transformers call it activation checkpointing; older ones only know gradient checkpointing.)
         if hasattr(base_model, "activation_checkpointing_enable"):
-            base_model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            base_model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
         else:
-            base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return get_peft_model(base_model, lora)
+            base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        _no_input_grads(base_model)
+    model = get_peft_model(base_model, lora)
+    _no_input_grads(base_model)  # peft adds the hook again when checkpointing is on
+    return model
+
+
+def _no_input_grads(base_model) -> None:
+    """Remove the hook that makes the embeddings' output require a gradient.
+
+    transformers and peft each add it for checkpointing's sake (each call
+    forgets the previous one's handle, hence one removal after each). Non-reentrant
+    checkpointing does not need it, and with it the first layer computes input
+    gradients that nobody uses.
+    """
+    if hasattr(base_model, "disable_input_require_grads"):
+        base_model.disable_input_require_grads()
+
+
+def _selective_policy(rank: int):
+    """What a layer keeps under ``selective`` checkpointing (torch's selective activation checkpointing policy).
+
+    Kept: the outputs of matrix products whose inner dimension is larger than the
+    adapter's rank (the products with the model's weights, the most expensive work
+    of a layer) and of the fused attention kernels. Recomputed: everything else,
+    including the adapters' second product (inner dimension ``rank``: cheap), whose
+    output would otherwise double what the weights' products keep.
+    """
+    import torch
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    aten = torch.ops.aten
+    attention = {
+        getattr(aten, name).default
+        for name in (
+            "_scaled_dot_product_flash_attention_for_cpu",
+            "_scaled_dot_product_flash_attention",
+            "_scaled_dot_product_efficient_attention",
+            "_scaled_dot_product_cudnn_attention",
+        )
+        if hasattr(aten, name)
+    }
+
+    def policy(ctx, op, *args, **kwargs):
+        if op is aten.mm.default or op is aten.addmm.default:
+            left = args[1] if op is aten.addmm.default else args[0]  # addmm(bias, input, weight)
+            return CheckpointPolicy.MUST_SAVE if left.shape[-1] > rank else CheckpointPolicy.PREFER_RECOMPUTE
+        return CheckpointPolicy.MUST_SAVE if op in attention else CheckpointPolicy.PREFER_RECOMPUTE
+
+    return policy
+
+
+def release_freed_memory() -> None:
+    """Give the heap's freed pages back to the operating system (glibc's ``malloc_trim``; nothing elsewhere).
+
+    torch frees a step's activations, but glibc keeps the pages for later
+    allocations, and the gaps between long-lived blocks make the resident size
+    creep up from step to step (the finetune quickstart grew by ~0.8 GB over its
+    steps, BENCHMARKS.md). Trimming after each step keeps the peak at one step's
+    need; it costs a few milliseconds.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None where the C library has none (macOS, musl, Windows)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    return getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
 
 
 def batch_loss(model, batch: list[tuple[list[int], list[int]]], pad_id: int, *, reduction: str = "mean"):
@@ -340,6 +433,7 @@ def finetune_experiment(
             loss = accumulate(model, [examples[i] for i in batches[step]], backend.pad_id, ft.batch_tokens)
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
             optimizer.step()
+            release_freed_memory()
             losses.append(loss)
             step += 1
             if bar:

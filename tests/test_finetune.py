@@ -170,20 +170,44 @@ def test_micro_batches_accumulate_the_whole_batchs_gradient(ft, hf):
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(ft, hf):
-    """finetune.gradient_checkpointing trades time for memory only: the recomputed forward gives identical gradients."""
+    """finetune.gradient_checkpointing trades time for memory only: none, selective and full give identical gradients.
+
+    And each recomputes what it says: counted by torch's FLOP counter during the
+    backward pass, ``selective`` recomputes only the adapters' rank-r products
+    (no product with the model's weights), ``full`` the whole forward pass.
+    """
     import copy
 
     import torch
     from peft import LoraConfig
+    from torch.utils._python_dispatch import TorchDispatchMode
 
     import psysim
-    from psysim.finetune import accumulate, lora_model, training_example
+    from psysim.finetune import batch_loss, lora_model, training_example
+
+    class ProductFlops(TorchDispatchMode):
+        """FLOPs of the matrix products run while active (torch's FlopCounterMode also hooks modules, which
+        selective checkpointing's op-by-op replay does not tolerate)."""
+
+        def __init__(self, rank):
+            super().__init__()
+            self.rank, self.wide, self.thin = rank, 0, 0  # products over more than `rank` terms, and the adapters'
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default):
+                left, right = args[-2:]
+                flops = 2 * left.shape[0] * left.shape[1] * right.shape[1]
+                if left.shape[1] > self.rank:
+                    self.wide += flops
+                else:
+                    self.thin += flops
+            return func(*args, **(kwargs or {}))
 
     exp = psysim.load_experiment("experiment.yaml")
     tok = hf.tokenizer()
     batch = [training_example(tok, p.text, p.spans) for p in (exp.render(pid, "no_persona") for pid in exp.participants[:3])]
-    out = []
-    for checkpointing in (False, True):
+    out = {}
+    for checkpointing in ("none", "selective", "full"):
         torch.manual_seed(0)
         model = lora_model(
             copy.deepcopy(hf.model(len(tok))), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"), checkpointing
@@ -192,14 +216,35 @@ def test_gradient_checkpointing_gives_the_same_gradients(ft, hf):
             if "lora_B" in name:
                 torch.nn.init.normal_(param, std=0.05)
         model.train()  # checkpointing acts in training mode only
-        assert model.get_base_model().model.layers[0].gradient_checkpointing == checkpointing
-        loss = accumulate(model, batch, tok.pad_token_id, 10**6)
-        out.append((loss, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
-    (plain, plain_grads), (ckpt, ckpt_grads) = out
-    assert ckpt == plain
-    assert plain_grads.keys() == ckpt_grads.keys() and plain_grads
-    for name, g in ckpt_grads.items():
-        assert torch.equal(g, plain_grads[name]), name
+        assert model.get_base_model().model.layers[0].gradient_checkpointing == (checkpointing != "none")
+        losses, backward_flops = [], [0, 0]
+        for example in batch:
+            loss = batch_loss(model, [example], tok.pad_token_id, reduction="sum")
+            with ProductFlops(rank=4) as counter:
+                loss.backward()
+            losses.append(loss.item())
+            backward_flops = [backward_flops[0] + counter.wide, backward_flops[1] + counter.thin]
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        out[checkpointing] = (losses, grads, backward_flops)
+        adapters_b = [p.shape for n, p in model.named_parameters() if "lora_B" in n]  # (out_features, r) each
+    plain_losses, plain_grads, plain_flops = out["none"]
+    assert plain_grads
+    for checkpointing in ("selective", "full"):
+        losses, grads, _ = out[checkpointing]
+        assert losses == plain_losses and grads.keys() == plain_grads.keys()
+        for name, g in grads.items():
+            assert torch.equal(g, plain_grads[name]), (checkpointing, name)
+    # The forward pass's products with the weights: 2 FLOPs per weight of the decoder layers per token.
+    base = hf.model(len(tok))
+    weights = sum(p.numel() for n, p in base.model.layers.named_parameters() if p.dim() == 2)
+    forward = 2 * weights * sum(len(ids) for ids, _ in batch)
+    tokens = sum(len(ids) for ids, _ in batch)
+    (wide, thin), (plain_wide, plain_thin) = out["selective"][2], plain_flops
+    # selective recomputes no product with the weights, only (some of) the adapters' second, r-wide products ...
+    assert wide == plain_wide
+    assert 0 < thin - plain_thin <= sum(2 * tokens * r * n_out for n_out, r in adapters_b)
+    # ... full recomputes the forward pass, its products with the weights included.
+    assert out["full"][2][0] - plain_wide >= 0.9 * forward
 
 
 def test_finetune_then_run_on_held_out_people(ft, run_cli):
