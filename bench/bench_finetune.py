@@ -25,7 +25,7 @@ All give the same loss (printed). Reported: seconds per step (median of
 ``--steps``), peak resident memory of the process and what the step added on
 top of the loaded model, and the step's FLOP bound: the matrix products a
 step cannot avoid, divided by this machine's float32 matrix-product rate,
-measured in the same process (2048 × 2048 ``torch.mm``): 2 FLOPs per weight per
+measured in the same process (2048 × 2048 ``torch.mm``, the mean of its rate before and after the steps): 2 FLOPs per weight per
 token forward and as many again for the gradients with respect to the inputs
 that the adapters need (the frozen weights need no weight gradients), and the
 attention products, which no method avoids either (``QKᵀ`` and ``PV`` forward,
@@ -50,6 +50,18 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def matmul_rate() -> float:
+    """This machine's float32 matrix-product rate now (FLOP/s of a 2048 x 2048 ``torch.mm``)."""
+    import torch
+
+    a = torch.randn(2048, 2048)
+    torch.mm(a, a)
+    started = time.perf_counter()
+    for _ in range(5):
+        torch.mm(a, a)
+    return 5 * 2 * 2048**3 / (time.perf_counter() - started)
 
 
 def step(method: str, batch: int, steps: int) -> dict:
@@ -107,6 +119,7 @@ def step(method: str, batch: int, steps: int) -> dict:
             release_freed_memory()
             return loss
 
+    rate_before = matmul_rate()
     times, losses = [], []
     for _ in range(steps):
         model.zero_grad()
@@ -123,12 +136,7 @@ def step(method: str, batch: int, steps: int) -> dict:
     width = config.num_attention_heads * getattr(config, "head_dim", config.hidden_size // config.num_attention_heads)
     flops_attention = sum(6 * len(ids) ** 2 * width * config.num_hidden_layers for ids, _ in examples)
     flops = flops_weights + flops_attention
-    a = torch.randn(2048, 2048)
-    torch.mm(a, a)
-    started = time.perf_counter()
-    for _ in range(5):
-        torch.mm(a, a)
-    rate = 5 * 2 * 2048**3 / (time.perf_counter() - started)
+    rate = (rate_before + matmul_rate()) / 2  # a shared machine's rate drifts: the mean of before and after the steps
     return {
         "method": method,
         "tokens": [len(ids) for ids, _ in examples],
@@ -138,6 +146,7 @@ def step(method: str, batch: int, steps: int) -> dict:
         "loss": round(losses[0], 6),
         "threads": torch.get_num_threads(),
         "matmul_gflops": round(rate / 1e9),
+        "matmul_gflops_before_after": [round(rate_before / 1e9), round((2 * rate - rate_before) / 1e9)],
         "checkpointing": checkpointing,
         "flop_bound_seconds": round(flops / rate, 2),
         "flop_bound_seconds_weights": round(flops_weights / rate, 2),

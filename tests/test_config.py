@@ -340,3 +340,25 @@ def test_default_config_classes_are_valid():
     from psysim import config
 
     config.FinetuneConfig(), config.SimulationConfig(), config.EvaluationConfig(), config.ModelConfig(name="m", source="s")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("selective", "selective"), ("none", "none"), ("full", "full"), ("true", "full"), ("false", "none"), (None, "selective")],
+)
+def test_gradient_checkpointing_values(toy, value, expected):
+    """finetune.gradient_checkpointing: none | selective (default) | full; 0.2.0's true / false mean full / none."""
+    toy.write_yaml(EXPERIMENT + ("finetune: {}\n" if value is None else f"finetune:\n  gradient_checkpointing: {value}\n"))
+    assert load_config("experiment.yaml").finetune.gradient_checkpointing == expected
+
+
+def test_gradient_checkpointing_rejects_other_values(toy):
+    """Anything else is named with its location and the values allowed, in YAML and in Python."""
+    from psysim.config import FinetuneConfig
+
+    toy.write_yaml(EXPERIMENT + "finetune:\n  gradient_checkpointing: partial\n")
+    (problem,) = problems_of("experiment.yaml")
+    assert problem.startswith("experiment.yaml:") and "finetune.gradient_checkpointing" in problem
+    assert 'found a string "partial"' in problem and '"selective"' in problem
+    with pytest.raises(ConfigError, match=r"gradient_checkpointing.*one of none, selective, full.*'partial'"):
+        FinetuneConfig(gradient_checkpointing="partial")
