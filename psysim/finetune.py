@@ -206,6 +206,7 @@ def release_freed_memory() -> None:
     instead of 1 GB for the finetune quickstart's model after a step without
     checkpointing), memory the validation passes and other programs could use.
     The peak itself is one step's need either way (BENCHMARKS.md, run 5).
+    """
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
