@@ -25,8 +25,8 @@ All give the same loss (printed). Reported: seconds per step (median of
 ``--steps``), peak resident memory of the process and what the step added on
 top of the loaded model, and the step's FLOP bound: the matrix products a
 step cannot avoid, divided by this machine's float32 matrix-product rate,
-measured in the same process (2048 × 2048 ``torch.mm``, the mean of its rate before and after the steps): 2 FLOPs per weight per
-token forward and as many again for the gradients with respect to the inputs
+measured in the same process (2048 × 2048 ``torch.mm``, the mean of its rate
+before and after the steps): 2 FLOPs per weight per token forward and as many again for the gradients with respect to the inputs
 that the adapters need (the frozen weights need no weight gradients), and the
 attention products, which no method avoids either (``QKᵀ`` and ``PV`` forward,
 four products of the same size backward, each over the causal half: 6·L²·d per
@@ -69,7 +69,7 @@ def step(method: str, batch: int, steps: int) -> dict:
 
     import psysim
     from psysim.backends import get_backend
-    from psysim.finetune import accumulate, batch_loss, lora_config, lora_model, release_freed_memory, training_example
+    from psysim.finetune import accumulate, batch_loss, lora_model, release_freed_memory, training_example
 
     exp = psysim.load_experiment(REPO / "experiments" / "finetune.yaml")
     backend = get_backend(exp.model(None), exp.config.folder)
@@ -80,11 +80,10 @@ def step(method: str, batch: int, steps: int) -> dict:
     ft = exp.config.finetune  # the experiment's LoRA settings, as psysim finetune builds them
     if method == "psysim-dropout":
         ft = dataclasses.replace(ft, dropout=0.05)
-    lora = lora_config(ft)
-    checkpointing = {"psysim": ft.gradient_checkpointing, "psysim-dropout": ft.gradient_checkpointing}.get(
-        method, "full" if method == "psysim-full" else "none"
-    )
-    model = lora_model(backend.model, lora, checkpointing)
+    elif method != "psysim":  # the shipped setting for psysim; the others name theirs
+        ft = dataclasses.replace(ft, gradient_checkpointing="full" if method == "psysim-full" else "none")
+    checkpointing = ft.gradient_checkpointing
+    model = lora_model(backend.model, ft)
     model.train()
     loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 

@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .config import CHECKPOINTING, FinetuneConfig
+from .config import FinetuneConfig
 from .errors import ConfigError, Problem, PsysimError
 from .experiment import Experiment
 from .files import display_path
@@ -116,8 +116,8 @@ def lora_config(ft: FinetuneConfig):
     )
 
 
-def lora_model(base_model, lora, checkpointing: str):
-    """The base model with a fresh LoRA adapter (peft), its layers' activations checkpointed as ``checkpointing`` says.
+def lora_model(base_model, ft: FinetuneConfig):
+    """The base model with a fresh LoRA adapter (:func:`lora_config`), activations kept as ``ft.gradient_checkpointing`` says.
 
     * ``none``: autograd keeps every activation a layer's backward pass needs
       (fastest; the most memory).
@@ -134,21 +134,19 @@ def lora_model(base_model, lora, checkpointing: str):
     """
     from peft import get_peft_model
 
-    if checkpointing not in CHECKPOINTING:
-        raise ValueError(f"checkpointing must be one of {', '.join(CHECKPOINTING)}, not {checkpointing!r}")
-    if checkpointing != "none":
+    if ft.gradient_checkpointing != "none":  # one of config.CHECKPOINTING: FinetuneConfig checks it
         kwargs: dict[str, Any] = {"use_reentrant": False}
-        if checkpointing == "selective":
+        if ft.gradient_checkpointing == "selective":
             from torch.utils.checkpoint import create_selective_checkpoint_contexts
 
-            kwargs["context_fn"] = functools.partial(create_selective_checkpoint_contexts, _selective_policy(lora.r))
+            kwargs["context_fn"] = functools.partial(create_selective_checkpoint_contexts, _selective_policy(ft.rank))
         # (Newer transformers call it activation checkpointing; older ones only know gradient checkpointing.)
         if hasattr(base_model, "activation_checkpointing_enable"):
             base_model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
         else:
             base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         _no_input_grads(base_model)
-    model = get_peft_model(base_model, lora)
+    model = get_peft_model(base_model, lora_config(ft))
     _no_input_grads(base_model)  # peft adds the hook again when checkpointing is on
     return model
 
@@ -381,7 +379,7 @@ def finetune_experiment(
     torch.manual_seed(cfg.seed)
     base_test_nll = state["base_test_nll"] if state else _nll(backend, prompts["test"])
     base_val_nll = state["curve"][0]["validation_nll"] if state else _nll(backend, prompts["validation"])
-    model = lora_model(backend.model, lora_config(ft), ft.gradient_checkpointing)
+    model = lora_model(backend.model, ft)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=ft.learning_rate)
     curve = state["curve"] if state else [{"epoch": 0, "train_loss": None, "validation_nll": base_val_nll}]
     epoch, step = (state["epoch"], state["step"]) if state else (1, 0)

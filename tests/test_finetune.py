@@ -179,10 +179,10 @@ def test_gradient_checkpointing_gives_the_same_gradients(ft, hf):
     import copy
 
     import torch
-    from peft import LoraConfig
     from torch.utils._python_dispatch import TorchDispatchMode
 
     import psysim
+    from psysim.config import FinetuneConfig
     from psysim.finetune import batch_loss, lora_model, training_example
 
     class ProductFlops(TorchDispatchMode):
@@ -210,7 +210,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(ft, hf):
     for checkpointing in ("none", "selective", "full"):
         torch.manual_seed(0)
         model = lora_model(
-            copy.deepcopy(hf.model(len(tok))), LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"), checkpointing
+            copy.deepcopy(hf.model(len(tok))), FinetuneConfig(rank=4, alpha=8, gradient_checkpointing=checkpointing)
         )
         for name, param in model.named_parameters():
             if "lora_B" in name:
@@ -237,8 +237,8 @@ def test_gradient_checkpointing_gives_the_same_gradients(ft, hf):
     # The forward pass's products with the weights: 2 FLOPs per weight of the decoder layers per token.
     base = hf.model(len(tok))
     weights = sum(p.numel() for n, p in base.model.layers.named_parameters() if p.dim() == 2)
-    forward = 2 * weights * sum(len(ids) for ids, _ in batch)
     tokens = sum(len(ids) for ids, _ in batch)
+    forward = 2 * weights * tokens
     (wide, thin), (plain_wide, plain_thin) = out["selective"][2], plain_flops
     # selective recomputes no product with the weights, only (some of) the adapters' second, r-wide products ...
     assert wide == plain_wide
