@@ -560,10 +560,10 @@ def models_check(experiment: Path, model: str | None, against: str, limit: int) 
     """
     from .backends.parity import check_parity
     from .experiment import load_experiment
-    from .progress import quiet_transformers
+    from .progress import quiet_libraries
 
     exp = load_experiment(experiment)
-    quiet_transformers(progress=False)
+    quiet_libraries(progress=False)
     reports = check_parity(exp, model=model, against=against, limit=limit)
     for report in reports:
         for line in report.lines():

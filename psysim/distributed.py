@@ -137,11 +137,11 @@ class BatchWorker:
 
     def __init__(self, model, folder, dry_run: bool, threads: int):
         from .backends.hf import THREADS_ENV
-        from .progress import quiet_transformers
+        from .progress import quiet_libraries
         from .run import backend_for
 
         os.environ[THREADS_ENV] = str(threads)  # torch's threads: this worker's CPUs, as psysim --threads would
-        quiet_transformers(progress=False)
+        quiet_libraries(progress=False)
         self.model = model
         self.backend = backend_for(model, folder, None, dry_run, progress=False)
 

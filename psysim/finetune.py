@@ -328,7 +328,7 @@ def finetune_experiment(
     import torch
 
     from .backends import get_backend
-    from .progress import quiet_transformers
+    from .progress import quiet_libraries
     from .record import inputs, now, result_config, versions
     from .run import check_writable
 
@@ -361,7 +361,7 @@ def finetune_experiment(
     if state is not None and state.get("status") == "complete":
         return FinetuneResult(folder, json.loads((folder / "adapter" / "psysim_card.json").read_text("utf-8")))
 
-    quiet_transformers(progress)
+    quiet_libraries(progress)
     backend = backend or get_backend(model_cfg, cfg.folder)
     if getattr(backend, "model", None) is None:
         raise ConfigError("fine-tuning needs a transformers model (the hf backend)")

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
-__all__ = ["progress_bar", "quiet_transformers"]
+__all__ = ["progress_bar", "quiet_libraries"]
 
 
-def quiet_transformers(progress: bool) -> None:
-    """transformers' own warnings are not the user's business here; its progress bars follow ``progress``."""
+def quiet_libraries(progress: bool) -> None:
+    """The libraries' own warnings are not the user's business here; transformers' progress bars follow ``progress``.
+
+    transformers and huggingface_hub each log through their own logger: peft's
+    ``save_pretrained`` parses the model-card template it writes and
+    huggingface_hub then warns that the card has no metadata block (psysim
+    writes its own card over it).
+    """
     try:
+        from huggingface_hub.utils import logging as hub_logging
         from transformers.utils import logging as tlog
     except ImportError:
         return
     tlog.set_verbosity_error()
+    hub_logging.set_verbosity_error()
     import warnings
 
     # peft asks transformers a deprecated question while applying an adapter; the answer is right, the warning noise.

@@ -21,7 +21,7 @@ from .errors import Problem, PsysimError
 from .experiment import Experiment, Prompt
 from .files import display_path
 from .metrics import CONDITION_KEYS, option_probs, predicted_option
-from .progress import progress_bar, quiet_transformers
+from .progress import progress_bar, quiet_libraries
 from .record import manifest_base, now, study_manifest
 from .render.context import fit_prompt
 from .store import RunFolder
@@ -207,7 +207,7 @@ def backend_for(model, base: Path, backends: dict[str, Backend] | None, dry_run:
         from .backends.mock import MockBackend
 
         return MockBackend(model.name)
-    quiet_transformers(progress)
+    quiet_libraries(progress)
     return get_backend(model, base)
 
 

@@ -294,6 +294,26 @@ def test_finetune_then_run_on_held_out_people(ft, run_cli):
     assert row["estimate"] == pytest.approx((per_person["tuned"] - per_person["base"]).mean(), abs=1e-12)
 
 
+def test_no_library_line_reaches_the_user(ft):
+    """The console script, as a user runs it: finetune, then run with the adapter, print nothing on stderr.
+
+    In-process runners do not see these lines (the libraries' log handlers hold
+    the stderr of import time), so the commands run in a child process.
+    """
+    import subprocess
+    import sys
+
+    evaluation = (ft / "experiment.yaml").read_text("utf-8").split("models:")[0]
+    evaluation += "models:\n  - {name: tuned, source: tiny-model, adapter: out/adapter}\nconditions: [no_persona]\n"
+    (ft / "eval.yaml").write_text(evaluation, encoding="utf-8")
+    for args in (["finetune", "experiment.yaml", "--out", "out"], ["run", "eval.yaml", "--out", "evalrun", "--limit", "2"]):
+        r = subprocess.run([sys.executable, "-m", "psysim", *args, "-q"], cwd=ft, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        # huggingface_hub's "Repo card metadata block was not found" (peft's save_pretrained), transformers'
+        # FutureWarning on is_gradient_checkpointing (peft applying an adapter): neither is the user's business.
+        assert r.stderr == "", (args, r.stderr)
+
+
 def test_same_seed_same_adapter_and_resume_after_interrupt(ft, run_cli, monkeypatch):
     """Two runs give byte-identical adapters; one interrupted mid-epoch resumes to the same adapter."""
     import psysim.finetune as finetune
