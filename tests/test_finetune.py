@@ -169,6 +169,52 @@ def test_micro_batches_accumulate_the_whole_batchs_gradient(ft, hf):
         assert torch.allclose(g, full_grads[name], atol=1e-6, rtol=1e-5), name
 
 
+@pytest.mark.parametrize("alpha", [8, 6])
+def test_fused_adapters_give_peft_s_loss_and_gradients(ft, hf, alpha):
+    """The training step's one-addmm adapters equal peft's ``result + B(A(x)) * scaling``: bit for bit where the
+    scaling (alpha / rank) is a power of two, to float rounding otherwise; peft's forward is back after the block."""
+    import copy
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    import psysim
+    from psysim.finetune import batch_loss, fused_adapters, training_example
+
+    exp = psysim.load_experiment("experiment.yaml")
+    tok = hf.tokenizer()
+    torch.manual_seed(0)
+    model = get_peft_model(copy.deepcopy(hf.model(len(tok))), LoraConfig(r=4, lora_alpha=alpha, target_modules="all-linear"))
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.05)
+    batch = [training_example(tok, p.text, p.spans) for p in (exp.render(pid, "no_persona") for pid in exp.participants[:3])]
+    adapted = [m for m in model.modules() if hasattr(m, "lora_A")]
+
+    def step():
+        model.zero_grad()
+        loss = batch_loss(model, batch, tok.pad_token_id)
+        loss.backward()
+        return loss, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    peft_loss, peft_grads = step()
+    with fused_adapters(model):
+        assert all("forward" in vars(m) for m in adapted)  # every LoRA layer of this model is fused ...
+        loss, grads = step()
+    assert not any("forward" in vars(m) for m in adapted)  # ... and only within the block
+    assert grads.keys() == peft_grads.keys() and len(grads) == 2 * len(adapted)
+    if alpha == 8:
+        assert torch.equal(loss, peft_loss) and all(torch.equal(grads[n], peft_grads[n]) for n in grads)
+    else:
+        assert loss.item() == pytest.approx(peft_loss.item(), abs=1e-6)
+        assert all(torch.allclose(grads[n], peft_grads[n], atol=1e-6, rtol=1e-5) for n in grads)
+
+    # A LoRA variant (DoRA here) keeps peft's own forward.
+    dora = get_peft_model(copy.deepcopy(hf.model(len(tok))), LoraConfig(r=4, use_dora=True, target_modules="all-linear"))
+    with fused_adapters(dora):
+        assert not any("forward" in vars(m) for m in dora.modules() if hasattr(m, "lora_A"))
+
+
 def test_gradient_checkpointing_gives_the_same_gradients(ft, hf):
     """finetune.gradient_checkpointing trades time for memory only: none, selective and full give identical gradients.
 
