@@ -70,6 +70,8 @@ class Summary:
     split: str | None = None
     #: ``cohort.generate`` in words (what ``psysim simulate`` draws), or None.
     generate: str | None = None
+    #: The ``finetune:`` section in words (what ``psysim finetune`` trains), or None when the file has none.
+    finetune: tuple[str, str] | None = None
 
     def __str__(self) -> str:
         lo, med, hi = self.responses_per_participant
@@ -112,8 +114,10 @@ class Summary:
         rows += [
             ("conditions", ", ".join(self.conditions)),
             ("models", ", ".join(self.models)),
-            ("output", self.output),
         ]
+        if self.finetune:
+            rows += [("finetune", self.finetune[0]), ("  training", self.finetune[1])]
+        rows.append(("output", self.output))
         return "\n".join(f"  {k:<13}{v}" for k, v in rows)
 
     def _missing(self) -> str:
@@ -583,6 +587,7 @@ class Experiment:
             studies=self.study_profiles(),
             split=self._split_line(),
             generate=self._generate_line(),
+            finetune=self._finetune_lines(),
         )
 
     def _split_line(self) -> str | None:
@@ -591,6 +596,24 @@ class Experiment:
             return None
         file, part = split
         return f"the {part} part of {display_path(file)} (written by psysim finetune): {len(self.participants)} participants"
+
+    def _finetune_lines(self) -> tuple[str, str] | None:
+        if "finetune" not in self.config.raw:
+            return None
+        ft = self.config.finetune
+        targets = ft.target_modules if isinstance(ft.target_modules, str) else ", ".join(ft.target_modules)
+        train, validation, test = ft.split
+        adapter = (
+            f"LoRA rank {ft.rank}, alpha {ft.alpha:g}{' (rsLoRA)' if ft.rslora else ''}, dropout {ft.dropout:g} on "
+            f"{targets} of {self.model(ft.model).name}, trained on the {ft.condition or self.config.conditions[0].name} "
+            f"prompts of {train:.0%} of the participants (validation {validation:.0%}, test {test:.0%})"
+        )
+        training = (
+            f"{ft.epochs} epochs, batches of {ft.batch_size} in parts of at most {ft.batch_tokens} tokens, learning rate "
+            f"{ft.learning_rate:g}, patience {ft.patience}, max length {ft.max_length}, gradient checkpointing "
+            f"{ft.gradient_checkpointing}"
+        )
+        return adapter, training
 
     def _generate_line(self) -> str | None:
         gen = self.config.cohort.generate

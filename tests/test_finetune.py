@@ -293,6 +293,19 @@ def test_gradient_checkpointing_gives_the_same_gradients(ft, hf):
     assert out["full"][2][0] - plain_wide >= 0.9 * forward
 
 
+def test_validate_says_what_finetune_will_train(ft, run_cli):
+    """psysim validate shows the finetune: section in words (a file without one shows no such line)."""
+    shown = run_cli("validate", "experiment.yaml").stdout
+    assert (
+        "  finetune     LoRA rank 8, alpha 16, dropout 0 on all-linear of tiny, trained on the no_persona prompts of 60% "
+        "of the participants (validation 20%, test 20%)\n"
+        "    training   2 epochs, batches of 4 in parts of at most 1024 tokens, learning rate 0.001, patience 1, "
+        "max length 2048, gradient checkpointing selective\n"
+    ) in shown
+    (ft / "plain.yaml").write_text((ft / "experiment.yaml").read_text("utf-8").split("finetune:")[0], encoding="utf-8")
+    assert "finetune" not in run_cli("validate", "plain.yaml").stdout
+
+
 def test_finetune_then_run_on_held_out_people(ft, run_cli):
     """Split, card, curve; psysim run with cohort.split reproduces the card's held-out NLLs exactly."""
     r = run_cli("finetune", "experiment.yaml", "--out", "out", "-q")
