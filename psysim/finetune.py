@@ -18,6 +18,10 @@ never saw. This module does that on the user's own experiment:
    layers by default —, rsLoRA) with AdamW; per epoch the training
    participants are shuffled with ``numpy.random.default_rng([seed, epoch])``;
    loss = mean NLL per response token of the batch; gradients clipped at 1.
+   A step (:func:`accumulate`) runs in parts of at most ``batch_tokens``
+   tokens, keeps activations as ``gradient_checkpointing`` says
+   (:func:`lora_model`) and adds each adapter's product in one matrix product
+   (:func:`fused_adapters`).
    After every epoch the validation NLL (Psych-201's: mean over responses of
    the response's summed NLL) decides early stopping (``patience``).
 4. **Resumable and deterministic**: a checkpoint (adapter, optimizer, torch
