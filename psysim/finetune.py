@@ -460,7 +460,12 @@ def finetune_experiment(
     def save_state(status: str, losses) -> None:
         folder.joinpath("checkpoint").mkdir(parents=True, exist_ok=True)
         torch.save(
-            {"adapter": get_peft_model_state_dict(model), "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()},
+            {
+                # The adapter's weights only (the embeddings never change; _save_adapter says why this is explicit).
+                "adapter": get_peft_model_state_dict(model, save_embedding_layers=False),
+                "optimizer": optimizer.state_dict(),
+                "rng": torch.get_rng_state(),
+            },
             folder / "checkpoint" / "training.pt.tmp",
         )
         os.replace(folder / "checkpoint" / "training.pt.tmp", folder / "checkpoint" / "training.pt")
@@ -571,7 +576,10 @@ def _save_adapter(model, adapter: Path, base: str, which: str) -> None:
     """
     for config in model.peft_config.values():
         config.base_model_name_or_path = base
-    model.save_pretrained(adapter)
+    # psysim never changes the vocabulary, so the base model's embeddings are never part of the adapter; peft's
+    # default ("auto") would look for the base model's config under ``base`` (a registry name is no folder) and then
+    # on the Hub, warning when it cannot.
+    model.save_pretrained(adapter, save_embedding_layers=False)
     note = (
         f"# LoRA adapter (training in progress)\n\nBase model: `{base}`. Saved at {which}. The model card "
         "(psysim_card.json and this README) is written when `psysim finetune` completes.\n"

@@ -365,11 +365,18 @@ def test_no_library_line_reaches_the_user(ft):
     evaluation = (ft / "experiment.yaml").read_text("utf-8").split("models:")[0]
     evaluation += "models:\n  - {name: tuned, source: tiny-model, adapter: out/adapter}\nconditions: [no_persona]\n"
     (ft / "eval.yaml").write_text(evaluation, encoding="utf-8")
-    for args in (["finetune", "experiment.yaml", "--out", "out"], ["run", "eval.yaml", "--out", "evalrun", "--limit", "2"]):
-        r = subprocess.run([sys.executable, "-m", "psysim", *args, "-q"], cwd=ft, capture_output=True, text=True)
+    # From another folder: the model's source (a path relative to the experiment file) then names no folder here,
+    # as a registry name would not, and peft would look for the base model's config on the Hub when saving.
+    (ft / "elsewhere").mkdir()
+    for args in (
+        ["finetune", "../experiment.yaml", "--out", "../out"],
+        ["run", "../eval.yaml", "--out", "../evalrun", "--limit", "2"],
+    ):
+        r = subprocess.run([sys.executable, "-m", "psysim", *args, "-q"], cwd=ft / "elsewhere", capture_output=True, text=True)
         assert r.returncode == 0, r.stderr
-        # huggingface_hub's "Repo card metadata block was not found" (peft's save_pretrained), transformers'
-        # FutureWarning on is_gradient_checkpointing (peft applying an adapter): neither is the user's business.
+        # huggingface_hub's "Repo card metadata block was not found" and peft's "Could not find a config file" (both
+        # from peft's save_pretrained), transformers' FutureWarning on is_gradient_checkpointing (peft applying an
+        # adapter): none is the user's business.
         assert r.stderr == "", (args, r.stderr)
 
 
