@@ -300,7 +300,8 @@ def fused_adapters(model):
     it is the same arithmetic (one rounding of a product scaled by ``scaling``
     and one of the sum), so losses and gradients equal peft's bit for bit where
     the scaling is a power of two, as alpha = 2 × rank makes it
-    (tests/test_finetune.py; a step 10% faster, BENCHMARKS.md run 6).
+    (tests/test_finetune.py). The step keeps less and runs faster: BENCHMARKS.md,
+    run 6.
 
     Only layers in peft's plain configuration are fused (one active adapter, not
     merged, no LoRA variant such as DoRA, input already in the adapter's dtype);
@@ -327,7 +328,7 @@ def _fused_forward(module, name: str, x, *args, **kwargs):
     import torch
 
     lora_a, lora_b = module.lora_A[name], module.lora_B[name]
-    base_dtype = getattr(module.base_layer.weight, "dtype", None)
+    base_dtype = getattr(getattr(module.base_layer, "weight", None), "dtype", None)
     if args or kwargs or not x.dtype == lora_a.weight.dtype == lora_b.weight.dtype == base_dtype:
         # peft's own forward handles extra arguments and mixed dtypes (it casts)
         return type(module).forward(module, x, *args, **kwargs)
