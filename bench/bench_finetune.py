@@ -147,7 +147,7 @@ def step(method: str, batch: int, steps: int) -> dict:
     flops = flops_weights + flops_attention
     # A shared machine's rate drifts within minutes: each step is set against the bound at the mean of the rates
     # measured just before and just after it, and the median of these ratios is reported.
-    ratios = [t / (flops / ((a + b) / 2)) for t, a, b in zip(times, rates, rates[1:], strict=False)]
+    ratios = [t / (flops / ((a + b) / 2)) for t, a, b in zip(times, rates[:-1], rates[1:], strict=True)]
     rate = statistics.median(rates)
     return {
         "method": method,

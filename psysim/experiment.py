@@ -433,8 +433,10 @@ class Experiment:
         t = self.transcripts.get(pid)
         return t.experiment if t else (self.task.experiment if self.task else self.config.name)
 
-    def condition(self, name: str) -> ConditionConfig:
-        """The condition called ``name``."""
+    def condition(self, name: str | None) -> ConditionConfig:
+        """The condition called ``name`` (the first condition if ``None``)."""
+        if name is None:
+            return self.config.conditions[0]
         for c in self.config.conditions:
             if c.name == name:
                 return c
@@ -605,7 +607,7 @@ class Experiment:
         train, validation, test = ft.split
         adapter = (
             f"LoRA rank {ft.rank}, alpha {ft.alpha:g}{' (rsLoRA)' if ft.rslora else ''}, dropout {ft.dropout:g} on "
-            f"{targets} of {self.model(ft.model).name}, trained on the {ft.condition or self.config.conditions[0].name} "
+            f"{targets} of {self.model(ft.model).name}, trained on the {self.condition(ft.condition).name} "
             f"prompts of {train:.0%} of the participants (validation {validation:.0%}, test {test:.0%})"
         )
         training = (

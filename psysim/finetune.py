@@ -395,7 +395,7 @@ def finetune_experiment(
     folder = Path(out) if out is not None else cfg.output.with_name(cfg.output.name + "-finetuned")
     check_writable(folder)
     model_cfg = exp.model(ft.model)
-    condition = exp.condition(ft.condition or cfg.conditions[0].name)
+    condition = exp.condition(ft.condition)  # the first condition unless finetune.condition names one
     if model_cfg.backend != "hf":
         raise ConfigError(
             "fine-tuning needs a real model", [cfg.problem(("models", model_cfg.index, "backend"), "expected hf, found mock")]
