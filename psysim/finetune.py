@@ -20,7 +20,7 @@ never saw. This module does that on the user's own experiment:
    loss = mean NLL per response token of the batch; gradients clipped at 1.
    A step (:func:`accumulate`) runs in parts of at most ``batch_tokens``
    tokens, keeps activations as ``gradient_checkpointing`` says
-   (:func:`lora_model`) and adds each adapter's product in one matrix product
+   (:func:`lora_model`) and runs each adapted layer as one autograd node
    (:func:`fused_adapters`).
    After every epoch the validation NLL (Psych-201's: mean over responses of
    the response's summed NLL) decides early stopping (``patience``).
@@ -291,17 +291,23 @@ def accumulate(model, batch: list[tuple[list[int], list[int]]], pad_id: int, tok
 
 @contextlib.contextmanager
 def fused_adapters(model):
-    """Within the block, each LoRA layer adds its adapter's product in one ``addmm`` (peft's forward outside it).
+    """Within the block, each LoRA layer runs as one autograd node (peft's forward outside it).
 
-    peft computes ``result + lora_B(lora_A(x)) * scaling``: three passes over the
-    layer's whole output (the rank-r product, the scaling, the sum) forward, and
-    the scaling's again backward. ``addmm(result, lora_A(x), Bᵀ, alpha=scaling)``
-    is one, the scaling applied to the rank-r product inside the matrix product;
-    it is the same arithmetic (one rounding of a product scaled by ``scaling``
-    and one of the sum), so losses and gradients equal peft's bit for bit where
-    the scaling is a power of two, as alpha = 2 × rank makes it
-    (tests/test_finetune.py). The step keeps less and runs faster: BENCHMARKS.md,
-    run 6.
+    peft computes ``base(x) + lora_B(lora_A(dropout(x))) * scaling`` as separate
+    autograd nodes: forward, three passes over the layer's whole output (the
+    rank-r product, the scaling, the sum); backward, the adapter's input
+    gradient as a second ``[tokens × width]`` tensor added to the base layer's,
+    and the rank-r products in the layouts autograd picks, which CPU kernels run
+    3-4x slower than their transposes. For a plain linear layer with its base
+    frozen and no adapter dropout (psysim's defaults), the block runs
+    :func:`_adapter_linear` instead: ``addmm(x Wᵀ + b, x Aᵀ, Bᵀ, alpha=scaling)``
+    forward, and a backward pass that adds the adapter's input gradient into the
+    base layer's in place and computes the rank-r products in their fast
+    layouts. Other layers add the adapter in one ``addmm`` on peft's modules.
+
+    The arithmetic is the same as peft's up to float rounding (the products are
+    summed in another order; tests/test_finetune.py); the step keeps less and
+    runs faster: BENCHMARKS.md, runs 6 and 7.
 
     Only layers in peft's plain configuration are fused (one active adapter, not
     merged, no LoRA variant such as DoRA, input already in the adapter's dtype);
@@ -328,17 +334,61 @@ def _fused_forward(module, name: str, x, *args, **kwargs):
     import torch
 
     lora_a, lora_b = module.lora_A[name], module.lora_B[name]
-    base_dtype = getattr(getattr(module.base_layer, "weight", None), "dtype", None)
-    if args or kwargs or not x.dtype == lora_a.weight.dtype == lora_b.weight.dtype == base_dtype:
+    base = module.base_layer
+    weight = getattr(base, "weight", None)
+    if args or kwargs or weight is None or not x.dtype == lora_a.weight.dtype == lora_b.weight.dtype == weight.dtype:
         # peft's own forward handles extra arguments and mixed dtypes (it casts)
         return type(module).forward(module, x, *args, **kwargs)
-    result = module.base_layer(x)
-    low = lora_a(module.lora_dropout[name](x))
-    shape = result.shape
-    out = torch.addmm(
-        result.reshape(-1, shape[-1]), low.reshape(-1, low.shape[-1]), lora_b.weight.t(), alpha=module.scaling[name]
-    )
-    return out.view(shape)
+    scaling = module.scaling[name]
+    flat = x.reshape(-1, x.shape[-1])
+    if (
+        type(base) is torch.nn.Linear
+        and not weight.requires_grad
+        and (base.bias is None or not base.bias.requires_grad)
+        and isinstance(module.lora_dropout[name], torch.nn.Identity)
+    ):
+        out = _adapter_linear().apply(flat, weight, base.bias, lora_a.weight, lora_b.weight, scaling)
+    else:  # a dropout mask, a trainable or non-Linear base layer (GPT-2's Conv1D): autograd's own backward
+        result = base(x)
+        low = lora_a(module.lora_dropout[name](x)).reshape(flat.shape[0], -1)
+        out = torch.addmm(result.reshape(flat.shape[0], -1), low, lora_b.weight.t(), alpha=scaling)
+    return out.view(*x.shape[:-1], out.shape[-1])
+
+
+@functools.cache
+def _adapter_linear():
+    """The autograd Function of a frozen linear layer plus its LoRA adapter, ``x Wᵀ + b + scaling · (x Aᵀ) Bᵀ``.
+
+    Forward: the base product, the rank-r product ``x Aᵀ`` (kept for the
+    backward pass: [tokens × r]) and one ``addmm``; under ``selective``
+    checkpointing its products with more than r terms are kept and the
+    ``addmm`` recomputed, as for peft's modules (:func:`_selective_policy`).
+    Backward: ``g Wᵀ`` for the input with the adapter's share added in place,
+    and the three rank-r products computed as the transposes of ``g B``,
+    ``gᵀ (x Aᵀ)`` and ``(g B)ᵀ x`` where that is the layout the CPU kernels run
+    fastest (measured: 3-4x faster for the first two).
+    """
+    import torch
+
+    class AdapterLinear(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, weight, bias, a, b, scaling):
+            low = x @ a.t()
+            ctx.save_for_backward(x, low, weight, a, b)
+            ctx.scaling = scaling
+            return torch.addmm(torch.nn.functional.linear(x, weight, bias), low, b.t(), alpha=scaling)
+
+        @staticmethod
+        def backward(ctx, grad):
+            x, low, weight, a, b = ctx.saved_tensors
+            scaling = ctx.scaling
+            through_b = (b.t() @ grad.t()).t()  # grad @ b
+            grad_b = (low.t() @ grad).t() * scaling
+            grad_a = (through_b.t() @ x) * scaling
+            grad_x = (grad @ weight).addmm_(through_b, a, alpha=scaling) if ctx.needs_input_grad[0] else None
+            return grad_x, None, None, grad_a, grad_b, None
+
+    return AdapterLinear
 
 
 def _nll(backend, prompts) -> float:

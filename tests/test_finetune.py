@@ -169,10 +169,17 @@ def test_micro_batches_accumulate_the_whole_batchs_gradient(ft, hf):
         assert torch.allclose(g, full_grads[name], atol=1e-6, rtol=1e-5), name
 
 
-@pytest.mark.parametrize("alpha", [8, 6])
-def test_fused_adapters_give_peft_s_loss_and_gradients(ft, hf, alpha):
-    """The training step's one-addmm adapters equal peft's ``result + B(A(x)) * scaling``: bit for bit where the
-    scaling (alpha / rank) is a power of two, to float rounding otherwise; peft's forward is back after the block."""
+@pytest.mark.parametrize(("alpha", "dropout"), [(8, 0.0), (6, 0.0), (8, 0.1)])
+def test_fused_adapters_give_peft_s_loss_and_gradients(ft, hf, alpha, dropout):
+    """The training step's fused adapters equal peft's ``result + B(A(dropout(x))) * scaling``.
+
+    The loss bit for bit where the scaling (alpha / rank) is a power of two (the
+    same forward arithmetic), to float rounding otherwise; the gradients to float
+    rounding (the adapter's products are summed in another order). Without
+    dropout every layer is one ``AdapterLinear`` node; with dropout each adds its
+    adapter in one ``addmm`` (bit for bit, gradients included, at a power of two).
+    peft's forward is back after the block.
+    """
     import copy
 
     import torch
@@ -184,30 +191,44 @@ def test_fused_adapters_give_peft_s_loss_and_gradients(ft, hf, alpha):
     exp = psysim.load_experiment("experiment.yaml")
     tok = hf.tokenizer()
     torch.manual_seed(0)
-    model = get_peft_model(copy.deepcopy(hf.model(len(tok))), LoraConfig(r=4, lora_alpha=alpha, target_modules="all-linear"))
+    config = LoraConfig(r=4, lora_alpha=alpha, lora_dropout=dropout, target_modules="all-linear")
+    model = get_peft_model(copy.deepcopy(hf.model(len(tok))), config)
     for name, param in model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(param, std=0.05)
     batch = [training_example(tok, p.text, p.spans) for p in (exp.render(pid, "no_persona") for pid in exp.participants[:3])]
     adapted = [m for m in model.modules() if hasattr(m, "lora_A")]
 
+    def nodes(loss):
+        seen, todo = set(), [loss.grad_fn]
+        while todo:
+            node = todo.pop()
+            if node is not None and node not in seen:
+                seen.add(node)
+                todo.extend(n for n, _ in node.next_functions)
+        return [type(n).__name__ for n in seen]
+
     def step():
         model.zero_grad()
+        torch.manual_seed(1)  # the same dropout masks
         loss = batch_loss(model, batch, tok.pad_token_id)
+        names = nodes(loss)
         loss.backward()
-        return loss, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        return loss, {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}, names
 
-    peft_loss, peft_grads = step()
+    peft_loss, peft_grads, _ = step()
     with fused_adapters(model):
         assert all("forward" in vars(m) for m in adapted)  # every LoRA layer of this model is fused ...
-        loss, grads = step()
+        loss, grads, names = step()
     assert not any("forward" in vars(m) for m in adapted)  # ... and only within the block
+    assert names.count("AdapterLinearBackward") == (0 if dropout else len(adapted))
     assert grads.keys() == peft_grads.keys() and len(grads) == 2 * len(adapted)
     if alpha == 8:
-        assert torch.equal(loss, peft_loss) and all(torch.equal(grads[n], peft_grads[n]) for n in grads)
-    else:
-        assert loss.item() == pytest.approx(peft_loss.item(), abs=1e-6)
-        assert all(torch.allclose(grads[n], peft_grads[n], atol=1e-6, rtol=1e-5) for n in grads)
+        assert torch.equal(loss, peft_loss)
+    assert loss.item() == pytest.approx(peft_loss.item(), abs=1e-6)
+    if alpha == 8 and dropout:
+        assert all(torch.equal(grads[n], peft_grads[n]) for n in grads)
+    assert all(torch.allclose(grads[n], peft_grads[n], atol=1e-6, rtol=1e-5) for n in grads)
 
     # A LoRA variant (DoRA here) keeps peft's own forward.
     dora = get_peft_model(copy.deepcopy(hf.model(len(tok))), LoraConfig(r=4, use_dora=True, target_modules="all-linear"))
@@ -215,13 +236,17 @@ def test_fused_adapters_give_peft_s_loss_and_gradients(ft, hf, alpha):
         assert not any("forward" in vars(m) for m in dora.modules() if hasattr(m, "lora_A"))
 
 
-def test_gradient_checkpointing_gives_the_same_gradients(ft, hf):
+@pytest.mark.parametrize("fused", [False, True], ids=["peft", "fused"])
+def test_gradient_checkpointing_gives_the_same_gradients(ft, hf, fused):
     """finetune.gradient_checkpointing trades time for memory only: none, selective and full give identical gradients.
+
+    With peft's adapter modules and with the training step's fused ones (:func:`psysim.finetune.fused_adapters`).
 
     And each recomputes what it says: counted by torch's FLOP counter during the
     backward pass, ``selective`` recomputes only the adapters' rank-r products
     (no product with the model's weights), ``full`` the whole forward pass.
     """
+    import contextlib
     import copy
 
     import torch
@@ -229,7 +254,7 @@ def test_gradient_checkpointing_gives_the_same_gradients(ft, hf):
 
     import psysim
     from psysim.config import FinetuneConfig
-    from psysim.finetune import batch_loss, lora_model, training_example
+    from psysim.finetune import batch_loss, fused_adapters, lora_model, training_example
 
     class ProductFlops(TorchDispatchMode):
         """FLOPs of the matrix products run while active (torch's FlopCounterMode also hooks modules, which
@@ -265,9 +290,10 @@ def test_gradient_checkpointing_gives_the_same_gradients(ft, hf):
         assert model.get_base_model().model.layers[0].gradient_checkpointing == (checkpointing != "none")
         losses, backward_flops = [], [0, 0]
         for example in batch:
-            loss = batch_loss(model, [example], tok.pad_token_id, reduction="sum")
-            with ProductFlops(rank=4) as counter:
-                loss.backward()
+            with fused_adapters(model) if fused else contextlib.nullcontext():  # recomputation runs the same forward
+                loss = batch_loss(model, [example], tok.pad_token_id, reduction="sum")
+                with ProductFlops(rank=4) as counter:
+                    loss.backward()
             losses.append(loss.item())
             backward_flops = [backward_flops[0] + counter.wide, backward_flops[1] + counter.thin]
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
