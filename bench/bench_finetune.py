@@ -14,9 +14,9 @@ is its own), on the same batch of thoma2025riskychoice participants
                response token is predicted;
 * ``psysim-parts-nockpt`` — the same loss through :func:`psysim.finetune.accumulate`
                in parts of at most ``finetune.batch_tokens`` (1024) tokens,
-               without gradient checkpointing (the adapters fused into one
-               ``addmm`` each, :func:`psysim.finetune.fused_adapters`, as in
-               every ``accumulate`` method below; ``psysim-nockpt`` runs peft's
+               without gradient checkpointing (each adapted layer one autograd
+               node, :func:`psysim.finetune.fused_adapters`, as in every
+               ``accumulate`` method below; ``psysim-nockpt`` runs peft's
                forward);
 * ``psysim-dropout`` — as shipped but with dropout 0.05 on the adapters'
                inputs (the default until run 4);
@@ -79,7 +79,7 @@ def step(method: str, batch: int, steps: int) -> dict:
 
     import psysim
     from psysim.backends import get_backend
-    from psysim.finetune import accumulate, batch_loss, lora_model, release_freed_memory, training_example
+    from psysim.finetune import accumulate, batch_loss, lora_model, training_example
 
     exp = psysim.load_experiment(REPO / "experiments" / "finetune.yaml")
     backend = get_backend(exp.model(None), exp.config.folder)
@@ -119,14 +119,8 @@ def step(method: str, batch: int, steps: int) -> dict:
         run_step = plain(naive)
     elif method == "psysim-nockpt":
         run_step = plain(lambda b: batch_loss(model, b, backend.pad_id))
-    elif method == "psysim-parts-nockpt":
+    else:  # as psysim finetune's loop (which gives the heap's freed pages back once per epoch, not per step)
         run_step = lambda b: accumulate(model, b, backend.pad_id, ft.batch_tokens)  # noqa: E731
-    else:  # as psysim finetune's loop: the step, then the heap trimmed
-
-        def run_step(b):
-            loss = accumulate(model, b, backend.pad_id, ft.batch_tokens)
-            release_freed_memory()
-            return loss
 
     rates, times, losses = [matmul_rate()], [], []
     for _ in range(steps):

@@ -205,10 +205,14 @@ def release_freed_memory() -> None:
     """Give the heap's freed pages back to the operating system (glibc's ``malloc_trim``; nothing elsewhere).
 
     torch frees a step's activations, but glibc keeps the pages for later
-    allocations: between steps the process would stay at its peak (2.7 GB
-    instead of 1 GB for the finetune quickstart's model after a step without
-    checkpointing), memory the validation passes and other programs could use.
-    The peak itself is one step's need either way (BENCHMARKS.md, run 5).
+    allocations: after its training steps the process would stay at their peak
+    (2.7 GB instead of 1 GB for the finetune quickstart's model after a step
+    without checkpointing) through the validation pass, which needs far less,
+    memory other programs could use. The training loop calls it once per
+    epoch, before validation, not after every step: the next step would only
+    fault the same pages back in (~270,000 page faults a step for the finetune
+    quickstart, BENCHMARKS.md run 7). The peak itself is one step's need either
+    way (run 5).
     """
     trim = _malloc_trim()
     if trim is not None:
@@ -544,7 +548,6 @@ def finetune_experiment(
             loss = accumulate(model, [examples[i] for i in batches[step]], backend.pad_id, ft.batch_tokens)
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
             optimizer.step()
-            release_freed_memory()
             losses.append(loss)
             step += 1
             if bar:
@@ -553,6 +556,7 @@ def finetune_experiment(
             if step % CHECKPOINT_STEPS == 0 and step < len(batches):
                 save_state("running", losses)
         model.eval()
+        release_freed_memory()  # the steps' activations: validation needs a fraction of them
         val = _nll(backend, prompts["validation"])
         curve.append({"epoch": epoch, "train_loss": float(np.mean(losses)) if losses else None, "validation_nll": val})
         if val < best:
