@@ -25,7 +25,8 @@ is its own), on the same batch of thoma2025riskychoice participants
                default).
 
 All give the same loss (printed). Reported: seconds per step (each, and the
-median of ``--steps``), peak resident memory of the process and what the step
+median of ``--steps``, measured after one first step timed apart: a process's
+first step also faults its pages in), peak resident memory of the process and what the step
 added on top of the loaded model, and the step's FLOP bound: the matrix
 products a step cannot avoid, divided by this machine's float32
 matrix-product rate, measured in the same process (2048 × 2048 ``torch.mm``,
@@ -122,6 +123,13 @@ def step(method: str, batch: int, steps: int) -> dict:
     else:  # as psysim finetune's loop (which gives the heap's freed pages back once per epoch, not per step)
         run_step = lambda b: accumulate(model, b, backend.pad_id, ft.batch_tokens)  # noqa: E731
 
+    # The first step of a process also faults its activations' pages in and fills allocator caches: timed apart,
+    # as a training run's first step (the rest, what a run of many steps spends, are the steps measured below).
+    model.zero_grad()
+    torch.manual_seed(1)
+    started = time.perf_counter()
+    run_step(examples)
+    first = time.perf_counter() - started
     rates, times, losses = [matmul_rate()], [], []
     for _ in range(steps):
         model.zero_grad()
@@ -147,6 +155,7 @@ def step(method: str, batch: int, steps: int) -> dict:
         "method": method,
         "tokens": [len(ids) for ids, _ in examples],
         "seconds_per_step": round(statistics.median(times), 2),
+        "first_step_seconds": round(first, 2),
         "peak_mib": round(peak / 1024),
         "step_added_mib": round((peak - loaded) / 1024),
         "loss": round(losses[0], 6),
