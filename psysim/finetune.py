@@ -129,9 +129,10 @@ def lora_model(base_model, ft: FinetuneConfig):
     * ``selective``: a layer keeps only the outputs of its products with the
       model's weights and of its attention kernel, and recomputes the rest in the
       backward pass (norms, rotary embedding, SiLU, products of activations,
-      residual sums, the adapters' rank-r products): the finetune quickstart
-      peaks at 2.2 GB where ``none`` passed 3.7 GB, for about 1.1-1.4x the step
-      time of ``none`` (what is recomputed is cheap; :func:`_selective_policy`).
+      residual sums, the adapters' rank-r products): a finetune quickstart step
+      adds 1.5 GB where ``none`` adds 1.9 GB, for about 1.1-1.4x the step time
+      of ``none`` (what is recomputed is cheap; :func:`_selective_policy`;
+      BENCHMARKS.md, runs 5-7).
     * ``full``: a layer keeps only its input and recomputes its whole forward pass
       (the least memory, for about 1.2-1.6x the step time of ``none``).
 
