@@ -449,13 +449,22 @@ def finetune(experiment: Path, out: Path | None, quiet: bool, restart: bool, kee
     people with `psysim run` and cohort.split: {file: .../split.json, part: test}.
     """
     from .experiment import load_experiment
-    from .finetune import finetune_experiment
+    from .finetune import CHECKPOINT_STEPS, checkpoint_saved, finetune_experiment, finetune_folder
 
     exp = load_experiment(experiment)
     try:
         result = finetune_experiment(exp, out=out, progress=not quiet, restart=restart, keep_checkpoint=keep_checkpoint)
     except KeyboardInterrupt:
-        click.echo("interrupted: the last checkpoint is saved; run the same command again to resume", err=True)
+        folder = finetune_folder(exp, out)
+        if checkpoint_saved(folder):
+            saved = display_path(folder / "checkpoint")
+            message = f"the last checkpoint is saved in {saved}; run the same command again to resume"
+        else:  # interrupted while measuring the base model or during the first steps
+            message = (
+                f"no checkpoint was saved yet (one is saved every {CHECKPOINT_STEPS} steps and after every epoch); "
+                "the same command will start the training over"
+            )
+        click.echo(f"interrupted: {message}", err=True)
         sys.exit(130)
     test = result.card["test_nll"]
     click.echo(

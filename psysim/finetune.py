@@ -51,7 +51,15 @@ from .experiment import Experiment
 from .files import display_path
 from .store import write_atomic
 
-__all__ = ["CHECKPOINT_STEPS", "FinetuneResult", "finetune_experiment", "make_split", "training_example"]
+__all__ = [
+    "CHECKPOINT_STEPS",
+    "FinetuneResult",
+    "checkpoint_saved",
+    "finetune_experiment",
+    "finetune_folder",
+    "make_split",
+    "training_example",
+]
 
 #: Optimisation steps between mid-epoch checkpoints.
 CHECKPOINT_STEPS = 25
@@ -427,6 +435,16 @@ def _fitting_prompt(exp, backend, pid, condition, limit):
     return prompt
 
 
+def finetune_folder(exp: Experiment, out: str | os.PathLike | None = None) -> Path:
+    """Where :func:`finetune_experiment` writes: ``out``, or the experiment's output with ``-finetuned`` appended."""
+    return Path(out) if out is not None else exp.config.output.with_name(exp.config.output.name + "-finetuned")
+
+
+def checkpoint_saved(folder: str | os.PathLike) -> bool:
+    """Whether a training in ``folder`` has saved a checkpoint that the same command would resume from."""
+    return (Path(folder) / "checkpoint" / "training.pt").exists()
+
+
 def finetune_experiment(
     exp: Experiment,
     *,
@@ -447,7 +465,7 @@ def finetune_experiment(
 
     cfg = exp.config
     ft = cfg.finetune
-    folder = Path(out) if out is not None else cfg.output.with_name(cfg.output.name + "-finetuned")
+    folder = finetune_folder(exp, out)
     check_writable(folder)
     model_cfg = exp.model(ft.model)
     condition = exp.condition(ft.condition)  # the first condition unless finetune.condition names one

@@ -415,9 +415,18 @@ def test_same_seed_same_adapter_and_resume_after_interrupt(ft, run_cli, monkeypa
     weights = "adapter/adapter_model.safetensors"
     assert digest(ft / "a" / weights) == digest(ft / "b" / weights)
 
-    monkeypatch.setattr(finetune, "CHECKPOINT_STEPS", 1)
     real = finetune.accumulate  # one call per training step (a step may compute several micro-batches)
     calls = []
+
+    def at_once(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(finetune, "accumulate", at_once)  # interrupted before any checkpoint: says so, not "resume"
+    r = run_cli("finetune", "experiment.yaml", "--out", "e", "-q")
+    assert r.exit_code == 130 and "no checkpoint was saved yet" in r.stderr and "resume" not in r.stderr
+    assert not (ft / "e" / "checkpoint").exists()
+
+    monkeypatch.setattr(finetune, "CHECKPOINT_STEPS", 1)
 
     def interrupted(*args, **kwargs):
         calls.append(1)
@@ -427,7 +436,7 @@ def test_same_seed_same_adapter_and_resume_after_interrupt(ft, run_cli, monkeypa
 
     monkeypatch.setattr(finetune, "accumulate", interrupted)
     r = run_cli("finetune", "experiment.yaml", "--out", "c", "-q")
-    assert r.exit_code == 130 and "run the same command again to resume" in r.stderr
+    assert r.exit_code == 130 and "saved in c/checkpoint; run the same command again to resume" in r.stderr
     state = json.loads((ft / "c" / "state.json").read_text("utf-8"))
     assert (state["epoch"], state["step"]) == (2, 1)
     # While interrupted: the split is already there, the adapter's README says training is in progress, and the
