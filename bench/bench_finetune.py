@@ -20,9 +20,13 @@ is its own), on the same batch of thoma2025riskychoice participants
                forward);
 * ``psysim-dropout`` — as shipped but with dropout 0.05 on the adapters'
                inputs (the default until run 4);
+* ``psysim-selective`` / ``psysim-full`` — parts, with selective / full
+               gradient checkpointing;
 * ``psysim`` — as shipped: parts of at most ``finetune.batch_tokens`` tokens,
-               checkpointing as ``finetune.gradient_checkpointing`` says (on by
-               default).
+               checkpointing as ``finetune.gradient_checkpointing`` says
+               (``auto``: measured, then ``none`` within
+               ``finetune.activation_budget_mib``; ``checkpointing`` in the
+               results says what it chose, and how long measuring took).
 
 All give the same loss (printed). Reported: seconds per step (each, and the
 median of ``--steps``, measured after one first step timed apart: a process's
@@ -80,7 +84,7 @@ def step(method: str, batch: int, steps: int) -> dict:
 
     import psysim
     from psysim.backends import get_backend
-    from psysim.finetune import accumulate, batch_loss, lora_model, training_example
+    from psysim.finetune import accumulate, batch_loss, choose_checkpointing, lora_model, training_example
 
     exp = psysim.load_experiment(REPO / "experiments" / "finetune.yaml")
     backend = get_backend(exp.model(None), exp.config.folder)
@@ -92,9 +96,12 @@ def step(method: str, batch: int, steps: int) -> dict:
     if method == "psysim-dropout":
         ft = dataclasses.replace(ft, dropout=0.05)
     elif method != "psysim":  # the shipped setting for psysim; the others name theirs
-        ft = dataclasses.replace(ft, gradient_checkpointing="full" if method == "psysim-full" else "none")
-    checkpointing = ft.gradient_checkpointing
+        named = {"psysim-full": "full", "psysim-selective": "selective"}
+        ft = dataclasses.replace(ft, gradient_checkpointing=named.get(method, "none"))
     model = lora_model(backend.model, ft)
+    started = time.perf_counter()
+    checkpointing = choose_checkpointing(model, ft, examples, backend.pad_id)  # what `auto` settles on, as finetune does
+    checkpointing["seconds"] = round(time.perf_counter() - started, 2)
     model.train()
     loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
@@ -176,7 +183,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--methods", default="naive,psysim-nockpt,psysim-parts-nockpt,psysim-full,psysim")
+    parser.add_argument("--methods", default="naive,psysim-nockpt,psysim-parts-nockpt,psysim-selective,psysim-full,psysim")
     parser.add_argument("--method", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.method:

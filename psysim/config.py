@@ -229,8 +229,8 @@ class EvaluationConfig:
         )
 
 
-#: ``finetune.gradient_checkpointing``'s values, from the most memory kept to the least.
-CHECKPOINTING = ("none", "selective", "full")
+#: ``finetune.gradient_checkpointing``'s values: ``auto``, then the modes from the most memory kept to the least.
+CHECKPOINTING = ("auto", "none", "selective", "full")
 
 
 @dataclass(frozen=True)
@@ -253,11 +253,16 @@ class FinetuneConfig:
     max_length: int = 2048
     patience: int = 1
     #: What a layer keeps for its backward pass (one of :data:`CHECKPOINTING`; psysim.finetune.lora_model says what
-    #: each does). ``selective`` recomputes only cheap elementwise work: nearly the speed of ``none`` for much of the
-    #: memory saving of ``full`` (bench/bench_finetune.py, BENCHMARKS.md).
-    gradient_checkpointing: str = "selective"
+    #: each does). ``auto`` keeps everything (``none``, the fastest) when a part's activations fit in
+    #: ``activation_budget_mib`` and checkpoints selectively otherwise (psysim.finetune.choose_checkpointing);
+    #: the adapter is the same bit for bit whichever mode runs (bench/bench_finetune.py, BENCHMARKS.md).
+    gradient_checkpointing: str = "auto"
     #: A batch is computed in parts of at most this many (padded) tokens, gradients accumulated: memory follows it.
     batch_tokens: int = 1024
+    #: Under ``gradient_checkpointing: auto``, the most activation memory (MiB) a part may keep without checkpointing:
+    #: 2 GiB lets the finetune quickstart's model run its 1,024-token parts uncheckpointed (1.34 MiB a token) with the
+    #: whole command under 3 GB, and sends models a few times its size to selective checkpointing.
+    activation_budget_mib: int = 2048
 
     def __post_init__(self) -> None:
         split = tuple(self.split)
@@ -279,6 +284,12 @@ class FinetuneConfig:
                 ("max_length", self.max_length, self.max_length >= 16, "at least 16 tokens"),
                 ("patience", self.patience, self.patience >= 1, "at least 1 epoch"),
                 ("batch_tokens", self.batch_tokens, self.batch_tokens >= 16, "at least 16 tokens"),
+                (
+                    "activation_budget_mib",
+                    self.activation_budget_mib,
+                    isinstance(self.activation_budget_mib, int) and self.activation_budget_mib >= 0,
+                    "a whole number of MiB, 0 or more",
+                ),
                 (
                     "gradient_checkpointing",
                     self.gradient_checkpointing,
@@ -734,6 +745,7 @@ def _finetune(f: dict[str, Any]) -> FinetuneConfig:
             f.get("gradient_checkpointing", _default(FinetuneConfig, "gradient_checkpointing"))
         ),
         batch_tokens=f.get("batch_tokens", _default(FinetuneConfig, "batch_tokens")),
+        activation_budget_mib=f.get("activation_budget_mib", _default(FinetuneConfig, "activation_budget_mib")),
     )
 
 

@@ -615,6 +615,8 @@ class Experiment:
             f"{ft.learning_rate:g}, patience {ft.patience}, max length {ft.max_length}, gradient checkpointing "
             f"{ft.gradient_checkpointing}"
         )
+        if ft.gradient_checkpointing == "auto":  # psysim.finetune.choose_checkpointing's rule
+            training += f" (none while a part keeps at most {ft.activation_budget_mib} MiB of activations, else selective)"
         return adapter, training
 
     def _generate_line(self) -> str | None:

@@ -20,7 +20,9 @@ never saw. This module does that on the user's own experiment:
    loss = mean NLL per response token of the batch; gradients clipped at 1.
    A step (:func:`accumulate`) runs in parts of at most ``batch_tokens``
    tokens, keeps activations as ``gradient_checkpointing`` says
-   (:func:`lora_model`) and runs each adapted layer as one autograd node
+   (:func:`lora_model`; ``auto``: all of them when a part's, measured, fit in
+   ``activation_budget_mib``, :func:`choose_checkpointing`) and runs each
+   adapted layer as one autograd node
    (:func:`fused_adapters`).
    After every epoch the validation NLL (Psych-201's: mean over responses of
    the response's summed NLL) decides early stopping (``patience``).
@@ -54,7 +56,9 @@ from .store import write_atomic
 __all__ = [
     "CHECKPOINT_STEPS",
     "FinetuneResult",
+    "activation_mib",
     "checkpoint_saved",
+    "choose_checkpointing",
     "finetune_experiment",
     "finetune_folder",
     "make_split",
@@ -129,11 +133,16 @@ def lora_config(ft: FinetuneConfig):
     )
 
 
-def lora_model(base_model, ft: FinetuneConfig):
-    """The base model with a fresh LoRA adapter (:func:`lora_config`), activations kept as ``ft.gradient_checkpointing`` says.
+def lora_model(base_model, ft: FinetuneConfig, checkpointing: str | None = None):
+    """The base model with a fresh LoRA adapter (:func:`lora_config`), activations kept as ``checkpointing`` says.
+
+    ``checkpointing`` defaults to ``ft.gradient_checkpointing``; ``auto`` builds
+    the model without checkpointing, for :func:`choose_checkpointing` to measure
+    and decide. The modes:
 
     * ``none``: autograd keeps every activation a layer's backward pass needs
-      (fastest; the most memory).
+      (fastest; the most memory: 1.34 MiB a token for the finetune quickstart's
+      model).
     * ``selective``: a layer keeps only the outputs of its products with the
       model's weights and of its attention kernel, and recomputes the rest in the
       backward pass (norms, rotary embedding, SiLU, products of activations,
@@ -148,21 +157,108 @@ def lora_model(base_model, ft: FinetuneConfig):
     """
     from peft import get_peft_model
 
-    if ft.gradient_checkpointing != "none":  # one of config.CHECKPOINTING: FinetuneConfig checks it
-        kwargs: dict[str, Any] = {"use_reentrant": False}
-        if ft.gradient_checkpointing == "selective":
-            from torch.utils.checkpoint import create_selective_checkpoint_contexts
-
-            kwargs["context_fn"] = functools.partial(create_selective_checkpoint_contexts, _selective_policy(ft.rank))
-        # (Newer transformers call it activation checkpointing; older ones only know gradient checkpointing.)
-        if hasattr(base_model, "activation_checkpointing_enable"):
-            base_model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-        else:
-            base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-        _no_input_grads(base_model)
     model = get_peft_model(base_model, lora_config(ft))
-    _no_input_grads(base_model)  # peft adds the hook again when checkpointing is on
+    _no_input_grads(base_model)
+    mode = checkpointing or ft.gradient_checkpointing
+    if mode != "auto":
+        set_checkpointing(model, mode, ft.rank)
     return model
+
+
+def set_checkpointing(model, mode: str, rank: int) -> None:
+    """Make the LoRA model's layers keep activations as ``mode`` (``none``, ``selective`` or ``full``) says."""
+    if mode == "none":  # one of config.CHECKPOINTING: FinetuneConfig checks it
+        return
+    base_model = model.get_base_model()
+    kwargs: dict[str, Any] = {"use_reentrant": False}
+    if mode == "selective":
+        from torch.utils.checkpoint import create_selective_checkpoint_contexts
+
+        kwargs["context_fn"] = functools.partial(create_selective_checkpoint_contexts, _selective_policy(rank))
+    # (Newer transformers call it activation checkpointing; older ones only know gradient checkpointing.)
+    if hasattr(base_model, "activation_checkpointing_enable"):
+        base_model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        base_model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    _no_input_grads(base_model)
+
+
+#: Lengths (tokens) of :func:`activation_mib`'s probe passes: three, so that the quadratic through them is exact
+#: whether attention keeps O(L) per layer (the fused kernels batch_loss runs) or O(L²) (eager attention's weights).
+PROBE_TOKENS = (32, 64, 128)
+
+
+def activation_mib(model, tokens: int, pad_id: int, response_share: float = 0.1) -> float:
+    """MiB of activations one part of ``tokens`` tokens keeps for its backward pass, as ``model`` runs now.
+
+    Measured, not modelled: a training forward pass (:func:`batch_loss` under
+    :func:`fused_adapters`, as :func:`accumulate` runs it) at each of
+    :data:`PROBE_TOKENS` lengths, with a response token every ``1 /
+    response_share`` tokens, counting the bytes of every distinct storage autograd
+    saves that is not a parameter; the quadratic through the three is evaluated at
+    ``tokens``. No backward pass is run and no gradient is touched.
+    """
+    import numpy as np
+    import torch
+
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    weights |= {b.untyped_storage().data_ptr() for b in model.buffers()}
+    every = max(1, round(1 / response_share)) if response_share > 0 else None
+    was_training = model.training
+    model.train()  # dropout keeps its masks only in training
+    sizes = []
+    try:
+        # A first pass unmeasured: the first forward pass also builds what later ones reuse (caches kept by modules).
+        for n in (PROBE_TOKENS[0], *PROBE_TOKENS):
+            saved: dict[int, int] = {}
+
+            def keep(t, saved=saved):
+                storage = t.untyped_storage()
+                if storage.data_ptr() not in weights:
+                    saved[storage.data_ptr()] = storage.nbytes()
+                return t
+
+            labels = [pad_id if every and i % every == every - 1 else -100 for i in range(n)]
+            with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t), fused_adapters(model):
+                loss = batch_loss(model, [([pad_id] * n, labels)], pad_id, reduction="sum")
+            del loss
+            sizes.append(sum(saved.values()))
+    finally:
+        model.train(was_training)
+    fit = np.polyfit(PROBE_TOKENS, sizes[1:], 2)
+    return max(float(np.polyval(fit, tokens)), 0.0) / 2**20
+
+
+def longest_part(examples: list[tuple[list[int], list[int]]], ft: FinetuneConfig) -> int:
+    """The most padded tokens a part of :func:`micro_batches` can hold for these examples and settings."""
+    longest = max((len(ids) for ids, _ in examples), default=0)
+    return max(longest, min(ft.batch_tokens, ft.batch_size * longest))
+
+
+def choose_checkpointing(model, ft: FinetuneConfig, examples, pad_id: int) -> dict[str, Any]:
+    """Settle ``auto`` checkpointing on the model ``lora_model(..., ft)`` built; what was chosen and why.
+
+    ``auto``: ``none`` (every activation kept: the fastest step) when one part
+    of the longest size these examples allow (:func:`longest_part`) keeps at most
+    ``ft.activation_budget_mib`` MiB of activations without checkpointing
+    (:func:`activation_mib`), ``selective`` otherwise. Any other setting is
+    taken as written. The choice changes time and memory, never the adapter
+    (the modes' gradients are the same bit for bit).
+    """
+    if ft.gradient_checkpointing != "auto":
+        return {"setting": ft.gradient_checkpointing, "mode": ft.gradient_checkpointing}
+    responses = [sum(label != -100 for label in labels) / max(len(labels), 1) for _, labels in examples]
+    part = longest_part(examples, ft)
+    need = activation_mib(model, part, pad_id, max(responses, default=0.1))
+    mode = "none" if need <= ft.activation_budget_mib else "selective"
+    set_checkpointing(model, mode, ft.rank)
+    return {
+        "setting": "auto",
+        "mode": mode,
+        "part_tokens": part,
+        "activation_mib_without_checkpointing": round(need),
+        "activation_budget_mib": ft.activation_budget_mib,
+    }
 
 
 def _no_input_grads(base_model) -> None:
@@ -511,6 +607,7 @@ def finetune_experiment(
     base_test_nll = state["base_test_nll"] if state else _nll(backend, prompts["test"])
     base_val_nll = state["curve"][0]["validation_nll"] if state else _nll(backend, prompts["validation"])
     model = lora_model(backend.model, ft)
+    memory = choose_checkpointing(model, ft, examples, backend.pad_id)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=ft.learning_rate)
     curve = state["curve"] if state else [{"epoch": 0, "train_loss": None, "validation_nll": base_val_nll}]
     epoch, step = (state["epoch"], state["step"]) if state else (1, 0)
@@ -618,6 +715,8 @@ def finetune_experiment(
             "patience": ft.patience,
             "seed": cfg.seed,
         },
+        # How activations were kept in the last session: time and memory, not the adapter, depend on it.
+        "gradient_checkpointing": memory,
         "curve": curve,
         "best_validation_nll": best,
         "test_nll": {"base": base_test_nll, "fine_tuned": tuned_test_nll, "participants": len(split["test"])},

@@ -344,10 +344,18 @@ def test_default_config_classes_are_valid():
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [("selective", "selective"), ("none", "none"), ("full", "full"), ("true", "full"), ("false", "none"), (None, "selective")],
+    [
+        ("selective", "selective"),
+        ("none", "none"),
+        ("full", "full"),
+        ("auto", "auto"),
+        ("true", "full"),
+        ("false", "none"),
+        (None, "auto"),
+    ],
 )
 def test_gradient_checkpointing_values(toy, value, expected):
-    """finetune.gradient_checkpointing: none | selective (default) | full; 0.2.0's true / false mean full / none."""
+    """finetune.gradient_checkpointing: auto (default) | none | selective | full; 0.2.0's true / false mean full / none."""
     toy.write_yaml(EXPERIMENT + ("finetune: {}\n" if value is None else f"finetune:\n  gradient_checkpointing: {value}\n"))
     assert load_config("experiment.yaml").finetune.gradient_checkpointing == expected
 
@@ -360,5 +368,5 @@ def test_gradient_checkpointing_rejects_other_values(toy):
     (problem,) = problems_of("experiment.yaml")
     assert problem.startswith("experiment.yaml:") and "finetune.gradient_checkpointing" in problem
     assert 'found a string "partial"' in problem and '"selective"' in problem
-    with pytest.raises(ConfigError, match=r"gradient_checkpointing.*one of none, selective, full.*'partial'"):
+    with pytest.raises(ConfigError, match=r"gradient_checkpointing.*one of auto, none, selective, full.*'partial'"):
         FinetuneConfig(gradient_checkpointing="partial")

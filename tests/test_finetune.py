@@ -319,6 +319,70 @@ def test_gradient_checkpointing_gives_the_same_gradients(ft, hf, fused):
     assert out["full"][2][0] - plain_wide >= 0.9 * forward
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_auto_checkpointing_measures_activations_and_chooses(ft, hf, attention):
+    """gradient_checkpointing: auto measures what a part keeps and checkpoints only when it exceeds the budget.
+
+    The estimate (three short probe passes, extrapolated) equals a direct count
+    at a long part: for torch's fused attention, which keeps O(L) per layer, and
+    for eager attention, which keeps each layer's L x L weights. Within the budget
+    auto runs ``none``; above it ``selective``, whose gradients are the same bit
+    for bit; the card-ready record says which and why.
+    """
+    import copy
+
+    import torch
+
+    from psysim.config import FinetuneConfig
+    from psysim.finetune import activation_mib, batch_loss, choose_checkpointing, fused_adapters, lora_model
+
+    tok = hf.tokenizer()
+    base = hf.model(len(tok))
+    base.config._attn_implementation = attention
+    model = lora_model(copy.deepcopy(base), FinetuneConfig(rank=4, alpha=8))
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    model.train()
+    n, pad = 300, tok.pad_token_id
+    labels = [pad if i % 10 == 9 else -100 for i in range(n)]
+    saved = {}
+
+    def count(t):
+        if t.untyped_storage().data_ptr() not in weights:
+            saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(count, lambda t: t), fused_adapters(model):
+        batch_loss(model, [([pad] * n, labels)], pad, reduction="sum")
+    direct = sum(saved.values()) / 2**20
+    # Equal but for the probes' whole numbers of responses (3, 6, 12 where a tenth of 32, 64, 128 is not whole).
+    assert activation_mib(model, n, pad, 0.1) == pytest.approx(direct, rel=2e-3)
+    assert not any(p.grad is not None for p in model.parameters())  # the probe leaves no gradient behind
+    if attention == "eager":  # the quadratic term is there and measured
+        assert activation_mib(model, 2 * n, pad, 0.1) > 2.2 * direct
+
+    examples = [([5] * 200, [-100] * 190 + [5] * 10)] * 4
+    unchecked = activation_mib(model, 800, pad, 0.05)  # (measured before any checkpointing is set)
+    grads = {}
+    for budget, mode in ((2048, "none"), (0, "selective")):
+        torch.manual_seed(0)
+        model = lora_model(copy.deepcopy(base), FinetuneConfig(rank=4, alpha=8, activation_budget_mib=budget))
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(param, std=0.05)
+        chosen = choose_checkpointing(model, FinetuneConfig(rank=4, alpha=8, activation_budget_mib=budget), examples, pad)
+        assert chosen["setting"] == "auto" and chosen["mode"] == mode
+        assert chosen["part_tokens"] == 800  # four 200-token examples fit one part of at most 1024 tokens
+        assert chosen["activation_mib_without_checkpointing"] == round(unchecked)
+        model.train()
+        assert model.get_base_model().model.layers[0].gradient_checkpointing == (mode != "none")
+        with fused_adapters(model):
+            batch_loss(model, examples[:1], pad, reduction="sum").backward()
+        grads[mode] = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(torch.equal(a, b) for a, b in zip(grads["none"], grads["selective"], strict=True))
+    fixed = FinetuneConfig(gradient_checkpointing="full")
+    assert choose_checkpointing(None, fixed, examples, pad) == {"setting": "full", "mode": "full"}
+
+
 def test_validate_says_what_finetune_will_train(ft, run_cli):
     """psysim validate shows the finetune: section in words (a file without one shows no such line)."""
     shown = run_cli("validate", "experiment.yaml").stdout
@@ -326,7 +390,8 @@ def test_validate_says_what_finetune_will_train(ft, run_cli):
         "  finetune     LoRA rank 8, alpha 16, dropout 0 on all-linear of tiny, trained on the no_persona prompts of 60% "
         "of the participants (validation 20%, test 20%)\n"
         "    training   2 epochs, batches of 4 in parts of at most 1024 tokens, learning rate 0.001, patience 1, "
-        "max length 2048, gradient checkpointing selective\n"
+        "max length 2048, gradient checkpointing auto (none while a part keeps at most 2048 MiB of activations, "
+        "else selective)\n"
     ) in shown
     (ft / "plain.yaml").write_text((ft / "experiment.yaml").read_text("utf-8").split("finetune:")[0], encoding="utf-8")
     assert "finetune" not in run_cli("validate", "plain.yaml").stdout
