@@ -183,50 +183,53 @@ def set_checkpointing(model, mode: str, rank: int) -> None:
     _no_input_grads(base_model)
 
 
-#: Lengths (tokens) of :func:`activation_mib`'s probe passes: three, so that the quadratic through them is exact
-#: whether attention keeps O(L) per layer (the fused kernels batch_loss runs) or O(L²) (eager attention's weights).
-PROBE_TOKENS = (32, 64, 128)
-
-
 def activation_mib(model, tokens: int, pad_id: int, response_share: float = 0.1) -> float:
     """MiB of activations one part of ``tokens`` tokens keeps for its backward pass, as ``model`` runs now.
 
-    Measured, not modelled: a training forward pass (:func:`batch_loss` under
-    :func:`fused_adapters`, as :func:`accumulate` runs it) at each of
-    :data:`PROBE_TOKENS` lengths, with a response token every ``1 /
-    response_share`` tokens, counting the bytes of every distinct storage autograd
-    saves that is not a parameter; the quadratic through the three is evaluated at
-    ``tokens``. No backward pass is run and no gradient is touched.
+    Measured on the model itself, not modelled: a training forward pass
+    (:func:`batch_loss` under :func:`fused_adapters`, as :func:`accumulate` runs
+    it; a response token every ``1 / response_share`` tokens) on torch's fake
+    tensors, which carry shapes and dtypes but no data, so that nothing is
+    computed or allocated (a real pass would leave its freed pages in the heap,
+    and the first training step would peak ~300 MiB higher); the bytes of every
+    distinct storage autograd saves that is not a weight are summed.
     """
-    import numpy as np
     import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.multiprocessing.reductions import StorageWeakRef
 
-    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    weights |= {b.untyped_storage().data_ptr() for b in model.buffers()}
-    every = max(1, round(1 / response_share)) if response_share > 0 else None
+    class Loss(torch.nn.Module):  # the part's loss as a module, for functional_call to run on fake weights
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, *tensors):
+            return _response_nll(self.model, *tensors, "sum")
+
+    every = max(1, round(1 / response_share)) if response_share > 0 else tokens + 1
+    labels = [pad_id if i % every == every - 1 else -100 for i in range(tokens)]
+    loss = Loss()
+    fake = FakeTensorMode()
+    # The weights as fake tensors of known identity, so that views of them (a tied head's transpose) are not counted.
+    state = {name: fake.from_tensor(t) for name, t in [*loss.named_parameters(), *loss.named_buffers()]}
+    weights = {StorageWeakRef(t.untyped_storage()) for t in state.values()}
+    inputs = [fake.from_tensor(t) for t in _batch_tensors([([pad_id] * tokens, labels)], pad_id)]
+    saved: dict[Any, int] = {}
+
+    def keep(t):
+        storage = StorageWeakRef(t.untyped_storage())
+        if storage not in weights:
+            saved[storage] = t.untyped_storage().nbytes()
+        return t
+
     was_training = model.training
     model.train()  # dropout keeps its masks only in training
-    sizes = []
     try:
-        # A first pass unmeasured: the first forward pass also builds what later ones reuse (caches kept by modules).
-        for n in (PROBE_TOKENS[0], *PROBE_TOKENS):
-            saved: dict[int, int] = {}
-
-            def keep(t, saved=saved):
-                storage = t.untyped_storage()
-                if storage.data_ptr() not in weights:
-                    saved[storage.data_ptr()] = storage.nbytes()
-                return t
-
-            labels = [pad_id if every and i % every == every - 1 else -100 for i in range(n)]
-            with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t), fused_adapters(model):
-                loss = batch_loss(model, [([pad_id] * n, labels)], pad_id, reduction="sum")
-            del loss
-            sizes.append(sum(saved.values()))
+        with fake, torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t), fused_adapters(model):
+            torch.func.functional_call(loss, state, tuple(inputs))
     finally:
         model.train(was_training)
-    fit = np.polyfit(PROBE_TOKENS, sizes[1:], 2)
-    return max(float(np.polyval(fit, tokens)), 0.0) / 2**20
+    return sum(saved.values()) / 2**20
 
 
 def longest_part(examples: list[tuple[list[int], list[int]]], ft: FinetuneConfig) -> int:
@@ -350,23 +353,34 @@ def batch_loss(model, batch: list[tuple[list[int], list[int]]], pad_id: int, *, 
       with a mask, while torch can use its memory-efficient causal attention kernel
       instead of materialising every layer's attention matrix for the backward pass.
     """
+    device = next(model.parameters()).device
+    return _response_nll(model, *(t.to(device) for t in _batch_tensors(batch, pad_id)), reduction)
+
+
+def _batch_tensors(batch: list[tuple[list[int], list[int]]], pad_id: int):
+    """``(input_ids, rows, cols, targets)`` of a right-padded batch: response token ``targets[i]`` is predicted at
+    position ``(rows[i], cols[i])``."""
     import torch
 
-    from .backends.forward import project
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft's LoRA layers live inside it
-    device = next(model.parameters()).device
     length = max(len(ids) for ids, _ in batch)
     input_ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), length), -100, dtype=torch.long)
     for b, (ids, lab) in enumerate(batch):
         input_ids[b, : len(ids)] = torch.tensor(ids)
         labels[b, : len(lab)] = torch.tensor(lab)
-    hidden = base.get_decoder()(input_ids=input_ids.to(device)).last_hidden_state
     # Token t is predicted at position t - 1.
     targets = labels[:, 1:]
     rows, cols = (targets != -100).nonzero(as_tuple=True)
-    logp = project(base, hidden[rows.to(device), cols.to(device)], targets[rows, cols].to(device))
+    return input_ids, rows, cols, targets[rows, cols]
+
+
+def _response_nll(model, input_ids, rows, cols, targets, reduction: str):
+    """:func:`batch_loss` on :func:`_batch_tensors`' tensors (apart, for :func:`activation_mib` to run it on fake ones)."""
+    from .backends.forward import project
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft's LoRA layers live inside it
+    hidden = base.get_decoder()(input_ids=input_ids).last_hidden_state
+    logp = project(base, hidden[rows, cols], targets)
     return -(logp.sum() if reduction == "sum" else logp.mean())
 
 
