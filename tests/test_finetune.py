@@ -338,7 +338,7 @@ def test_auto_checkpointing_measures_activations_and_chooses(ft, hf, attention, 
     from psysim.finetune import activation_mib, batch_loss, choose_checkpointing, fused_adapters, lora_model
 
     tok = hf.tokenizer()
-    base = hf.model(len(tok))
+    base = copy.deepcopy(hf.model(len(tok)))  # (hf.model is cached: other tests get it unchanged)
     base.config._attn_implementation = attention
     if tied:  # the head is the embeddings' matrix (SmolLM2's): its transpose, saved for the backward pass, is a weight
         base.lm_head.weight = base.model.embed_tokens.weight
