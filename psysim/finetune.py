@@ -213,7 +213,8 @@ def activation_mib(model, tokens: int, pad_id: int, response_share: float = 0.1)
     # The weights as fake tensors of known identity, so that views of them (a tied head's transpose) are not counted.
     state = {name: fake.from_tensor(t) for name, t in [*loss.named_parameters(), *loss.named_buffers()]}
     weights = {StorageWeakRef(t.untyped_storage()) for t in state.values()}
-    inputs = [fake.from_tensor(t) for t in _batch_tensors([([pad_id] * tokens, labels)], pad_id)]
+    device = next(model.parameters()).device
+    inputs = [fake.from_tensor(t.to(device)) for t in _batch_tensors([([pad_id] * tokens, labels)], pad_id)]
     saved: dict[Any, int] = {}
 
     def keep(t):
@@ -379,7 +380,7 @@ def _response_nll(model, input_ids, rows, cols, targets, reduction: str):
     from .backends.forward import project
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft's LoRA layers live inside it
-    hidden = base.get_decoder()(input_ids=input_ids).last_hidden_state
+    hidden = base.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state  # training keeps no cache
     logp = project(base, hidden[rows, cols], targets)
     return -(logp.sum() if reduction == "sum" else logp.mean())
 
