@@ -380,7 +380,7 @@ def _response_nll(model, input_ids, rows, cols, targets, reduction: str):
     from .backends.forward import project
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft's LoRA layers live inside it
-    hidden = base.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state  # training keeps no cache
+    hidden = base.get_decoder()(input_ids=input_ids).last_hidden_state
     logp = project(base, hidden[rows, cols], targets)
     return -(logp.sum() if reduction == "sum" else logp.mean())
 
