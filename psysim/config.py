@@ -260,7 +260,7 @@ class FinetuneConfig:
     #: A batch is computed in parts of at most this many (padded) tokens, gradients accumulated: memory follows it.
     batch_tokens: int = 1024
     #: Under ``gradient_checkpointing: auto``, the most activation memory (MiB) a part may keep without checkpointing:
-    #: 2 GiB lets the finetune quickstart's model run its 1,024-token parts uncheckpointed (1.34 MiB a token) with the
+    #: 2 GiB lets the finetune quickstart's model run its 1,024-token parts uncheckpointed (1.15 MiB a token) with the
     #: whole command under 3 GB, and sends models a few times its size to selective checkpointing.
     activation_budget_mib: int = 2048
 

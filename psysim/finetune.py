@@ -141,7 +141,7 @@ def lora_model(base_model, ft: FinetuneConfig, checkpointing: str | None = None)
     and decide. The modes:
 
     * ``none``: autograd keeps every activation a layer's backward pass needs
-      (fastest; the most memory: 1.34 MiB a token for the finetune quickstart's
+      (fastest; the most memory: 1.15 MiB a token for the finetune quickstart's
       model).
     * ``selective``: a layer keeps only the outputs of its products with the
       model's weights and of its attention kernel, and recomputes the rest in the
