@@ -16,6 +16,48 @@ from pathlib import Path
 
 # Published hyperparameters of each architecture (from the models' config.json files).
 ARCHITECTURES = {
+    "smollm2-135m": (
+        "LlamaConfig",
+        dict(
+            vocab_size=49152,
+            hidden_size=576,
+            intermediate_size=1536,
+            num_hidden_layers=30,
+            num_attention_heads=9,
+            num_key_value_heads=3,
+            max_position_embeddings=8192,
+            rope_theta=100000.0,
+            tie_word_embeddings=True,
+        ),
+    ),
+    "smollm2-360m": (
+        "LlamaConfig",
+        dict(
+            vocab_size=49152,
+            hidden_size=960,
+            intermediate_size=2560,
+            num_hidden_layers=32,
+            num_attention_heads=15,
+            num_key_value_heads=5,
+            max_position_embeddings=8192,
+            rope_theta=100000.0,
+            tie_word_embeddings=True,
+        ),
+    ),
+    "smollm2-1.7b": (
+        "LlamaConfig",
+        dict(
+            vocab_size=49152,
+            hidden_size=2048,
+            intermediate_size=8192,
+            num_hidden_layers=24,
+            num_attention_heads=32,
+            num_key_value_heads=32,
+            max_position_embeddings=8192,
+            rope_theta=130000.0,
+            tie_word_embeddings=True,
+        ),
+    ),
     "qwen2.5-0.5b": (
         "Qwen2Config",
         dict(
