@@ -133,12 +133,11 @@ def lora_config(ft: FinetuneConfig):
     )
 
 
-def lora_model(base_model, ft: FinetuneConfig, checkpointing: str | None = None):
-    """The base model with a fresh LoRA adapter (:func:`lora_config`), activations kept as ``checkpointing`` says.
+def lora_model(base_model, ft: FinetuneConfig):
+    """The base model with a fresh LoRA adapter (:func:`lora_config`), activations kept as ``ft.gradient_checkpointing`` says.
 
-    ``checkpointing`` defaults to ``ft.gradient_checkpointing``; ``auto`` builds
-    the model without checkpointing, for :func:`choose_checkpointing` to measure
-    and decide. The modes:
+    ``auto`` builds the model without checkpointing, for
+    :func:`choose_checkpointing` to measure and decide. The modes:
 
     * ``none``: autograd keeps every activation a layer's backward pass needs
       (fastest; the most memory: 1.15 MiB a token for the finetune quickstart's
@@ -157,11 +156,11 @@ def lora_model(base_model, ft: FinetuneConfig, checkpointing: str | None = None)
     """
     from peft import get_peft_model
 
+    # Checkpointing is set after peft wraps the model, so peft adds no input-gradient hook (set_checkpointing removes
+    # the one transformers adds).
     model = get_peft_model(base_model, lora_config(ft))
-    _no_input_grads(base_model)
-    mode = checkpointing or ft.gradient_checkpointing
-    if mode != "auto":
-        set_checkpointing(model, mode, ft.rank)
+    if ft.gradient_checkpointing != "auto":
+        set_checkpointing(model, ft.gradient_checkpointing, ft.rank)
     return model
 
 
@@ -268,10 +267,10 @@ def choose_checkpointing(model, ft: FinetuneConfig, examples, pad_id: int) -> di
 def _no_input_grads(base_model) -> None:
     """Remove the hook that makes the embeddings' output require a gradient.
 
-    transformers and peft each add it for checkpointing's sake (each call
-    forgets the previous one's handle, hence one removal after each). Non-reentrant
-    checkpointing does not need it, and with it the first layer computes input
-    gradients that nobody uses.
+    transformers adds it when checkpointing is enabled (peft too, when it wraps a
+    model whose checkpointing is on, which :func:`lora_model` avoids by setting
+    checkpointing after wrapping). Non-reentrant checkpointing does not need it,
+    and with it the first layer computes input gradients that nobody uses.
     """
     if hasattr(base_model, "disable_input_require_grads"):
         base_model.disable_input_require_grads()
